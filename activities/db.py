@@ -1,0 +1,160 @@
+"""PostgreSQL access: a thread-safe connection pool, transactions, and versioned migrations."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import psycopg2.extras
+import psycopg2.pool
+from psycopg2 import sql
+
+from taskomatic.errors import ErrorType, task_error
+from taskomatic.logs import get_logger
+
+log = get_logger(component="db")
+
+# Any key works as long as every upgrader uses the same one.
+_MIGRATION_LOCK_KEY = 0x7A5C0_0001
+
+
+class Database:
+    """A pool of connections to one inventory database; safe to share across threads."""
+
+    def __init__(self, url: str, max_connections: int = 32) -> None:
+        self.url = url
+        self._max = max_connections
+        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._lock = threading.Lock()
+
+    def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
+        with self._lock:
+            if self._pool is None:
+                self._pool = psycopg2.pool.ThreadedConnectionPool(1, self._max, self.url)
+            return self._pool
+
+    @contextmanager
+    def transaction(self) -> Iterator[psycopg2.extras.RealDictCursor]:
+        """One transaction: committed on success, rolled back on any error.
+
+        A lost or refused connection becomes a retryable ``DatabaseUnavailable``.
+        """
+        try:
+            pool = self._get_pool()
+            conn = pool.getconn()
+        except psycopg2.OperationalError as err:
+            raise task_error(
+                ErrorType.DATABASE_UNAVAILABLE, f"cannot reach the inventory database: {err}"
+            ) from err
+        broken = False
+        try:
+            with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                yield cur
+            conn.commit()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as err:
+            broken = True
+            raise task_error(
+                ErrorType.DATABASE_UNAVAILABLE, f"inventory database connection failed: {err}"
+            ) from err
+        except BaseException:
+            if not conn.closed:
+                conn.rollback()
+            raise
+        finally:
+            pool.putconn(conn, close=broken or bool(conn.closed))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.closeall()
+                self._pool = None
+
+
+_databases: dict[str, Database] = {}
+_databases_lock = threading.Lock()
+
+
+def get_database(url: str) -> Database:
+    """The process-wide pool for ``url``."""
+    with _databases_lock:
+        if url not in _databases:
+            _databases[url] = Database(url)
+        return _databases[url]
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """The bundled migrations as (version, name, sql), in order."""
+    found = []
+    for entry in resources.files("activities.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text(encoding="utf-8")))
+    return sorted(found)
+
+
+def upgrade(url: str) -> list[str]:
+    """Apply pending migrations, each in its own transaction; returns the names applied.
+
+    Concurrent upgraders serialize on an advisory lock, so running this twice at once is safe.
+    """
+    applied: list[str] = []
+    conn = psycopg2.connect(url)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+        for version, name, text in migrations():
+            with conn, conn.cursor() as cur:
+                cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
+                cur.execute("SELECT 1 FROM schema_migrations WHERE version = %s", (version,))
+                if cur.fetchone():
+                    continue
+                cur.execute(text)
+                cur.execute(
+                    "INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name)
+                )
+                applied.append(name)
+                log.info("migration applied", migration=name)
+    finally:
+        conn.close()
+    return applied
+
+
+def ensure_database(url: str) -> bool:
+    """Create the database named in ``url`` if it does not exist; True if it was created."""
+    params = psycopg2.extensions.parse_dsn(url)
+    name = params.get("dbname", "postgres")
+    admin = psycopg2.connect(**{**params, "dbname": "postgres"})
+    try:
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+            if cur.fetchone():
+                return False
+            try:
+                cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            except psycopg2.errors.DuplicateDatabase:
+                return False
+            return True
+    finally:
+        admin.close()
+
+
+def is_reachable(url: str, timeout_seconds: int = 2) -> bool:
+    """True if a PostgreSQL server answers at ``url`` (its database need not exist yet)."""
+    params: dict[str, Any] = psycopg2.extensions.parse_dsn(url)
+    params.update(dbname="postgres", connect_timeout=timeout_seconds)
+    try:
+        psycopg2.connect(**params).close()
+    except psycopg2.OperationalError:
+        return False
+    return True

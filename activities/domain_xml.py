@@ -1,0 +1,45 @@
+"""Domain XML, built with ElementTree (never by string formatting) and read back the same way."""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from taskomatic.models import DomainSpec
+
+
+def domain_type(uri: str) -> str:
+    """libvirt's domain type for a connection: the test driver's own, else QEMU (TCG)."""
+    return "test" if uri.startswith("test:") else "qemu"
+
+
+def build_domain_xml(spec: DomainSpec) -> str:
+    """A disk-less guest: name, UUID, memory and vCPUs; disks and NICs come with later tasks."""
+    dtype = domain_type(spec.uri)
+    root = ET.Element("domain", type=dtype)
+    ET.SubElement(root, "name").text = spec.name
+    ET.SubElement(root, "uuid").text = spec.uuid
+    ET.SubElement(root, "memory", unit="MiB").text = str(spec.memory_mib)
+    ET.SubElement(root, "vcpu").text = str(spec.vcpus)
+    os_el = ET.SubElement(root, "os")
+    type_el = ET.SubElement(os_el, "type")
+    type_el.text = "hvm"
+    if dtype == "qemu":
+        type_el.set("arch", "x86_64")
+        ET.SubElement(root, "features").append(ET.Element("acpi"))
+        devices = ET.SubElement(root, "devices")
+        ET.SubElement(devices, "serial", type="pty")
+        ET.SubElement(devices, "memballoon", model="none")
+    metadata = ET.SubElement(root, "metadata")
+    ET.SubElement(metadata, "{https://taskomatic.dev/xmlns/1}managed").text = "true"
+    ET.register_namespace("taskomatic", "https://taskomatic.dev/xmlns/1")
+    return ET.tostring(root, encoding="unicode")
+
+
+def shape_of(xml: str) -> tuple[str, int, int]:
+    """(uuid, vcpus, memory in MiB) of a defined domain, to compare with a spec."""
+    root = ET.fromstring(xml)
+    memory = root.find("memory")
+    units = {"KiB": 1 / 1024, "k": 1 / 1024, "MiB": 1, "M": 1, "GiB": 1024, "G": 1024}
+    factor = units.get(memory.get("unit", "KiB"), 1 / 1024) if memory is not None else 0
+    mib = int(int(memory.text or 0) * factor) if memory is not None else 0
+    return (root.findtext("uuid") or "", int(root.findtext("vcpu") or 0), mib)

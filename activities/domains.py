@@ -1,0 +1,124 @@
+"""Hypervisor activities: one libvirt action each, idempotent, with typed errors.
+
+Each looks at what the hypervisor has before acting, so a repeated call (Temporal runs activities
+at least once) finds the work done and says so instead of failing.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import libvirt
+from temporalio import activity
+
+from activities.domain_xml import build_domain_xml, shape_of
+from activities.hypervisor import Hypervisors, lookup, power_state
+from taskomatic.errors import ErrorType, task_error
+from taskomatic.logs import get_logger
+from taskomatic.models import DomainRef, DomainReport, DomainSpec, VmState, WaitShutoffInput
+
+_OFF = {VmState.SHUTOFF, VmState.CRASHED}
+
+
+def _log(ref: DomainRef) -> Any:
+    task_id = activity.info().workflow_id if activity.in_activity() else None
+    return get_logger(task_id=task_id, vm=ref.name, host=ref.host)
+
+
+def _report(ref: DomainRef, state: VmState | None, changed: bool, detail: str) -> DomainReport:
+    _log(ref).info(detail, changed=changed, state=state)
+    return DomainReport(name=ref.name, host=ref.host, state=state, changed=changed, detail=detail)
+
+
+class DomainActivities:
+    """Activities on libvirt domains, sharing the worker's connections."""
+
+    def __init__(self, hypervisors: Hypervisors) -> None:
+        self.hv = hypervisors
+
+    @activity.defn
+    def define_domain(self, spec: DomainSpec) -> DomainReport:
+        with self.hv.call("define", spec.uri, spec.host, spec.name) as conn:
+            dom = lookup(conn, spec.name)
+            if dom is not None:
+                uuid, vcpus, memory = shape_of(dom.XMLDesc())
+                if uuid != spec.uuid:
+                    raise task_error(ErrorType.DUPLICATE_DOMAIN,
+                                     f"a different domain {spec.name!r} (uuid {uuid}) already "
+                                     f"exists on {spec.host}", field="name", host=spec.host,
+                                     vm=spec.name)
+                if (vcpus, memory) == (spec.vcpus, spec.memory_mib):
+                    return _report(spec, power_state(dom), False,
+                                   "already defined with the same definition")
+            existed = dom is not None
+            dom = conn.defineXML(build_domain_xml(spec))
+            return _report(spec, power_state(dom), True,
+                           "redefined with a new shape" if existed else "defined")
+
+    @activity.defn
+    def undefine_domain(self, ref: DomainRef) -> DomainReport:
+        """Remove a domain's definition, powering it off first if it runs."""
+        with self.hv.call("undefine", ref.uri, ref.host, ref.name) as conn:
+            dom = lookup(conn, ref.name)
+            if dom is None:
+                return _report(ref, None, False, "already absent")
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+            return _report(ref, None, True, "undefined")
+
+    @activity.defn
+    def start_domain(self, ref: DomainRef) -> DomainReport:
+        with self.hv.call("start", ref.uri, ref.host, ref.name) as conn:
+            dom = self._require(conn, ref)
+            if dom.isActive():
+                return _report(ref, power_state(dom), False, "already running")
+            dom.create()
+            return _report(ref, power_state(dom), True, "started")
+
+    @activity.defn
+    def shutdown_domain(self, ref: DomainRef) -> DomainReport:
+        """Ask the guest to shut down (ACPI); see ``wait_domain_shutoff``."""
+        with self.hv.call("shutdown", ref.uri, ref.host, ref.name) as conn:
+            dom = self._require(conn, ref)
+            if not dom.isActive():
+                return _report(ref, power_state(dom), False, "already shut off")
+            dom.shutdown()
+            return _report(ref, power_state(dom), True, "graceful shutdown requested")
+
+    @activity.defn
+    def wait_domain_shutoff(self, inp: WaitShutoffInput) -> DomainReport:
+        """Wait until the domain is off or the timeout passes, heartbeating; never forces."""
+        deadline = time.monotonic() + inp.timeout_seconds
+        with self.hv.call("wait for shutoff of", inp.uri, inp.host, inp.name) as conn:
+            dom = self._require(conn, inp)
+            while True:
+                state = power_state(dom)
+                if state in _OFF:
+                    return _report(inp, state, False, "shut off")
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return _report(inp, state, False,
+                                   f"still {state} after {inp.timeout_seconds:g}s")
+                activity.heartbeat(f"{state}, {left:.0f}s left")
+                time.sleep(min(0.2, left))
+
+    @activity.defn
+    def destroy_domain(self, ref: DomainRef) -> DomainReport:
+        """Power a domain off at once. Absent or already off is a no-op."""
+        with self.hv.call("destroy", ref.uri, ref.host, ref.name) as conn:
+            dom = lookup(conn, ref.name)
+            if dom is None:
+                return _report(ref, None, False, "absent; nothing to power off")
+            if not dom.isActive():
+                return _report(ref, power_state(dom), False, "already shut off")
+            dom.destroy()
+            return _report(ref, power_state(dom), True, "powered off")
+
+    def _require(self, conn: libvirt.virConnect, ref: DomainRef) -> libvirt.virDomain:
+        dom = lookup(conn, ref.name)
+        if dom is None:
+            raise task_error(ErrorType.DOMAIN_NOT_FOUND,
+                             f"no domain {ref.name!r} on {ref.host}", host=ref.host, vm=ref.name)
+        return dom

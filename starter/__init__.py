@@ -1,0 +1,1 @@
+"""The starter library (TaskomaticClient) and the taskomatic CLI."""

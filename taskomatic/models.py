@@ -1,0 +1,298 @@
+"""Pydantic models: every task request, activity input/output and inventory row.
+
+Each workflow and activity takes exactly one of these models, so fields can be added compatibly
+(new fields get defaults). Validation lives here, so a bad request is refused before a task exists,
+with a message that names the field.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+MAX_VCPUS = 256
+MAX_MEMORY_MIB = 4 * 1024 * 1024  # 4 TiB: beyond any host this engine manages
+MIN_MEMORY_MIB = 16
+
+
+def _check_name(value: str) -> str:
+    if not _NAME_RE.fullmatch(value):
+        raise ValueError(
+            "must be 1-63 characters of letters, digits, '.', '_' or '-', starting with a letter "
+            f"or digit (got {value!r})"
+        )
+    return value
+
+
+_URI_SCHEMES = re.compile(r"(test|qemu|xen|lxc)(\+(unix|tcp|tls|ssh|libssh|libssh2))?")
+
+
+def _check_uri(value: str) -> str:
+    parts = urlsplit(value)
+    if not _URI_SCHEMES.fullmatch(parts.scheme):
+        raise ValueError(
+            f"must be a libvirt URI such as test:///default or qemu+tls://host/system (got {value!r})"
+        )
+    if any(ch in value for ch in "<>\"'\n\r\t "):
+        raise ValueError(f"must not contain spaces, quotes or angle brackets (got {value!r})")
+    return value
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+LibvirtUri = Annotated[str, AfterValidator(_check_uri)]
+Vcpus = Annotated[int, Field(ge=1, le=MAX_VCPUS)]
+MemoryMib = Annotated[int, Field(ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB)]
+
+
+class Model(BaseModel):
+    """Base for every model: strict about unknown fields, so typos are errors, not no-ops."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --- inventory -------------------------------------------------------------------------------
+
+
+class HostState(StrEnum):
+    UP = "up"
+    MAINTENANCE = "maintenance"
+    MAINTENANCE_FAILED = "maintenance_failed"
+    DOWN = "down"
+
+
+class VmState(StrEnum):
+    """Power state as libvirt reports it, plus the transitional states of the inventory."""
+
+    RUNNING = "running"
+    PAUSED = "paused"
+    SHUTOFF = "shutoff"
+    SHUTDOWN = "shutdown"  # a guest shutdown is in progress
+    CRASHED = "crashed"
+    SUSPENDED = "pmsuspended"
+    UNKNOWN = "unknown"
+
+
+class HostSpec(Model):
+    """``taskomatic host add``: a hypervisor and the capacity the engine may place on it."""
+
+    name: Name
+    uri: LibvirtUri
+    vcpus: Annotated[int, Field(ge=1, le=65_536)] = 16
+    memory_mib: Annotated[int, Field(ge=64, le=64 * 1024 * 1024)] = 32_768
+
+
+class HostRecord(Model):
+    name: str
+    uri: str
+    state: HostState
+    vcpus: int
+    memory_mib: int
+    used_vcpus: int = 0
+    used_memory_mib: int = 0
+    reserved_vcpus: int = 0
+    reserved_memory_mib: int = 0
+    vm_count: int = 0
+
+
+class VmRecord(Model):
+    name: str
+    uuid: str
+    host: str
+    vcpus: int
+    memory_mib: int
+    state: VmState
+    created_at: datetime | None = None
+    updated_at: datetime | None = None
+
+
+class VmPlacement(Model):
+    """Where a VM lives, with what an activity needs to reach it."""
+
+    vm: VmRecord
+    host_uri: str
+
+
+# --- task requests (the single input of each workflow) ----------------------------------------
+
+
+class TaskRequest(Model):
+    """Fields every task request carries."""
+
+    requested_by: str | None = None
+
+
+class CreateVmRequest(TaskRequest):
+    name: Name
+    vcpus: Vcpus = 1
+    memory_mib: MemoryMib = 512
+    host: Name | None = Field(None, description="place on this host; chosen by placement if unset")
+    start: bool = False
+
+
+class StartVmRequest(TaskRequest):
+    name: Name
+
+
+class StopVmRequest(TaskRequest):
+    name: Name
+    force: bool = Field(False, description="destroy at once instead of a graceful shutdown")
+    timeout_seconds: Annotated[float, Field(gt=0, le=3600)] | None = Field(
+        None, description="graceful shutdown wait before forcing; the worker's setting if unset"
+    )
+
+
+class DestroyVmRequest(TaskRequest):
+    name: Name
+
+
+TaskKind = Literal["CreateVm", "StartVm", "StopVm", "DestroyVm"]
+
+
+# --- activity inputs and outputs --------------------------------------------------------------
+
+
+class ReserveCapacityInput(Model):
+    task_id: str
+    vm_name: str
+    vcpus: int
+    memory_mib: int
+    host: str | None = None
+
+
+class Reservation(Model):
+    task_id: str
+    vm_name: str
+    host: str
+    host_uri: str
+    vcpus: int
+    memory_mib: int
+
+
+class ReleaseCapacityInput(Model):
+    task_id: str
+
+
+class ReleaseResult(Model):
+    released: bool
+    detail: str
+
+
+class DomainRef(Model):
+    """One domain on one hypervisor."""
+
+    host: str
+    uri: str
+    name: str
+
+
+class DomainSpec(DomainRef):
+    uuid: str
+    vcpus: int
+    memory_mib: int
+
+
+class WaitShutoffInput(DomainRef):
+    timeout_seconds: float
+
+
+class DomainReport(Model):
+    """What a hypervisor action found and did. ``changed`` is False for an idempotent no-op."""
+
+    name: str
+    host: str
+    state: VmState | None = Field(None, description="power state afterwards; None if absent")
+    changed: bool
+    detail: str
+
+
+class RecordVmInput(Model):
+    task_id: str
+    name: str
+    uuid: str
+    host: str
+    vcpus: int
+    memory_mib: int
+    state: VmState
+
+
+class LookupVmInput(Model):
+    name: str
+
+
+class SetVmStateInput(Model):
+    name: str
+    state: VmState
+
+
+class RemoveVmInput(Model):
+    name: str
+
+
+class InventoryResult(Model):
+    changed: bool
+    detail: str
+
+
+# --- task progress, results and failures ------------------------------------------------------
+
+
+class StepState(StrEnum):
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    COMPENSATING = "compensating"
+    COMPENSATED = "compensated"
+
+
+class StepRecord(Model):
+    name: str
+    state: StepState
+    started_at: datetime
+    finished_at: datetime | None = None
+    detail: str | None = None
+
+
+class TaskProgress(Model):
+    """Answer of every task's ``progress`` query."""
+
+    task_id: str
+    kind: str
+    phase: Literal["plan", "run", "finalize", "compensate", "done", "failed"]
+    current_step: str | None = None
+    steps: list[StepRecord] = []
+    vm: str | None = None
+    host: str | None = None
+
+
+class TaskFailure(Model):
+    """The structured error of a failed task: what failed, where, why, and what was undone."""
+
+    task_id: str
+    kind: str
+    step: str
+    error_type: str
+    message: str
+    field: str | None = None
+    retryable: bool = False
+    libvirt_code: int | None = None
+    host: str | None = None
+    vm: str | None = None
+    compensated: list[str] = []
+
+
+class VmTaskResult(Model):
+    """Result of every VM lifecycle task."""
+
+    task_id: str
+    kind: str
+    vm: str
+    host: str | None
+    state: VmState | None
+    uuid: str | None = None
+    notes: list[str] = Field(default_factory=list, description="what idempotent steps found")

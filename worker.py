@@ -1,0 +1,86 @@
+"""The taskomatic worker: runs every task workflow and activity from one task queue.
+
+``python worker.py`` and ``taskomatic worker`` both run it. Parallelism is bounded by settings:
+workflow tasks and activities each have a ceiling, and synchronous activities (libvirt, psycopg2)
+run in a fixed-size thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.db import get_database
+from activities.domains import DomainActivities
+from activities.hypervisor import Hypervisors
+from activities.records import InventoryActivities
+from taskomatic.logs import configure_logging, get_logger
+from taskomatic.settings import Settings, get_settings
+from taskomatic.temporal import connect_temporal, ensure_search_attributes
+from workflows.vm_lifecycle import WORKFLOWS
+
+log = get_logger(component="worker")
+
+
+def activity_list(settings: Settings, hypervisors: Hypervisors) -> Sequence[Any]:
+    inventory = InventoryActivities(get_database(settings.database_url))
+    domains = DomainActivities(hypervisors)
+    return [
+        inventory.reserve_capacity, inventory.release_capacity, inventory.lookup_vm,
+        inventory.record_vm, inventory.set_vm_state, inventory.remove_vm,
+        domains.define_domain, domains.undefine_domain, domains.start_domain,
+        domains.shutdown_domain, domains.wait_domain_shutoff, domains.destroy_domain,
+    ]
+
+
+def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
+                 executor: ThreadPoolExecutor) -> Worker:
+    return Worker(
+        client,
+        task_queue=settings.task_queue,
+        workflows=WORKFLOWS,
+        activities=activity_list(settings, hypervisors),
+        activity_executor=executor,
+        max_concurrent_activities=settings.max_concurrent_activities,
+        max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+    )
+
+
+async def run_worker(settings: Settings | None = None) -> None:
+    """Run until SIGINT/SIGTERM, then drain in-flight activities and stop."""
+    settings = settings or get_settings()
+    client = await connect_temporal(settings)
+    await ensure_search_attributes(client, settings.temporal_namespace)
+    hypervisors = Hypervisors()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with ThreadPoolExecutor(max_workers=settings.activity_threads,
+                            thread_name_prefix="activity") as executor:
+        worker = build_worker(client, settings, hypervisors, executor)
+        log.info("worker started", task_queue=settings.task_queue,
+                 temporal=settings.temporal_address, namespace=settings.temporal_namespace)
+        async with worker:
+            await stop.wait()
+            log.info("worker stopping")
+    hypervisors.close()
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    asyncio.run(run_worker(settings))
+    # Leave without interpreter teardown: the SDK's runtime threads can trip over it.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

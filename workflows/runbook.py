@@ -1,0 +1,187 @@
+"""The shape every task shares: named steps, compensation next to its step, progress and errors.
+
+A task reads like an operator's runbook::
+
+    res = await self.step("reserve capacity", Inventory.reserve_capacity, ...,
+                          undo=Undo("release capacity", Inventory.release_capacity, ...))
+
+Each step is recorded (name, state, times, what it found) for the ``progress`` query. An undo is
+registered *before* its step runs, because a step that timed out may still have happened; undos
+are idempotent, so running one for a step that did nothing is harmless. If any step fails or the
+task is cancelled, the undos run newest first and the task fails with a ``TaskFailure``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ClassVar, TypeVar
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from taskomatic.errors import ErrorInfo, error_info
+    from taskomatic.logs import get_logger
+    from taskomatic.models import StepRecord, StepState, TaskFailure, TaskProgress
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ActivityOptions:
+    start_to_close: timedelta
+    retry: RetryPolicy
+    heartbeat: timedelta | None = None
+
+
+# Database steps are short; a lost connection is retried briefly, anything else is final.
+DATABASE = ActivityOptions(
+    start_to_close=timedelta(seconds=30),
+    retry=RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
+                      maximum_interval=timedelta(seconds=5), maximum_attempts=8),
+)
+# Hypervisor steps: an unreachable host is retried for about a minute before the task gives up.
+HYPERVISOR = ActivityOptions(
+    start_to_close=timedelta(seconds=120),
+    retry=RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
+                      maximum_interval=timedelta(seconds=15), maximum_attempts=6),
+)
+
+
+@dataclass(frozen=True)
+class Undo:
+    name: str
+    activity: Callable[..., Any]
+    arg: Any
+    options: ActivityOptions = HYPERVISOR
+
+
+class TaskFailed(Exception):
+    """Raised inside a workflow to end the task with a classified error."""
+
+    def __init__(self, info: ErrorInfo, step: str) -> None:
+        super().__init__(info.message)
+        self.info = info
+        self.step = step
+
+
+class Runbook:
+    """Base class of every task workflow."""
+
+    KIND: ClassVar[str]
+
+    def __init__(self) -> None:
+        self._progress: TaskProgress | None = None
+        self._undo: list[Undo] = []
+
+    # --- what operators see ----------------------------------------------------------------
+
+    @workflow.query
+    def progress(self) -> TaskProgress:
+        return self._state
+
+    @property
+    def _state(self) -> TaskProgress:
+        if self._progress is None:
+            self._progress = TaskProgress(task_id=workflow.info().workflow_id, kind=self.KIND,
+                                          phase="plan")
+        return self._progress
+
+    def about(self, *, vm: str | None = None, host: str | None = None) -> None:
+        """Name the VM and host this task is about (progress, logs)."""
+        if vm is not None:
+            self._state.vm = vm
+        if host is not None:
+            self._state.host = host
+
+    def phase(self, phase: str) -> None:
+        self._state.phase = phase  # type: ignore[assignment]
+
+    def log(self, event: str, **fields: Any) -> None:
+        if not workflow.unsafe.is_replaying():
+            get_logger(task_id=self._state.task_id, kind=self.KIND, vm=self._state.vm,
+                       host=self._state.host).info(event, **fields)
+
+    # --- steps -----------------------------------------------------------------------------
+
+    async def step(self, name: str, activity: Callable[..., Any], arg: Any, *,
+                   options: ActivityOptions = HYPERVISOR, undo: Undo | None = None) -> Any:
+        if undo is not None:
+            self._undo.append(undo)
+        record = StepRecord(name=name, state=StepState.RUNNING, started_at=workflow.now())
+        self._state.steps.append(record)
+        self._state.current_step = name
+        self.log("step started", step=name)
+        try:
+            result = await self._run(activity, arg, options)
+        except ActivityError as err:
+            info = error_info(err.cause or err)
+            record.state, record.finished_at, record.detail = (StepState.FAILED, workflow.now(),
+                                                               info.message)
+            self.log("step failed", step=name, error=info.message, error_type=info.type)
+            raise TaskFailed(info, name) from err
+        record.state, record.finished_at = StepState.DONE, workflow.now()
+        record.detail = getattr(result, "detail", None)
+        self.log("step done", step=name, detail=record.detail)
+        return result
+
+    async def _run(self, activity: Callable[..., Any], arg: Any, options: ActivityOptions) -> Any:
+        return await workflow.execute_activity_method(
+            activity, arg, start_to_close_timeout=options.start_to_close,
+            retry_policy=options.retry, heartbeat_timeout=options.heartbeat,
+        )
+
+    # --- the whole task --------------------------------------------------------------------
+
+    async def perform(self, body: Callable[[], Awaitable[T]]) -> T:
+        """Run the task body; on failure or cancellation undo what was done, newest first."""
+        try:
+            result = await body()
+        except TaskFailed as failed:
+            compensated = await self._compensate()
+            raise self._failure(failed, compensated) from None
+        except (asyncio.CancelledError, CancelledError):
+            await asyncio.shield(self._compensate())
+            raise
+        self.phase("done")
+        self._state.current_step = None
+        return result
+
+    async def _compensate(self) -> list[str]:
+        self.phase("compensate")
+        done: list[str] = []
+        while self._undo:
+            undo = self._undo.pop()
+            record = StepRecord(name=undo.name, state=StepState.COMPENSATING,
+                                started_at=workflow.now())
+            self._state.steps.append(record)
+            self._state.current_step = undo.name
+            try:
+                result = await self._run(undo.activity, undo.arg, undo.options)
+                record.state, record.detail = StepState.COMPENSATED, getattr(result, "detail", None)
+                done.append(undo.name)
+            except ActivityError as err:
+                # Loud, but keep undoing the rest: a partial undo beats none.
+                record.state = StepState.FAILED
+                record.detail = f"undo failed: {error_info(err.cause or err).message}"
+                self.log("compensation failed", step=undo.name, error=record.detail)
+            record.finished_at = workflow.now()
+        return done
+
+    def _failure(self, failed: TaskFailed, compensated: list[str]) -> ApplicationError:
+        self.phase("failed")
+        state, info = self._state, failed.info
+        failure = TaskFailure(
+            task_id=state.task_id, kind=self.KIND, step=failed.step, error_type=info.type.value, message=info.message, field=info.field,
+            retryable=info.retryable, libvirt_code=info.libvirt_code,
+            host=info.host or state.host, vm=info.vm or state.vm, compensated=compensated,
+        )
+        self.log("task failed", error=info.message, error_type=info.type,
+                 compensated=compensated)
+        return ApplicationError(f"{self.KIND} failed at '{failure.step}': {info.message}",
+                                failure.model_dump(mode="json"), type=info.type.value,
+                                non_retryable=True)

@@ -1,0 +1,187 @@
+"""VM lifecycle tasks: create, start, stop, destroy.
+
+Each follows Dynflow's phases: plan (validate and reserve in the inventory), run (libvirt), then
+finalize (record the outcome in the inventory). The workflow id is the task id.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.domains import DomainActivities
+    from activities.records import InventoryActivities
+    from taskomatic.models import (
+        CreateVmRequest,
+        DestroyVmRequest,
+        DomainRef,
+        DomainReport,
+        DomainSpec,
+        InventoryResult,
+        LookupVmInput,
+        RecordVmInput,
+        ReleaseCapacityInput,
+        RemoveVmInput,
+        Reservation,
+        ReserveCapacityInput,
+        SetVmStateInput,
+        StartVmRequest,
+        StopVmRequest,
+        VmPlacement,
+        VmRecord,
+        VmState,
+        VmTaskResult,
+        WaitShutoffInput,
+    )
+    from taskomatic.temporal import TASK_HOST
+
+from workflows.runbook import DATABASE, HYPERVISOR, ActivityOptions, Runbook, Undo
+
+Inventory = InventoryActivities
+Domains = DomainActivities
+
+# Default graceful-shutdown wait when neither the request nor the starter set one.
+DEFAULT_STOP_TIMEOUT_SECONDS = 60.0
+
+
+class VmTask(Runbook):
+    """Steps shared by the tasks that act on an existing VM."""
+
+    async def locate(self, name: str) -> tuple[VmPlacement, DomainRef]:
+        self.phase("plan")
+        self.about(vm=name)
+        found: VmPlacement = await self.step("look up VM", Inventory.lookup_vm,
+                                             LookupVmInput(name=name), options=DATABASE)
+        self.on_host(found.vm.host)
+        return found, DomainRef(host=found.vm.host, uri=found.host_uri, name=name)
+
+    def on_host(self, host: str) -> None:
+        self.about(host=host)
+        workflow.upsert_search_attributes([TASK_HOST.value_set(host)])
+
+    async def record_state(self, name: str, state: VmState) -> None:
+        self.phase("finalize")
+        await self.step("record state", Inventory.set_vm_state,
+                        SetVmStateInput(name=name, state=state), options=DATABASE)
+
+    def result(self, vm: str, host: str | None, state: VmState | None, notes: list[str],
+               uuid: str | None = None) -> VmTaskResult:
+        return VmTaskResult(task_id=workflow.info().workflow_id, kind=self.KIND, vm=vm, host=host,
+                            state=state, uuid=uuid, notes=notes)
+
+
+@workflow.defn(name="CreateVm")
+class CreateVm(VmTask):
+    KIND = "CreateVm"
+
+    @workflow.run
+    async def run(self, req: CreateVmRequest) -> VmTaskResult:
+        return await self.perform(lambda: self._create(req))
+
+    async def _create(self, req: CreateVmRequest) -> VmTaskResult:
+        task_id = workflow.info().workflow_id
+        self.about(vm=req.name, host=req.host)
+        res: Reservation = await self.step(
+            "reserve capacity", Inventory.reserve_capacity,
+            ReserveCapacityInput(task_id=task_id, vm_name=req.name, vcpus=req.vcpus,
+                                 memory_mib=req.memory_mib, host=req.host),
+            options=DATABASE,
+            undo=Undo("release capacity", Inventory.release_capacity,
+                      ReleaseCapacityInput(task_id=task_id), DATABASE))
+        self.on_host(res.host)
+
+        self.phase("run")
+        spec = DomainSpec(host=res.host, uri=res.host_uri, name=req.name,
+                          uuid=str(workflow.uuid4()), vcpus=req.vcpus, memory_mib=req.memory_mib)
+        ref = DomainRef(host=spec.host, uri=spec.uri, name=spec.name)
+        defined: DomainReport = await self.step(
+            "define domain", Domains.define_domain, spec,
+            undo=Undo("undefine domain", Domains.undefine_domain, ref))
+        notes, state = [defined.detail], defined.state or VmState.SHUTOFF
+        if req.start:
+            started: DomainReport = await self.step("start domain", Domains.start_domain, ref)
+            notes.append(started.detail)
+            state = started.state or VmState.RUNNING
+
+        self.phase("finalize")
+        vm: VmRecord = await self.step(
+            "record VM", Inventory.record_vm,
+            RecordVmInput(task_id=task_id, name=req.name, uuid=spec.uuid, host=res.host,
+                          vcpus=req.vcpus, memory_mib=req.memory_mib, state=state),
+            options=DATABASE)
+        return self.result(vm.name, vm.host, vm.state, notes, uuid=vm.uuid)
+
+
+@workflow.defn(name="StartVm")
+class StartVm(VmTask):
+    KIND = "StartVm"
+
+    @workflow.run
+    async def run(self, req: StartVmRequest) -> VmTaskResult:
+        return await self.perform(lambda: self._start(req))
+
+    async def _start(self, req: StartVmRequest) -> VmTaskResult:
+        found, ref = await self.locate(req.name)
+        self.phase("run")
+        started: DomainReport = await self.step("start domain", Domains.start_domain, ref)
+        state = started.state or VmState.RUNNING
+        await self.record_state(req.name, state)
+        return self.result(req.name, ref.host, state, [started.detail], found.vm.uuid)
+
+
+@workflow.defn(name="StopVm")
+class StopVm(VmTask):
+    KIND = "StopVm"
+
+    @workflow.run
+    async def run(self, req: StopVmRequest) -> VmTaskResult:
+        return await self.perform(lambda: self._stop(req))
+
+    async def _stop(self, req: StopVmRequest) -> VmTaskResult:
+        found, ref = await self.locate(req.name)
+        self.phase("run")
+        notes: list[str] = []
+        if not req.force:
+            asked: DomainReport = await self.step("request shutdown", Domains.shutdown_domain, ref)
+            notes.append(asked.detail)
+            timeout = req.timeout_seconds or DEFAULT_STOP_TIMEOUT_SECONDS
+            waited: DomainReport = await self.step(
+                "wait for shutoff", Domains.wait_domain_shutoff,
+                WaitShutoffInput(**ref.model_dump(), timeout_seconds=timeout),
+                options=ActivityOptions(start_to_close=timedelta(seconds=timeout + 60),
+                                        retry=HYPERVISOR.retry,
+                                        heartbeat=timedelta(seconds=15)))
+            notes.append(waited.detail)
+            if waited.state in (VmState.SHUTOFF, VmState.CRASHED):
+                await self.record_state(req.name, VmState.SHUTOFF)
+                return self.result(req.name, ref.host, VmState.SHUTOFF, notes, found.vm.uuid)
+        forced: DomainReport = await self.step("power off", Domains.destroy_domain, ref)
+        notes.append(forced.detail)
+        await self.record_state(req.name, VmState.SHUTOFF)
+        return self.result(req.name, ref.host, VmState.SHUTOFF, notes, found.vm.uuid)
+
+
+@workflow.defn(name="DestroyVm")
+class DestroyVm(VmTask):
+    KIND = "DestroyVm"
+
+    @workflow.run
+    async def run(self, req: DestroyVmRequest) -> VmTaskResult:
+        return await self.perform(lambda: self._destroy(req))
+
+    async def _destroy(self, req: DestroyVmRequest) -> VmTaskResult:
+        found, ref = await self.locate(req.name)
+        self.phase("run")
+        off: DomainReport = await self.step("power off", Domains.destroy_domain, ref)
+        gone: DomainReport = await self.step("undefine domain", Domains.undefine_domain, ref)
+        self.phase("finalize")
+        removed: InventoryResult = await self.step(
+            "remove from inventory and release capacity", Inventory.remove_vm,
+            RemoveVmInput(name=req.name), options=DATABASE)
+        return self.result(req.name, ref.host, None, [off.detail, gone.detail, removed.detail],
+                           found.vm.uuid)
+
+
+WORKFLOWS = [CreateVm, StartVm, StopVm, DestroyVm]
