@@ -251,6 +251,8 @@ class TaskomaticClient:
             return await asyncio.to_thread(fn, *args)
         except ApplicationError as err:
             info = error_info(err)
+            if info.retryable:  # the inventory is unreachable: not the request's fault
+                raise
             raise RequestError(info.field, info.message.removeprefix(f"{info.field}: ")) from None
 
 

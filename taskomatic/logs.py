@@ -48,4 +48,5 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
 
 
 def get_logger(**bound: Any) -> Any:
-    return structlog.get_logger("taskomatic").bind(**bound)
+    """A logger with ``bound`` fields; resolved lazily, so it follows ``configure_logging``."""
+    return structlog.get_logger("taskomatic", **bound)

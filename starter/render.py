@@ -1,0 +1,124 @@
+"""Terminal output for the CLI: rich tables, the live task display, JSON for scripts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+from rich.console import Console, Group
+from rich.live import Live
+from rich.spinner import Spinner
+from rich.table import Table
+from rich.text import Text
+
+from starter.client import TaskHandle, TaskStatus
+from taskomatic.models import HostRecord, StepState, TaskFailure, TaskProgress, VmRecord
+
+_STEP_STYLE = {StepState.RUNNING: "yellow", StepState.DONE: "green", StepState.FAILED: "red",
+               StepState.COMPENSATING: "magenta", StepState.COMPENSATED: "magenta"}
+_TASK_STYLE = {"running": "yellow", "complete": "green", "error": "red", "cancelled": "magenta",
+               "terminated": "magenta", "timed_out": "red"}
+
+
+def print_json(data: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
+    if isinstance(data, BaseModel):
+        payload: Any = data.model_dump(mode="json")
+    elif isinstance(data, dict):
+        payload = data
+    else:
+        payload = [item.model_dump(mode="json") for item in data]
+    print(json.dumps(payload, indent=2))
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.astimezone().strftime("%H:%M:%S") if moment else "-"
+
+
+def hosts_table(hosts: Sequence[HostRecord]) -> Table:
+    table = Table("host", "state", "vCPUs used/total", "memory MiB used/total", "VMs", "uri",
+                  title="Hosts")
+    for h in hosts:
+        style = "green" if h.state == "up" else "yellow"
+        table.add_row(h.name, Text(h.state, style=style),
+                      f"{h.used_vcpus + h.reserved_vcpus}/{h.vcpus}",
+                      f"{h.used_memory_mib + h.reserved_memory_mib}/{h.memory_mib}",
+                      str(h.vm_count), h.uri)
+    return table
+
+
+def vms_table(vms: Sequence[VmRecord]) -> Table:
+    table = Table("VM", "host", "state", "vCPUs", "memory MiB", "uuid", title="VMs")
+    for vm in vms:
+        style = "green" if vm.state == "running" else "dim"
+        table.add_row(vm.name, vm.host, Text(vm.state, style=style), str(vm.vcpus),
+                      str(vm.memory_mib), vm.uuid)
+    return table
+
+
+def tasks_table(tasks: Sequence[TaskStatus]) -> Table:
+    table = Table("task", "kind", "state", "VM", "host", "started", "finished", title="Tasks")
+    for t in tasks:
+        table.add_row(t.id, t.kind, Text(t.state, style=_TASK_STYLE.get(t.state, "")),
+                      t.vm or "-", t.host or "-", _when(t.started_at), _when(t.finished_at))
+    return table
+
+
+def steps_table(progress: TaskProgress) -> Table:
+    table = Table("step", "state", "started", "took", "detail", box=None, show_header=True)
+    for step in progress.steps:
+        took = (f"{(step.finished_at - step.started_at).total_seconds():.2f}s"
+                if step.finished_at else "…")
+        table.add_row(step.name, Text(step.state, style=_STEP_STYLE.get(step.state, "")),
+                      _when(step.started_at), took, step.detail or "")
+    return table
+
+
+def failure_text(failure: TaskFailure) -> Text:
+    text = Text()
+    text.append(f"task {failure.task_id} failed", style="bold red")
+    text.append(f" at step '{failure.step}': ")
+    text.append(failure.message, style="red")
+    text.append(f"\n  error type: {failure.error_type}"
+                f" ({'retryable' if failure.retryable else 'not retryable'})")
+    for label, value in (("field", failure.field), ("VM", failure.vm), ("host", failure.host),
+                         ("libvirt code", failure.libvirt_code)):
+        if value is not None:
+            text.append(f"\n  {label}: {value}")
+    if failure.compensated:
+        text.append(f"\n  undone: {', '.join(failure.compensated)}", style="magenta")
+    return text
+
+
+def task_view(status: TaskStatus) -> Group:
+    head = Text()
+    head.append(f"{status.kind} ", style="bold")
+    head.append(status.id)
+    head.append(f"  [{status.state}]", style=_TASK_STYLE.get(status.state, ""))
+    parts: list[Any] = [head]
+    if status.vm or status.host:
+        parts.append(Text(f"VM {status.vm or '-'} on host {status.host or '-'}"))
+    if status.progress is not None:
+        parts.append(steps_table(status.progress))
+    if status.error is not None:
+        parts.append(failure_text(status.error))
+    return Group(*parts)
+
+
+async def follow(handle: TaskHandle, console: Console, refresh_seconds: float = 0.2) -> Any:
+    """Show a task's steps live until it ends; returns its result or raises ``TaskError``."""
+    waiter = asyncio.ensure_future(handle.result())
+    with Live(console=console, refresh_per_second=10, transient=True) as live:
+        while not waiter.done():
+            progress = await handle.progress()
+            spinner = Spinner("dots", text=Text(
+                f"{handle.kind} {handle.id}: {progress.current_step if progress else 'queued'}"))
+            live.update(Group(spinner, steps_table(progress)) if progress else spinner)
+            await asyncio.wait([waiter], timeout=refresh_seconds)
+    progress = await handle.progress()
+    if progress is not None:
+        console.print(steps_table(progress))
+    return waiter.result()
