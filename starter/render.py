@@ -90,6 +90,9 @@ def failure_text(failure: TaskFailure) -> Text:
             text.append(f"\n  {label}: {value}")
     if failure.compensated:
         text.append(f"\n  undone: {', '.join(failure.compensated)}", style="magenta")
+    if failure.compensation_failed:
+        text.append(f"\n  NOT undone (check by hand): {', '.join(failure.compensation_failed)}",
+                    style="bold red")
     return text
 
 

@@ -110,12 +110,20 @@ class VmRecord(Model):
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
+    @property
+    def detail(self) -> str:
+        return f"{self.state} on {self.host}"
+
 
 class VmPlacement(Model):
     """Where a VM lives, with what an activity needs to reach it."""
 
     vm: VmRecord
     host_uri: str
+
+    @property
+    def detail(self) -> str:
+        return f"{self.vm.state} on {self.vm.host}"
 
 
 # --- task requests (the single input of each workflow) ----------------------------------------
@@ -172,6 +180,10 @@ class Reservation(Model):
     host_uri: str
     vcpus: int
     memory_mib: int
+
+    @property
+    def detail(self) -> str:
+        return f"{self.vcpus} vCPUs / {self.memory_mib} MiB on {self.host}"
 
 
 class ReleaseCapacityInput(Model):
@@ -284,6 +296,8 @@ class TaskFailure(Model):
     host: str | None = None
     vm: str | None = None
     compensated: list[str] = []
+    compensation_failed: list[str] = Field(
+        default_factory=list, description="undo steps that failed: check these by hand")
 
 
 class VmTaskResult(Model):

@@ -44,11 +44,12 @@ DATABASE = ActivityOptions(
     retry=RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
                       maximum_interval=timedelta(seconds=5), maximum_attempts=8),
 )
-# Hypervisor steps: an unreachable host is retried for about a minute before the task gives up.
+# Hypervisor steps: an unreachable host is retried for ~15 s (6 attempts) before the task gives
+# up and compensates; long enough to ride out a libvirtd restart.
 HYPERVISOR = ActivityOptions(
     start_to_close=timedelta(seconds=120),
-    retry=RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
-                      maximum_interval=timedelta(seconds=15), maximum_attempts=6),
+    retry=RetryPolicy(initial_interval=timedelta(milliseconds=500), backoff_coefficient=2.0,
+                      maximum_interval=timedelta(seconds=10), maximum_attempts=6),
 )
 
 
@@ -119,6 +120,10 @@ class Runbook:
         try:
             result = await self._run(activity, arg, options)
         except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
+                record.state, record.finished_at, record.detail = (
+                    StepState.FAILED, workflow.now(), "cancelled")
+                raise asyncio.CancelledError() from err
             info = error_info(err.cause or err)
             record.state, record.finished_at, record.detail = (StepState.FAILED, workflow.now(),
                                                                info.message)
@@ -142,18 +147,22 @@ class Runbook:
         try:
             result = await body()
         except TaskFailed as failed:
-            compensated = await self._compensate()
-            raise self._failure(failed, compensated) from None
+            undone = await self._compensate()
+            raise self._failure(failed, *undone) from None
         except (asyncio.CancelledError, CancelledError):
+            self.log("task cancelled; undoing")
             await asyncio.shield(self._compensate())
+            self.phase("failed")
             raise
         self.phase("done")
         self._state.current_step = None
         return result
 
-    async def _compensate(self) -> list[str]:
+    async def _compensate(self) -> tuple[list[str], list[str]]:
+        """Run the registered undos, newest first; returns (undone, failed to undo)."""
         self.phase("compensate")
         done: list[str] = []
+        failed: list[str] = []
         while self._undo:
             undo = self._undo.pop()
             record = StepRecord(name=undo.name, state=StepState.COMPENSATING,
@@ -168,17 +177,20 @@ class Runbook:
                 # Loud, but keep undoing the rest: a partial undo beats none.
                 record.state = StepState.FAILED
                 record.detail = f"undo failed: {error_info(err.cause or err).message}"
+                failed.append(undo.name)
                 self.log("compensation failed", step=undo.name, error=record.detail)
             record.finished_at = workflow.now()
-        return done
+        return done, failed
 
-    def _failure(self, failed: TaskFailed, compensated: list[str]) -> ApplicationError:
+    def _failure(self, failed: TaskFailed, compensated: list[str], not_undone: list[str]
+                 ) -> ApplicationError:
         self.phase("failed")
         state, info = self._state, failed.info
         failure = TaskFailure(
             task_id=state.task_id, kind=self.KIND, step=failed.step, error_type=info.type.value, message=info.message, field=info.field,
             retryable=info.retryable, libvirt_code=info.libvirt_code,
             host=info.host or state.host, vm=info.vm or state.vm, compensated=compensated,
+            compensation_failed=not_undone,
         )
         self.log("task failed", error=info.message, error_type=info.type,
                  compensated=compensated)
