@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import libvirt
 from temporalio.exceptions import ApplicationError
@@ -84,10 +84,8 @@ class Hypervisors:
         with self._guard:
             conn = self._conns.pop(uri, None)
         if conn is not None:
-            try:
+            with suppress(libvirt.libvirtError):
                 conn.close()
-            except libvirt.libvirtError:
-                pass
 
     def close(self) -> None:
         for uri in list(self._conns):

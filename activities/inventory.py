@@ -54,7 +54,8 @@ def _vm(row: dict[str, Any]) -> VmRecord:
 def add_host(db: Database, spec: HostSpec) -> tuple[HostRecord, bool]:
     """Register a host. Adding the same name and URI again is a no-op; returns (host, created)."""
     with db.transaction() as cur:
-        cur.execute("SELECT name, uri FROM hosts WHERE name = %s OR uri = %s", (spec.name, spec.uri))
+        cur.execute("SELECT name, uri FROM hosts WHERE name = %s OR uri = %s",
+                    (spec.name, spec.uri))
         clash = cur.fetchone()
         if clash is None:
             cur.execute(
@@ -135,8 +136,8 @@ def _refuse_taken_name(cur: Any, name: str, task_id: str | None = None) -> None:
     if row:
         raise task_error(ErrorType.DUPLICATE_VM, f"VM {name!r} already exists on {row['host']}",
                          field="name", vm=name)
-    cur.execute("SELECT task_id FROM reservations WHERE vm_name = %s AND task_id IS DISTINCT FROM %s",
-                (name, task_id))
+    cur.execute("SELECT task_id FROM reservations"
+                " WHERE vm_name = %s AND task_id IS DISTINCT FROM %s", (name, task_id))
     row = cur.fetchone()
     if row:
         raise task_error(ErrorType.DUPLICATE_VM,

