@@ -280,19 +280,23 @@ def _least_loaded_fit(cur: Any, hosts: list[dict[str, Any]], inp: ReserveCapacit
     load = {row["host_id"]: row for row in cur.fetchall()}
     best: tuple[float, float, str] | None = None
     chosen: dict[str, Any] | None = None
+    roomiest: tuple[int, str] = (-1, "")  # the host with most free memory, for the error
     for host in hosts:
         used = load.get(host["id"], {"vcpus": 0, "memory_mib": 0})
         free_vcpus = host["vcpus"] - used["vcpus"]
         free_memory = host["memory_mib"] - used["memory_mib"]
         if free_vcpus < inp.vcpus or free_memory < inp.memory_mib:
+            roomiest = max(roomiest, (free_memory, f"roomiest: {host['name']} with {free_vcpus}"
+                                                   f" vCPUs / {free_memory} MiB free"))
             continue
         rank = (used["memory_mib"] / host["memory_mib"], used["vcpus"] / host["vcpus"],
                 host["name"])
         if best is None or rank < best:
             best, chosen = rank, host
     if chosen is None:
-        where = f"host {inp.host!r} has" if inp.host else "no host in service has"
+        where = f"host {inp.host!r}" if inp.host else "no host in service"
         raise task_error(ErrorType.NO_CAPACITY,
-                         f"{where} {inp.vcpus} vCPUs and {inp.memory_mib} MiB free",
-                         field="host" if inp.host else "memory_mib", host=inp.host, vm=inp.vm_name)
+                         f"{where} lacks room for {inp.vcpus} vCPUs / {inp.memory_mib} MiB"
+                         f" ({roomiest[1]})", field="host" if inp.host else "memory_mib",
+                         host=inp.host, vm=inp.vm_name)
     return chosen

@@ -241,10 +241,13 @@ class TaskomaticClient:
     async def _submit(self, kind: str, req: TaskRequest, vm: str, task_id: str | None
                       ) -> TaskHandle:
         task_id = task_id or f"{_SLUGS[kind]}-{vm}-{uuid.uuid4().hex[:8]}"
+        attrs = [SearchAttributePair(TASK_KIND, kind), SearchAttributePair(TASK_VM, vm)]
+        pinned_host = getattr(req, "host", None)
+        if pinned_host:  # known before placement; the workflow sets it otherwise
+            attrs.append(SearchAttributePair(TASK_HOST, pinned_host))
         handle = await self.temporal.start_workflow(
             _WORKFLOWS[kind].run, req, id=task_id, task_queue=self.settings.task_queue,
-            search_attributes=TypedSearchAttributes([SearchAttributePair(TASK_KIND, kind),
-                                                     SearchAttributePair(TASK_VM, vm)]),
+            search_attributes=TypedSearchAttributes(attrs),
         )
         return TaskHandle(handle, kind)
 
