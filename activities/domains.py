@@ -7,7 +7,6 @@ at least once) finds the work done and says so instead of failing.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import libvirt
 from temporalio import activity
@@ -21,13 +20,8 @@ from taskomatic.models import DomainRef, DomainReport, DomainSpec, VmState, Wait
 _OFF = {VmState.SHUTOFF, VmState.CRASHED}
 
 
-def _log(ref: DomainRef) -> Any:
-    task_id = activity.info().workflow_id if activity.in_activity() else None
-    return get_logger(task_id=task_id, vm=ref.name, host=ref.host)
-
-
 def _report(ref: DomainRef, state: VmState | None, changed: bool, detail: str) -> DomainReport:
-    _log(ref).info(detail, changed=changed, state=state)
+    get_logger(vm=ref.name, host=ref.host).info(detail, changed=changed, state=state)
     return DomainReport(name=ref.name, host=ref.host, state=state, changed=changed, detail=detail)
 
 

@@ -23,10 +23,6 @@ from taskomatic.models import (
 )
 
 
-def _task_id() -> str | None:
-    return activity.info().workflow_id if activity.in_activity() else None
-
-
 class InventoryActivities:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -34,7 +30,7 @@ class InventoryActivities:
     @activity.defn
     def reserve_capacity(self, inp: ReserveCapacityInput) -> Reservation:
         res = inventory.reserve_capacity(self.db, inp)
-        get_logger(task_id=_task_id(), vm=inp.vm_name, host=res.host).info(
+        get_logger(vm=inp.vm_name, host=res.host).info(
             "capacity reserved", vcpus=res.vcpus, memory_mib=res.memory_mib)
         return res
 
@@ -43,7 +39,7 @@ class InventoryActivities:
         res = inventory.release_capacity(self.db, inp.task_id)
         detail = (f"released {res.vcpus} vCPUs / {res.memory_mib} MiB on {res.host}" if res
                   else "no reservation held")
-        get_logger(task_id=_task_id()).info("capacity release", detail=detail)
+        get_logger().info("capacity release", detail=detail)
         return ReleaseResult(released=res is not None, detail=detail)
 
     @activity.defn
@@ -57,7 +53,7 @@ class InventoryActivities:
     @activity.defn
     def record_vm(self, inp: RecordVmInput) -> VmRecord:
         vm = inventory.record_vm(self.db, inp)
-        get_logger(task_id=_task_id(), vm=vm.name, host=vm.host).info("VM recorded",
+        get_logger(vm=vm.name, host=vm.host).info("VM recorded",
                                                                       state=vm.state)
         return vm
 
@@ -65,12 +61,12 @@ class InventoryActivities:
     def set_vm_state(self, inp: SetVmStateInput) -> InventoryResult:
         changed = inventory.set_vm_state(self.db, inp.name, inp.state)
         detail = f"state {inp.state}" if changed else f"state already {inp.state}"
-        get_logger(task_id=_task_id(), vm=inp.name).info("VM state", detail=detail)
+        get_logger(vm=inp.name).info("VM state", detail=detail)
         return InventoryResult(changed=changed, detail=detail)
 
     @activity.defn
     def remove_vm(self, inp: RemoveVmInput) -> InventoryResult:
         changed = inventory.remove_vm(self.db, inp.name)
         detail = "removed from inventory" if changed else "already absent from inventory"
-        get_logger(task_id=_task_id(), vm=inp.name).info(detail)
+        get_logger(vm=inp.name).info(detail)
         return InventoryResult(changed=changed, detail=detail)

@@ -11,9 +11,19 @@ import sys
 from typing import Any, TextIO
 
 import structlog
+from temporalio import activity
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
            "error": logging.ERROR}
+
+
+def add_task_context(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Inside an activity, stamp the line with its task id (the workflow id) and activity name."""
+    if event.get("task_id") is None and activity.in_activity():
+        info = activity.info()
+        event["task_id"] = info.workflow_id
+        event.setdefault("activity", info.activity_type)
+    return event
 
 
 def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -22,6 +32,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     pretty = fmt == "console" or (fmt == "auto" and out.isatty())
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        add_task_context,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
