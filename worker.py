@@ -30,7 +30,9 @@ log = get_logger(component="worker")
 
 
 def activity_list(settings: Settings, hypervisors: Hypervisors) -> Sequence[Any]:
-    inventory = InventoryActivities(get_database(settings.database_url))
+    # One connection per activity thread, so no inventory step waits for another's connection.
+    inventory = InventoryActivities(get_database(settings.database_url,
+                                                 max_connections=settings.activity_threads))
     domains = DomainActivities(hypervisors)
     return [
         inventory.reserve_capacity, inventory.release_capacity, inventory.lookup_vm,

@@ -27,11 +27,15 @@ _MIGRATION_LOCK_KEY = 0x7A5C0_0001
 class Database:
     """A pool of connections to one inventory database; safe to share across threads."""
 
-    def __init__(self, url: str, max_connections: int = 32) -> None:
+    def __init__(self, url: str, max_connections: int = 32,
+                 wait_seconds: float = 30.0) -> None:
         self.url = url
         self._max = max_connections
+        self._wait = wait_seconds
         self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
         self._lock = threading.Lock()
+        # psycopg2's pool raises when empty; callers wait for a free connection instead.
+        self._slots = threading.BoundedSemaphore(max_connections)
 
     def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
         with self._lock:
@@ -45,10 +49,15 @@ class Database:
 
         A lost or refused connection becomes a retryable ``DatabaseUnavailable``.
         """
+        if not self._slots.acquire(timeout=self._wait):
+            raise task_error(ErrorType.DATABASE_UNAVAILABLE,
+                             f"no free inventory connection after {self._wait:g}s "
+                             f"(all {self._max} in use)")
         try:
             pool = self._get_pool()
             conn = pool.getconn()
         except psycopg2.OperationalError as err:
+            self._slots.release()
             raise task_error(
                 ErrorType.DATABASE_UNAVAILABLE, f"cannot reach the inventory database: {err}"
             ) from err
@@ -68,6 +77,7 @@ class Database:
             raise
         finally:
             pool.putconn(conn, close=broken or bool(conn.closed))
+            self._slots.release()
 
     def close(self) -> None:
         with self._lock:
@@ -80,11 +90,11 @@ _databases: dict[str, Database] = {}
 _databases_lock = threading.Lock()
 
 
-def get_database(url: str) -> Database:
-    """The process-wide pool for ``url``."""
+def get_database(url: str, max_connections: int = 32) -> Database:
+    """The process-wide pool for ``url`` (sized by its first caller)."""
     with _databases_lock:
         if url not in _databases:
-            _databases[url] = Database(url)
+            _databases[url] = Database(url, max_connections)
         return _databases[url]
 
 
@@ -107,6 +117,8 @@ def upgrade(url: str) -> list[str]:
     conn = psycopg2.connect(url)
     try:
         with conn, conn.cursor() as cur:
+            # IF NOT EXISTS is not safe against a concurrent creator: take the lock first.
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
             cur.execute(
                 "CREATE TABLE IF NOT EXISTS schema_migrations ("
                 " version integer PRIMARY KEY, name text NOT NULL,"

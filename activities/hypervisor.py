@@ -71,7 +71,7 @@ class Hypervisors:
             lock = self._locks.setdefault(uri, threading.Lock())
         with lock:
             conn = self._conns.get(uri)
-            if conn is not None and conn.isAlive():
+            if conn is not None and _alive(conn):
                 return conn
             if conn is not None:
                 log.warning("libvirt connection lost; reopening", uri=uri)
@@ -105,8 +105,9 @@ class Hypervisors:
         code = err.get_error_code() or 0
         conn = self._conns.get(uri)
         lost = conn is None or not _alive(conn)
-        if code in _UNAVAILABLE or lost:
+        if lost:  # only a dead connection is dropped: a test:/// host dies with its connection
             self.forget(uri)
+        if code in _UNAVAILABLE or lost:
             kind = ErrorType.HYPERVISOR_UNAVAILABLE
         elif code == libvirt.VIR_ERR_OPERATION_FAILED and "already exists" in str(err):
             kind = ErrorType.DUPLICATE_DOMAIN

@@ -209,6 +209,10 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput) -> Reservation:
                 return existing
             _refuse_taken_name(cur, inp.vm_name, inp.task_id)
             candidates = _lock_candidates(cur, inp)
+            # An overlapping attempt of this same task may have committed while we waited.
+            existing = _reservation_of(cur, inp.task_id)
+            if existing is not None:
+                return existing
             host = _least_loaded_fit(cur, candidates, inp)
             cur.execute(
                 "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib)"

@@ -1,0 +1,118 @@
+"""Small shared helpers for the suite: threads started together, errors unpacked, hosts isolated."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import TypeVar
+
+import psycopg2
+import psycopg2.extensions
+from temporalio.exceptions import ApplicationError
+
+from activities import inventory
+from activities.db import Database
+from taskomatic.errors import ErrorInfo, error_info
+from taskomatic.models import HostState
+
+T = TypeVar("T")
+
+
+def run_together(n: int, fn: Callable[[int], T]) -> list[T | BaseException]:
+    """Run ``fn(0) .. fn(n-1)`` on ``n`` threads released at the same instant.
+
+    Returns each call's result or the exception it raised, in index order.
+    """
+    barrier = threading.Barrier(n)
+
+    def one(i: int) -> T | BaseException:
+        barrier.wait()
+        try:
+            return fn(i)
+        except BaseException as err:  # collected, asserted on by the caller
+            return err
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def app_error(err: BaseException) -> tuple[ApplicationError, ErrorInfo]:
+    """``err`` as the ApplicationError it must be, with its ErrorInfo."""
+    assert isinstance(err, ApplicationError), f"expected ApplicationError, got {err!r}"
+    return err, error_info(err)
+
+
+@contextmanager
+def only_hosts_up(db: Database, keep: Iterable[str]) -> Iterator[None]:
+    """Take every 'up' host not in ``keep`` out of service for the block, so auto-placement
+    sees only the test's own hosts; their state is restored afterwards."""
+    kept = set(keep)
+    others = [h.name for h in inventory.list_hosts(db) if h.state == HostState.UP
+              and h.name not in kept]
+    for name in others:
+        inventory.set_host_state(db, name, HostState.DOWN)
+    try:
+        yield
+    finally:
+        for name in others:
+            inventory.set_host_state(db, name, HostState.UP)
+
+
+def with_dbname(url: str, name: str) -> str:
+    params = psycopg2.extensions.parse_dsn(url)
+    params["dbname"] = name
+    return str(psycopg2.extensions.make_dsn(**params))
+
+
+def drop_database(url: str) -> None:
+    """Drop the database named in ``url`` (ending its sessions first)."""
+    name = psycopg2.extensions.parse_dsn(url)["dbname"]
+    admin = psycopg2.connect(with_dbname(url, "postgres"))
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
+    finally:
+        admin.close()
+
+
+@contextmanager
+def host_row_locked(url: str, host: str) -> Iterator[Callable[[int], None]]:
+    """Hold ``host``'s row lock (as a placing task does) in a separate session for the block.
+
+    Yields ``wait_for_waiters(n)``, which returns once ``n`` other sessions are blocked on a lock,
+    so a test can line up concurrent callers behind the lock before letting them all go.
+    """
+    conn = psycopg2.connect(url)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT 1 FROM hosts WHERE name = %s FOR UPDATE", (host,))
+            assert cur.fetchone() is not None, f"no host {host!r}"
+
+        def wait_for_waiters(n: int, timeout: float = 10.0) -> None:
+            deadline = time.monotonic() + timeout
+            probe = psycopg2.connect(url)
+            probe.autocommit = True
+            try:
+                with probe.cursor() as cur:
+                    while True:
+                        cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname ="
+                                    " current_database() AND wait_event_type = 'Lock'")
+                        row = cur.fetchone()
+                        blocked = row[0] if row else 0
+                        if blocked >= n:
+                            return
+                        assert time.monotonic() < deadline, f"{blocked} sessions blocked, not {n}"
+                        time.sleep(0.02)
+            finally:
+                probe.close()
+
+        yield wait_for_waiters
+    finally:
+        conn.rollback()
+        conn.close()
