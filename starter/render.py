@@ -41,6 +41,7 @@ def _when(moment: datetime | None) -> str:
 def hosts_table(hosts: Sequence[HostRecord]) -> Table:
     table = Table("host", "state", "vCPUs used/total", "memory MiB used/total", "VMs", "uri",
                   title="Hosts")
+    table.columns[-1].overflow = "fold"
     for h in hosts:
         style = "green" if h.state == "up" else "yellow"
         table.add_row(h.name, Text(h.state, style=style),
@@ -61,6 +62,8 @@ def vms_table(vms: Sequence[VmRecord]) -> Table:
 
 def tasks_table(tasks: Sequence[TaskStatus]) -> Table:
     table = Table("task", "kind", "state", "VM", "host", "started", "finished", title="Tasks")
+    for column in (table.columns[0], table.columns[3]):
+        column.overflow = "fold"
     for t in tasks:
         table.add_row(t.id, t.kind, Text(t.state, style=_TASK_STYLE.get(t.state, "")),
                       t.vm or "-", t.host or "-", _when(t.started_at), _when(t.finished_at))

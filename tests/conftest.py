@@ -14,8 +14,8 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psycopg2
 import pytest
+from helpers import drop_database, with_dbname
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -35,12 +35,6 @@ LOCAL_PG = os.environ.get("TASKOMATIC_TEST_DATABASE_URL",
                           "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
-def _with_dbname(url: str, name: str) -> str:
-    params = psycopg2.extensions.parse_dsn(url)
-    params["dbname"] = name
-    return psycopg2.extensions.make_dsn(**params)
-
-
 @pytest.fixture(scope="session")
 def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     if is_reachable(LOCAL_PG):
@@ -50,18 +44,19 @@ def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def database_url(pg_server_url: str) -> Iterator[str]:
-    url = _with_dbname(pg_server_url, f"taskomatic_test_{uuid.uuid4().hex[:8]}")
+    url = with_dbname(pg_server_url, f"taskomatic_test_{uuid.uuid4().hex[:8]}")
     ensure_database(url)
     upgrade(url)
     yield url
-    admin = psycopg2.connect(_with_dbname(pg_server_url, "postgres"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                    " WHERE datname = %s AND pid <> pg_backend_pid()",
-                    (psycopg2.extensions.parse_dsn(url)["dbname"],))
-        cur.execute(f'DROP DATABASE IF EXISTS "{psycopg2.extensions.parse_dsn(url)["dbname"]}"')
-    admin.close()
+    drop_database(url)
+
+
+@pytest.fixture
+def scratch_database_url(pg_server_url: str) -> Iterator[str]:
+    """The URL of a database that does not exist yet on the test server; dropped afterwards."""
+    url = with_dbname(pg_server_url, f"taskomatic_scratch_{uuid.uuid4().hex[:8]}")
+    yield url
+    drop_database(url)
 
 
 @pytest.fixture(scope="session")

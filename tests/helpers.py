@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -59,6 +60,22 @@ def only_hosts_up(db: Database, keep: Iterable[str]) -> Iterator[None]:
     finally:
         for name in others:
             inventory.set_host_state(db, name, HostState.UP)
+
+
+def free_port_pair() -> int:
+    """A free port p whose p + 1000 (the dev server's Web UI) is free too."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port + 1000 < 65536:
+            with socket.socket() as ui:
+                try:
+                    ui.bind(("127.0.0.1", port + 1000))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port pair found")
 
 
 def with_dbname(url: str, name: str) -> str:

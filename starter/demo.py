@@ -1,0 +1,121 @@
+"""The scripted demo of ``taskomatic dev --demo``, driven through the starter library only.
+
+Creates and starts four VMs at once (placement picks the hosts), stops one, destroys another,
+then shows hosts (usage), VMs and the tasks as tables. Every task is shown live, one line each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Awaitable
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+
+from starter import render
+from starter.client import TaskError, TaskHandle, TaskomaticClient, TaskStatus
+from taskomatic.logs import get_logger
+from taskomatic.models import CreateVmRequest, DestroyVmRequest, StopVmRequest, VmTaskResult
+
+log = get_logger(component="demo")
+
+REFRESH_SECONDS = 0.2
+REQUESTED_BY = "taskomatic dev --demo"
+# (vCPUs, memory MiB) of the demo VMs.
+SIZES = ((2, 2048), (4, 8192), (1, 1024), (2, 4096))
+
+
+async def demo_exit_status(client: TaskomaticClient, console: Console) -> int:
+    """Run the demo, reporting a failure on ``console``; returns the exit status (0 or 1)."""
+    try:
+        await run_demo(client, console)
+    except TaskError as err:
+        console.print(render.failure_text(err.failure))
+        return 1
+    except Exception as err:
+        log.error("demo failed", error=str(err), exc_info=True)
+        console.print(f"[bold red]demo failed:[/] {escape(str(err))}")
+        return 1
+    return 0
+
+
+async def run_demo(client: TaskomaticClient, console: Console) -> None:
+    """Run the scenario; raises (``TaskError`` and others) if any step fails."""
+    suffix = secrets.token_hex(2)
+    names = [f"demo-{suffix}-{i}" for i in range(1, len(SIZES) + 1)]
+
+    console.rule(f"Creating and starting {len(names)} VMs; placement picks the hosts")
+    created = await _track(console, {
+        name: client.create_vm(CreateVmRequest(name=name, vcpus=vcpus, memory_mib=memory,
+                                               start=True, requested_by=REQUESTED_BY))
+        for name, (vcpus, memory) in zip(names, SIZES, strict=True)
+    })
+    for res in created:
+        console.print(f"  {res.vm} is {res.state} on {res.host}")
+
+    console.rule(f"Stopping {names[0]} and destroying {names[1]}")
+    await _track(console, {
+        names[0]: client.stop_vm(StopVmRequest(name=names[0], requested_by=REQUESTED_BY)),
+        names[1]: client.destroy_vm(DestroyVmRequest(name=names[1], requested_by=REQUESTED_BY)),
+    })
+
+    console.rule("Where things stand")
+    console.print(render.hosts_table(await client.hosts()))
+    console.print(render.vms_table([vm for vm in await client.vms() if vm.name in names]))
+    console.print(render.tasks_table(await _settled_tasks(client, names, expected=6)))
+
+
+async def _track(console: Console, submissions: dict[str, Awaitable[TaskHandle]]
+                 ) -> list[VmTaskResult]:
+    """Submit tasks (VM name: submission) at once and show one live line per task; raises the
+    first failure once all have ended."""
+    handles = await asyncio.gather(*submissions.values())
+    columns = (SpinnerColumn(finished_text=" "), TextColumn("{task.description}"),
+               TimeElapsedColumn())
+    with Progress(*columns, console=console, refresh_per_second=10) as progress:
+        outcomes = await asyncio.gather(
+            *(_follow(handle, vm, progress) for vm, handle in zip(submissions, handles,
+                                                                  strict=True)),
+            return_exceptions=True)
+    failures = [out for out in outcomes if isinstance(out, BaseException)]
+    if failures:
+        raise failures[0]
+    return [out for out in outcomes if isinstance(out, VmTaskResult)]
+
+
+async def _follow(handle: TaskHandle, vm: str, progress: Progress) -> VmTaskResult:
+    """Update ``handle``'s line from its progress query until it ends."""
+    label = f"[bold]{handle.kind:<9}[/] {vm}"
+    line: TaskID = progress.add_task(f"{label}  queued", total=None)
+    waiter = asyncio.ensure_future(handle.result())
+    while not waiter.done():
+        state = await handle.progress()
+        if state is not None:
+            done = sum(1 for step in state.steps if step.finished_at is not None)
+            progress.update(line, description=f"{label}  {state.phase}: "
+                            f"{state.current_step or '-'} ({done} done)")
+        await asyncio.wait([waiter], timeout=REFRESH_SECONDS)
+    try:
+        res = waiter.result()
+    except TaskError as err:
+        progress.update(line, total=1, completed=1, description=f"{label}  [red]failed at "
+                        f"'{err.failure.step}': {escape(err.failure.message)}[/]")
+        raise
+    where = f" on {res.host}" if res.host else ""
+    progress.update(line, total=1, completed=1,
+                    description=f"{label}  [green]done[/]: {res.state or 'gone'}{where}")
+    return res
+
+
+async def _settled_tasks(client: TaskomaticClient, names: list[str], expected: int,
+                         wait_seconds: float = 3.0) -> list[TaskStatus]:
+    """The demo's tasks from Temporal's visibility store, which lags a little behind."""
+    tasks: list[TaskStatus] = []
+    for _ in range(int(wait_seconds / REFRESH_SECONDS)):
+        tasks = [t for t in await client.tasks(limit=100) if t.vm in names]
+        if len(tasks) >= expected and all(t.state != "running" for t in tasks):
+            break
+        await asyncio.sleep(REFRESH_SECONDS)
+    return tasks

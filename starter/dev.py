@@ -1,0 +1,472 @@
+"""``taskomatic dev``: the whole stack on one machine, started, supervised and stopped together.
+
+A Temporal dev server (SQLite in ``<state>/temporal.db``, Web UI on the gRPC port + 1000);
+PostgreSQL (the server in ``TASKOMATIC_DATABASE_URL`` if it answers, else an embedded one in
+``<state>/pg``, database ``taskomatic``), migrated; N libvirt test-driver hosts ``host-1`` …;
+a worker subprocess. Logs: ``<state>/temporal.log``, ``<state>/worker.log`` (JSON lines).
+
+Settings are ``TASKOMATIC_*`` variables over defaults; ``<state>/env`` is this command's *output*
+(rewritten on every start) so that ``taskomatic`` commands run from the same directory drive this
+stack. Port policy: if the Temporal port or UI port is taken, start-up fails and says which
+setting to change; no port is picked silently, since other shells find the stack by its address.
+
+Test-driver hypervisors live in the worker process and restart empty, so every start deletes the
+dev hosts' VM and reservation rows. A same-named test host of another directory (same database) is
+re-pointed here; this directory's test hosts beyond ``--hosts`` are marked down. Tasks a previous
+run left unfinished resume against the empty hosts and may fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import fcntl
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urlsplit
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+
+from activities import inventory
+from activities.db import Database, ensure_database, get_database, is_reachable, upgrade
+from starter.client import TaskomaticClient
+from starter.demo import demo_exit_status
+from starter.devstack import embedded_postgres_url, temporal_binary, write_test_host
+from taskomatic.logs import get_logger
+from taskomatic.models import HostSpec
+from taskomatic.settings import Settings
+from taskomatic.temporal import SEARCH_ATTRIBUTES, connect_temporal
+
+log = get_logger(component="dev")
+
+HOST_VCPUS = 16
+HOST_MEMORY_MIB = 32_768
+READY_SECONDS = 20.0
+WORKER_STOP_SECONDS = 10.0
+SERVER_STOP_SECONDS = 5.0
+_PR_SET_PDEATHSIG = 1
+
+
+class DevError(Exception):
+    """A start-up problem, shown to the user without a traceback."""
+
+
+# --- child processes -------------------------------------------------------------------------
+
+
+def _parent_death_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM if this process dies uncleanly (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, not in the child
+    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    """A supervised subprocess in its own session, with its output in a log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    stop_seconds: float
+
+    @classmethod
+    def spawn(cls, name: str, argv: list[str], log_path: Path, stop_seconds: float,
+              env: dict[str, str] | None = None) -> Child:
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
+                                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
+                                    preexec_fn=_parent_death_hook())
+        log.info("process started", process=name, pid=proc.pid, log=str(log_path))
+        return cls(name, proc, log_path, stop_seconds)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL if it is still there after ``stop_seconds``."""
+        if self.proc.poll() is None:
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.stop_seconds)
+            except subprocess.TimeoutExpired:
+                log.warning("process ignored SIGTERM; killing it", process=self.name)
+                self._signal(signal.SIGKILL)
+                self.proc.wait()
+        log.info("process stopped", process=self.name, pid=self.proc.pid,
+                 exit_code=self.proc.returncode)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+
+    def tail(self, lines: int = 20) -> str:
+        text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+
+# --- small helpers ---------------------------------------------------------------------------
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise DevError(f"TASKOMATIC_TEMPORAL_ADDRESS must be host:port (got {address!r})")
+    return host, int(port)
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _with_dbname(url: str, name: str) -> str:
+    return urlsplit(url)._replace(path=f"/{name}").geturl()
+
+
+def _display_url(url: str) -> str:
+    return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
+
+
+def _shown(path: Path) -> str:
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _search_attribute_flags() -> list[str]:
+    flags: list[str] = []
+    for key in SEARCH_ATTRIBUTES:
+        kind = key.indexed_value_type.name.title().replace("_", "")  # KEYWORD_LIST: KeywordList
+        flags += ["--search-attribute", f"{key.name}={kind}"]
+    return flags
+
+
+def _settings_env(settings: Settings) -> dict[str, str]:
+    """The settings other processes need to drive this stack, as environment variables."""
+    return {
+        "TASKOMATIC_TEMPORAL_ADDRESS": settings.temporal_address,
+        "TASKOMATIC_TEMPORAL_NAMESPACE": settings.temporal_namespace,
+        "TASKOMATIC_TEMPORAL_UI_URL": settings.temporal_ui_url,
+        "TASKOMATIC_TASK_QUEUE": settings.task_queue,
+        "TASKOMATIC_DATABASE_URL": settings.database_url,
+    }
+
+
+def _dotenv_line(key: str, value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    return f'{key}="{escaped}"\n'
+
+
+def _forget_dead_pg_users(pg_dir: Path) -> None:
+    """Drop pids of dead processes from embedded-postgres's user list, so that the last live user
+    (us) really stops the server at exit even after a previous run was killed."""
+    pids_file = pg_dir / ".handle_pids.json"
+    if not pids_file.exists():
+        return
+    pids = [int(pid) for pid in re.findall(r"\d+", pids_file.read_text())]
+    pids_file.write_text(str([pid for pid in pids if Path(f"/proc/{pid}").exists()]))
+
+
+# --- the stack -------------------------------------------------------------------------------
+
+
+class DevStack:
+    def __init__(self, state_dir: Path, console: Console) -> None:
+        self.dir = state_dir.resolve()
+        self.console = console
+        self.children: list[Child] = []
+        self.embedded_pg: Any = None
+        self._lock: IO[str] | None = None
+
+    # start-up, in order
+
+    def lock(self) -> None:
+        """One stack per state directory (the lock dies with the process: it never goes stale)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock = (self.dir / "dev.lock").open("a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "?"
+            lock.close()
+            raise DevError(f"a dev stack is already running from {self.dir} (pid {holder})"
+                           ) from None
+        lock.truncate(0)
+        lock.write(str(os.getpid()))
+        lock.flush()
+        self._lock = lock
+
+    async def start_temporal(self, base: Settings) -> tuple[Settings, Client]:
+        host, port = _split_address(base.temporal_address)
+        ui_port = port + 1000
+        for what, number in (("Temporal", port), ("Temporal Web UI", ui_port)):
+            if _port_in_use(host, number):
+                raise DevError(
+                    f"port {number} on {host} ({what}) is already in use: is another "
+                    f"`taskomatic dev` or Temporal server running? Stop it, or pick another port, "
+                    f"e.g. TASKOMATIC_TEMPORAL_ADDRESS={host}:{port + 100} (the UI uses port+1000)")
+        argv = [temporal_binary(), "server", "start-dev",
+                "--db-filename", str(self.dir / "temporal.db"),
+                "--ip", host, "--port", str(port), "--ui-port", str(ui_port),
+                "--namespace", base.temporal_namespace,
+                "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+                "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
+                "--dynamic-config-value", "frontend.enableServerVersionCheck=false",
+                "--ui-disable-news-fetch", "--log-level", "warn", *_search_attribute_flags()]
+        server = Child.spawn("Temporal server", argv, self.dir / "temporal.log",
+                             SERVER_STOP_SECONDS)
+        self.children.append(server)
+        settings = base.model_copy(update={"temporal_ui_url": f"http://{host}:{ui_port}",
+                                           "state_dir": self.dir})
+        return settings, await self._wait_for_temporal(settings, server)
+
+    async def _wait_for_temporal(self, settings: Settings, server: Child) -> Client:
+        deadline = time.monotonic() + READY_SECONDS
+        while True:
+            try:
+                return await connect_temporal(settings)
+            except RuntimeError as err:
+                self._check_alive(server)
+                if time.monotonic() > deadline:
+                    raise DevError(f"Temporal did not answer at {settings.temporal_address} "
+                                   f"within {READY_SECONDS:.0f} s: {err}") from None
+            await asyncio.sleep(0.1)
+
+    def _check_alive(self, child: Child) -> None:
+        code = child.proc.poll()
+        if code is not None:
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
+            raise DevError(f"{child.name} {how}; last lines of {_shown(child.log_path)}:\n"
+                           f"{child.tail()}")
+
+    def start_postgres(self, configured_url: str) -> str:
+        """The configured server if it answers, else an embedded one; returns the database URL."""
+        if is_reachable(configured_url):
+            url = configured_url
+        else:
+            self.console.print(f"[dim]PostgreSQL at {_display_url(configured_url)} does not "
+                               f"answer; starting an embedded server in {_shown(self.dir / 'pg')}")
+            url = _with_dbname(self._start_embedded_postgres(), "taskomatic")
+        created = ensure_database(url)
+        applied = upgrade(url)
+        log.info("database ready", url=_display_url(url), created=created, migrations=applied)
+        return url
+
+    def _start_embedded_postgres(self) -> str:
+        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+            from embedded_postgres.postgres_server import get_server  # a dev dependency
+
+        pg_dir = self.dir / "pg"
+        _forget_dead_pg_users(pg_dir)
+        url = embedded_postgres_url(pg_dir)
+        self.embedded_pg = get_server(pg_dir)
+        return url
+
+    def prepare_hosts(self, database_url: str, count: int) -> list[HostSpec]:
+        hosts_dir = self.dir / "hosts"
+        specs = [HostSpec(name=name, vcpus=HOST_VCPUS, memory_mib=HOST_MEMORY_MIB,
+                          uri=write_test_host(hosts_dir, name, HOST_VCPUS, HOST_MEMORY_MIB))
+                 for name in (f"host-{i}" for i in range(1, count + 1))]
+        db = Database(database_url, max_connections=2)
+        try:
+            vms, reservations = _reset_dev_hosts(db, specs, f"test://{hosts_dir}/")
+            if vms or reservations:
+                self.console.print(f"[dim]The test-driver hosts restart empty: removed {vms} VM "
+                                   f"and {reservations} reservation rows of the previous run.")
+            for spec in specs:
+                inventory.add_host(db, spec)
+        except ApplicationError as err:
+            raise DevError(f"cannot register the dev hosts: {err}") from None
+        finally:
+            db.close()
+        return specs
+
+    def write_env(self, settings: Settings) -> Path:
+        path = self.dir / "env"
+        lines = ["# Written by `taskomatic dev` on every start: the stack it runs.\n"]
+        lines += [_dotenv_line(k, v) for k, v in _settings_env(settings).items()]
+        path.write_text("".join(lines), encoding="utf-8")
+        return path
+
+    async def start_worker(self, settings: Settings, client: Client) -> None:
+        env = {**os.environ, **_settings_env(settings), "TASKOMATIC_LOG_FORMAT": "json",
+               "PYTHONUNBUFFERED": "1"}
+        worker = Child.spawn("worker", [sys.executable, "-m", "worker"],
+                             self.dir / "worker.log", WORKER_STOP_SECONDS, env=env)
+        self.children.append(worker)
+        deadline = time.monotonic() + READY_SECONDS
+        while not await _is_polling(client, settings, worker.proc.pid):
+            self._check_alive(worker)
+            if time.monotonic() > deadline:
+                raise DevError(f"the worker did not poll task queue {settings.task_queue!r} "
+                               f"within {READY_SECONDS:.0f} s; see {_shown(worker.log_path)}")
+            await asyncio.sleep(0.2)
+
+    # running and stopping
+
+    def summary(self, settings: Settings, hosts: list[HostSpec], demo: bool) -> None:
+        grid = Table.grid(padding=(0, 2))
+        rows = [
+            ("Temporal", f"{settings.temporal_address}  (namespace {settings.temporal_namespace}"
+                         f", task queue {settings.task_queue})"),
+            ("Web UI", settings.temporal_ui_url),
+            ("PostgreSQL", _display_url(settings.database_url)
+             + ("  (embedded)" if self.embedded_pg else "")),
+            ("Hosts", f"{', '.join(h.name for h in hosts)}  (libvirt test driver, "
+                      f"{HOST_VCPUS} vCPUs / {HOST_MEMORY_MIB} MiB each)"),
+            ("Logs", ", ".join(_shown(c.log_path) for c in self.children)),
+            ("Settings", f"{_shown(self.dir / 'env')}  (used by `taskomatic` commands run here)"),
+        ]
+        for label, value in rows:
+            grid.add_row(f"[bold]{label}[/]", value)
+        self.console.print("[bold green]taskomatic dev stack is up[/]")
+        self.console.print(grid)
+        if not demo:
+            self.console.print("[bold]Ctrl-C to stop.[/]")
+
+    async def supervise(self) -> int:
+        """Wait until a child dies (non-zero exit) or we are interrupted."""
+        while True:
+            for child in self.children:
+                try:
+                    self._check_alive(child)
+                except DevError as err:
+                    self.console.print(f"[bold red]{escape(str(err))}[/]", highlight=False)
+                    return 1
+            await asyncio.sleep(0.5)
+
+    def stop(self) -> None:
+        """Worker, then server, then the embedded PostgreSQL; the state directory stays."""
+        for child in reversed(self.children):
+            child.stop()
+        if self.embedded_pg is not None:
+            self.embedded_pg.cleanup()
+            log.info("embedded PostgreSQL stopped", pgdata=str(self.dir / "pg"))
+        if self._lock is not None:
+            self._lock.close()
+        if self.children:
+            self.console.print("[dim]dev stack stopped.[/]")
+
+
+async def _is_polling(client: Client, settings: Settings, pid: int) -> bool:
+    """True once the worker process ``pid`` polls the task queue (identity ``pid@hostname``)."""
+    resp = await client.workflow_service.describe_task_queue(DescribeTaskQueueRequest(
+        namespace=settings.temporal_namespace, task_queue=TaskQueue(name=settings.task_queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW))
+    return any(p.identity.startswith(f"{pid}@") for p in resp.pollers)
+
+
+def _reset_dev_hosts(db: Database, specs: list[HostSpec], uri_prefix: str) -> tuple[int, int]:
+    """Forget the VMs and reservations of the dev hosts, adopt same-named test-driver hosts of
+    another directory, and mark test hosts of this directory beyond ``specs`` down.
+
+    Returns (VM rows, reservation rows) deleted.
+    """
+    names = [s.name for s in specs]
+    with db.transaction() as cur:
+        cur.execute("SELECT id FROM hosts WHERE left(uri, length(%(p)s)) = %(p)s"
+                    " OR (name = ANY(%(names)s) AND uri LIKE 'test://%%') ORDER BY id FOR UPDATE",
+                    {"p": uri_prefix, "names": names})
+        ids = [row["id"] for row in cur.fetchall()]
+        cur.execute("DELETE FROM reservations WHERE host_id = ANY(%s)", (ids,))
+        reservations = cur.rowcount
+        cur.execute("DELETE FROM vms WHERE host_id = ANY(%s)", (ids,))
+        vms = cur.rowcount
+        for spec in specs:
+            cur.execute("UPDATE hosts SET uri = %s, updated_at = now()"
+                        " WHERE name = %s AND uri <> %s AND uri LIKE 'test://%%'",
+                        (spec.uri, spec.name, spec.uri))
+        cur.execute("UPDATE hosts SET state = CASE WHEN name = ANY(%s) THEN 'up' ELSE 'down' END,"
+                    " updated_at = now() WHERE id = ANY(%s)", (names, ids))
+    log.info("dev hosts reset", hosts=names, vms_removed=vms, reservations_removed=reservations)
+    return vms, reservations
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+async def _run(stack: DevStack, hosts: int, demo: bool) -> int:
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+    assert main is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):  # SIGINT too: `&` in a script ignores it
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not in the main thread
+            loop.add_signal_handler(sig, main.cancel)
+    stack.lock()
+    base = Settings(_env_file=None)  # env vars over defaults: <state>/env is our output
+    settings, client = await stack.start_temporal(base)
+    url = await asyncio.to_thread(stack.start_postgres, settings.database_url)
+    settings = settings.model_copy(update={"database_url": url})
+    specs = await asyncio.to_thread(stack.prepare_hosts, url, hosts)
+    stack.write_env(settings)
+    await stack.start_worker(settings, client)
+    stack.summary(settings, specs, demo)
+    if not demo:
+        return await stack.supervise()
+    db = get_database(settings.database_url)
+    try:
+        return await demo_exit_status(TaskomaticClient(client, settings, db), stack.console)
+    finally:
+        db.close()
+
+
+def run_dev(hosts: int = 3, demo: bool = False, state_dir: Path = Path(".taskomatic")) -> int:
+    """Run the dev stack until Ctrl-C/SIGTERM (or, with ``demo``, until the demo is done).
+
+    Exit status: 0 on a requested stop or a successful demo; 1 if start-up, a child process or
+    the demo failed; 130 if the demo was interrupted.
+    """
+    console = Console()
+    stack = DevStack(state_dir, console)
+    try:
+        if hosts < 1:
+            raise DevError(f"--hosts must be at least 1 (got {hosts})")
+        return asyncio.run(_run(stack, hosts, demo))
+    except DevError as err:
+        console.print(f"[bold red]taskomatic dev:[/] {escape(str(err))}", highlight=False)
+        return 1
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        console.print("\n[yellow]stopping…[/]")
+        return 130 if demo else 0
+    finally:
+        with _signals_ignored():  # a second Ctrl-C or SIGTERM must not cut the clean-up short
+            stack.stop()
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

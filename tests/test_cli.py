@@ -1,0 +1,133 @@
+"""The ``taskomatic`` CLI against a running ``taskomatic dev`` stack, as an operator uses it.
+
+One ``taskomatic dev --hosts 2`` runs in the background from a temporary directory; every command
+is a separate ``taskomatic`` process run from that directory, so it finds the stack through
+``.taskomatic/env`` exactly as a second shell would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import free_port_pair
+
+CLI = str(Path(sys.executable).parent / "taskomatic")
+
+
+class Shell:
+    def __init__(self, cwd: Path, env: dict[str, str]) -> None:
+        self.cwd, self.env = cwd, env
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([CLI, *args], cwd=self.cwd, env=self.env, capture_output=True,
+                              text=True, timeout=120)
+
+    def json(self, *args: str) -> Any:
+        done = self.run(*args, "--json")
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+
+@pytest.fixture(scope="module")
+def shell(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) -> Iterator[Shell]:
+    from helpers import drop_database, with_dbname
+
+    cwd = tmp_path_factory.mktemp("cli")
+    port = free_port_pair()
+    db_url = with_dbname(pg_server_url, f"taskomatic_cli_{port}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKOMATIC_")}
+    env.update(TASKOMATIC_TEMPORAL_ADDRESS=f"127.0.0.1:{port}",
+               TASKOMATIC_TEMPORAL_UI_URL=f"http://127.0.0.1:{port + 1000}",
+               TASKOMATIC_DATABASE_URL=db_url, COLUMNS="200")
+    stack = subprocess.Popen([CLI, "dev", "--hosts", "2"], cwd=cwd, env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    # The commands below must find the stack through .taskomatic/env, not through our env.
+    plain = {k: v for k, v in env.items() if not k.startswith("TASKOMATIC_")}
+    sh = Shell(cwd, plain)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            assert stack.poll() is None, stack.stdout.read() if stack.stdout else ""
+            if (cwd / ".taskomatic/env").exists():
+                listed = sh.run("host", "list", "--json")
+                if listed.returncode == 0 and len(json.loads(listed.stdout)) == 2:
+                    break
+            time.sleep(0.3)
+        else:
+            pytest.fail("dev stack did not come up within 60 s")
+        yield sh
+    finally:
+        stack.send_signal(signal.SIGINT)
+        out, _ = stack.communicate(timeout=60)
+        assert stack.returncode == 0, out
+        drop_database(db_url)
+
+
+def test_vm_lifecycle_through_the_cli(shell: Shell) -> None:
+    hosts = shell.json("host", "list")
+    assert {h["name"] for h in hosts} == {"host-1", "host-2"}
+    assert {"name", "uri", "state", "vcpus", "memory_mib", "used_vcpus"} <= set(hosts[0])
+
+    created = shell.json("vm", "create", "web1", "--vcpus", "2", "--memory-mib", "1024",
+                         "--host", "host-2", "--start", "--wait")
+    assert (created["vm"], created["host"], created["state"]) == ("web1", "host-2", "running")
+    vms = shell.json("vm", "list")
+    assert [(v["name"], v["host"], v["state"], v["vcpus"], v["memory_mib"]) for v in vms] == [
+        ("web1", "host-2", "running", 2, 1024)]
+
+    live = shell.run("vm", "stop", "web1", "--wait")  # the human display
+    assert live.returncode == 0, live.stderr
+    assert "wait for shutoff" in live.stdout and "shutoff" in live.stdout
+    submitted = shell.json("vm", "destroy", "web1")
+    shown: dict[str, Any] = {}
+    for _ in range(100):
+        shown = shell.json("tasks", "show", submitted["id"])
+        if shown["state"] != "running":
+            break
+        time.sleep(0.1)
+    assert shown["state"] == "complete" and shown["kind"] == "DestroyVm"
+    assert [s["name"] for s in shown["progress"]["steps"]][-1].startswith("remove from inventory")
+    assert shell.json("vm", "list") == []
+
+    kinds = [t["kind"] for t in shell.json("tasks", "list", "--vm", "web1")]
+    assert sorted(kinds) == ["CreateVm", "DestroyVm", "StopVm"]
+
+
+def test_refused_requests_exit_2_naming_the_field(shell: Shell) -> None:
+    cases = [
+        (["vm", "create", "bad name", "--vcpus", "1", "--memory-mib", "64"], "name"),
+        (["vm", "create", "x1", "--vcpus", "0", "--memory-mib", "64"], "vcpus"),
+        (["vm", "create", "x1", "--vcpus", "1", "--memory-mib", "-5"], "memory_mib"),
+        (["vm", "create", "x1", "--vcpus", "1", "--memory-mib", "64", "--host", "nope"], "host"),
+        (["vm", "start", "ghost"], "name"),
+        (["host", "add", "h9", "--uri", "qemu+tcp://127.0.0.1:1/system"], "uri"),
+        (["host", "add", "h9", "--uri", "http://example"], "uri"),
+    ]
+    for args, field in cases:
+        done = shell.run(*args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert f"error: {field}:" in " ".join(done.stderr.split()), (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert shell.json("vm", "list") == []
+    assert len(shell.json("host", "list")) == 2
+
+
+def test_a_failed_task_exits_1_with_the_structured_error(shell: Shell) -> None:
+    done = shell.run("vm", "create", "huge", "--vcpus", "64", "--memory-mib", "64", "--wait",
+                     "--json")
+    assert done.returncode == 1
+    error = json.loads(done.stdout)["error"]
+    assert (error["step"], error["error_type"], error["compensated"]) == (
+        "reserve capacity", "NoCapacity", ["release capacity"])
+    human = shell.run("vm", "create", "huge", "--vcpus", "64", "--memory-mib", "64", "--wait")
+    assert human.returncode == 1 and "NoCapacity" in human.stderr
+    assert shell.json("vm", "list") == []
