@@ -12,7 +12,6 @@ import psycopg2
 import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
-import psycopg2.pool
 from psycopg2 import sql
 
 from taskomatic.errors import ErrorType, task_error
@@ -25,23 +24,21 @@ _MIGRATION_LOCK_KEY = 0x7A5C0_0001
 
 
 class Database:
-    """A pool of connections to one inventory database; safe to share across threads."""
+    """A pool of connections to one inventory database; safe to share across threads.
+
+    Connections are opened on demand, up to ``max_connections``, and kept open when returned
+    (psycopg2's own pools close those beyond their minimum, paying a new server session almost
+    every transaction). A caller finding them all in use waits for one.
+    """
 
     def __init__(self, url: str, max_connections: int = 32,
                  wait_seconds: float = 30.0) -> None:
         self.url = url
         self._max = max_connections
         self._wait = wait_seconds
-        self._pool: psycopg2.pool.ThreadedConnectionPool | None = None
+        self._idle: list[psycopg2.extensions.connection] = []
         self._lock = threading.Lock()
-        # psycopg2's pool raises when empty; callers wait for a free connection instead.
         self._slots = threading.BoundedSemaphore(max_connections)
-
-    def _get_pool(self) -> psycopg2.pool.ThreadedConnectionPool:
-        with self._lock:
-            if self._pool is None:
-                self._pool = psycopg2.pool.ThreadedConnectionPool(1, self._max, self.url)
-            return self._pool
 
     @contextmanager
     def transaction(self) -> Iterator[psycopg2.extras.RealDictCursor]:
@@ -53,37 +50,44 @@ class Database:
             raise task_error(ErrorType.DATABASE_UNAVAILABLE,
                              f"no free inventory connection after {self._wait:g}s "
                              f"(all {self._max} in use)")
+        conn: psycopg2.extensions.connection | None = None
         try:
-            pool = self._get_pool()
-            conn = pool.getconn()
-        except psycopg2.OperationalError as err:
-            self._slots.release()
-            raise task_error(
-                ErrorType.DATABASE_UNAVAILABLE, f"cannot reach the inventory database: {err}"
-            ) from err
-        broken = False
-        try:
+            conn = self._checkout()
             with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
                 yield cur
             conn.commit()
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as err:
-            broken = True
             raise task_error(
                 ErrorType.DATABASE_UNAVAILABLE, f"inventory database connection failed: {err}"
             ) from err
         except BaseException:
-            if not conn.closed:
+            if conn is not None and not conn.closed:
                 conn.rollback()
             raise
         finally:
-            pool.putconn(conn, close=broken or bool(conn.closed))
+            self._checkin(conn)
             self._slots.release()
+
+    def _checkout(self) -> psycopg2.extensions.connection:
+        with self._lock:
+            if self._idle:
+                return self._idle.pop()
+        return psycopg2.connect(self.url)
+
+    def _checkin(self, conn: psycopg2.extensions.connection | None) -> None:
+        if conn is None or conn.closed:
+            return
+        if conn.status != psycopg2.extensions.STATUS_READY:  # broken mid-transaction
+            conn.close()
+            return
+        with self._lock:
+            self._idle.append(conn)
 
     def close(self) -> None:
         with self._lock:
-            if self._pool is not None:
-                self._pool.closeall()
-                self._pool = None
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
 
 _databases: dict[str, Database] = {}
