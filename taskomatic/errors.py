@@ -31,11 +31,9 @@ class ErrorType(StrEnum):
     INVALID_DEFINITION = "InvalidDefinition"
     NOT_SUPPORTED = "NotSupported"
     HYPERVISOR_ERROR = "HypervisorError"
-    TIMEOUT = "Timeout"
 
 
 RETRYABLE = frozenset({ErrorType.HYPERVISOR_UNAVAILABLE, ErrorType.DATABASE_UNAVAILABLE})
-NON_RETRYABLE_TYPES = [t.value for t in ErrorType if t not in RETRYABLE]
 
 
 class ErrorInfo(Model):

@@ -160,9 +160,6 @@ class DestroyVmRequest(TaskRequest):
     name: Name
 
 
-TaskKind = Literal["CreateVm", "StartVm", "StopVm", "DestroyVm"]
-
-
 # --- activity inputs and outputs --------------------------------------------------------------
 
 
