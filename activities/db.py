@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg2
 import psycopg2.errors
@@ -145,6 +146,15 @@ def upgrade(url: str) -> list[str]:
     return applied
 
 
+def with_dbname(url: str, name: str) -> str:
+    """``url`` pointing at database ``name``, in the form it was given (URL or key=value)."""
+    if "://" in url:
+        return urlsplit(url)._replace(path=f"/{name}").geturl()
+    params = psycopg2.extensions.parse_dsn(url)
+    params["dbname"] = name
+    return str(psycopg2.extensions.make_dsn(**params))
+
+
 def ensure_database(url: str) -> bool:
     """Create the database named in ``url`` if it does not exist; True if it was created."""
     params = psycopg2.extensions.parse_dsn(url)
@@ -161,6 +171,20 @@ def ensure_database(url: str) -> bool:
             except psycopg2.errors.DuplicateDatabase:
                 return False
             return True
+    finally:
+        admin.close()
+
+
+def drop_database(url: str) -> None:
+    """Drop the database named in ``url``, ending its sessions first."""
+    name = psycopg2.extensions.parse_dsn(url)["dbname"]
+    admin = psycopg2.connect(with_dbname(url, "postgres"))
+    try:
+        admin.autocommit = True
+        with admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                        " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
     finally:
         admin.close()
 

@@ -53,8 +53,7 @@ class InventoryActivities:
     @activity.defn
     def record_vm(self, inp: RecordVmInput) -> VmRecord:
         vm = inventory.record_vm(self.db, inp)
-        get_logger(vm=vm.name, host=vm.host).info("VM recorded",
-                                                                      state=vm.state)
+        get_logger(vm=vm.name, host=vm.host).info("VM recorded", state=vm.state)
         return vm
 
     @activity.defn

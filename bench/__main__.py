@@ -29,7 +29,7 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
-from activities.db import get_database
+from activities.db import get_database, with_dbname
 from activities.hypervisor import Hypervisors
 from bench.baseline_driver import baseline_chain
 from bench.lifecycle import (
@@ -60,7 +60,6 @@ from bench.stack import (
     postmaster_pid,
     temporal_dev_server,
     versions,
-    with_dbname,
     worker_settings,
 )
 from starter.client import TaskomaticClient

@@ -17,17 +17,23 @@ from typing import Any
 import libvirt
 import psycopg2
 import psycopg2.extensions
-from psycopg2 import sql
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
-from activities.db import ensure_database, get_database, is_reachable, upgrade
+from activities.db import (
+    drop_database,
+    ensure_database,
+    get_database,
+    is_reachable,
+    upgrade,
+    with_dbname,
+)
 from activities.hypervisor import Hypervisors
 from bench.baseline import BaselineWorkflow, noop
 from bench.probe import ActivityProbe, parent_pid
-from starter.devstack import embedded_postgres_url, temporal_binary
+from starter.devstack import embedded_postgres, temporal_binary
 from taskomatic.settings import Settings
 from taskomatic.temporal import SEARCH_ATTRIBUTES
 from worker import build_worker
@@ -44,12 +50,6 @@ DEV_SERVER_ARGS = (
 )
 
 
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg2.extensions.parse_dsn(url)
-    params["dbname"] = name
-    return str(psycopg2.extensions.make_dsn(**params))
-
-
 @contextmanager
 def postgres_server(url: str | None, embedded: bool, data_dir: Path) -> Iterator[tuple[str, str]]:
     """(server URL, "local"/"given"/"embedded"): the given or local server if it answers, else an
@@ -60,14 +60,11 @@ def postgres_server(url: str | None, embedded: bool, data_dir: Path) -> Iterator
     if not embedded and is_reachable(LOCAL_PG):
         yield LOCAL_PG, "local"
         return
-    server_url = embedded_postgres_url(data_dir)
+    server = embedded_postgres(data_dir)
     try:
-        yield server_url, "embedded"
+        yield str(server.get_uri("postgres")), "embedded"
     finally:
-        # embedded-postgres stops its server from atexit, which a final os._exit skips.
-        from embedded_postgres.postgres_server import get_server
-
-        get_server(data_dir).cleanup()
+        server.cleanup()  # its own atexit stop is skipped by a final os._exit
 
 
 @contextmanager
@@ -80,15 +77,7 @@ def fresh_database(server_url: str, name: str) -> Iterator[str]:
         yield url
     finally:
         get_database(url).close()
-        admin = psycopg2.connect(with_dbname(server_url, "postgres"))
-        try:
-            admin.autocommit = True
-            with admin.cursor() as cur:
-                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                            " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
-                cur.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        finally:
-            admin.close()
+        drop_database(url)
 
 
 def postmaster_pid(db_url: str) -> int | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
 
@@ -143,6 +144,17 @@ class TaskHandle:
             return await self._handle.query("progress", result_type=TaskProgress)  # type: ignore[no-any-return]
         except RPCError:
             return None
+
+    async def watch(self, on_progress: Callable[[TaskProgress | None], None],
+                    every_seconds: float = 0.2) -> VmTaskResult:
+        """Report the task's progress every ``every_seconds`` until it ends (a display refresh;
+        the task itself is event-driven); returns its result or raises ``TaskError``."""
+        waiter = asyncio.ensure_future(self.result())
+        while not waiter.done():
+            on_progress(await self.progress())
+            await asyncio.wait([waiter], timeout=every_seconds)
+        on_progress(await self.progress())
+        return waiter.result()
 
     async def describe(self) -> TaskStatus:
         desc = await self._handle.describe()

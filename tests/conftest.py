@@ -15,17 +15,23 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import drop_database, with_dbname
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities import inventory
-from activities.db import Database, ensure_database, is_reachable, upgrade
+from activities.db import (
+    Database,
+    drop_database,
+    ensure_database,
+    is_reachable,
+    upgrade,
+    with_dbname,
+)
 from activities.hypervisor import Hypervisors
 from starter.client import TaskomaticClient
-from starter.devstack import embedded_postgres_url, temporal_binary, write_test_host
+from starter.devstack import embedded_postgres, temporal_binary, write_test_host
 from taskomatic.models import HostSpec, HostState
 from taskomatic.settings import Settings
 from taskomatic.temporal import SEARCH_ATTRIBUTES
@@ -39,7 +45,7 @@ LOCAL_PG = os.environ.get("TASKOMATIC_TEST_DATABASE_URL",
 def pg_server_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     if is_reachable(LOCAL_PG):
         return LOCAL_PG
-    return embedded_postgres_url(tmp_path_factory.mktemp("pg"))
+    return str(embedded_postgres(tmp_path_factory.mktemp("pg")).get_uri("postgres"))
 
 
 @pytest.fixture(scope="session")

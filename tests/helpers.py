@@ -78,26 +78,6 @@ def free_port_pair() -> int:
     raise RuntimeError("no free port pair found")
 
 
-def with_dbname(url: str, name: str) -> str:
-    params = psycopg2.extensions.parse_dsn(url)
-    params["dbname"] = name
-    return str(psycopg2.extensions.make_dsn(**params))
-
-
-def drop_database(url: str) -> None:
-    """Drop the database named in ``url`` (ending its sessions first)."""
-    name = psycopg2.extensions.parse_dsn(url)["dbname"]
-    admin = psycopg2.connect(with_dbname(url, "postgres"))
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cur:
-            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-                        " WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
-            cur.execute(f'DROP DATABASE IF EXISTS "{name}"')
-    finally:
-        admin.close()
-
-
 @contextmanager
 def host_row_locked(url: str, host: str) -> Iterator[Callable[[int], None]]:
     """Hold ``host``'s row lock (as a placing task does) in a separate session for the block.

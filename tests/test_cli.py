@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from helpers import free_port_pair
 
+from activities.db import drop_database, with_dbname
+
 CLI = str(Path(sys.executable).parent / "taskomatic")
 
 
@@ -39,8 +41,6 @@ class Shell:
 
 @pytest.fixture(scope="module")
 def shell(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) -> Iterator[Shell]:
-    from helpers import drop_database, with_dbname
-
     cwd = tmp_path_factory.mktemp("cli")
     port = free_port_pair()
     db_url = with_dbname(pg_server_url, f"taskomatic_cli_{port}")

@@ -16,18 +16,18 @@ from typing import TypeVar
 
 import psycopg2
 import pytest
-from helpers import (
-    app_error,
-    drop_database,
-    host_row_locked,
-    only_hosts_up,
-    run_together,
-    with_dbname,
-)
+from helpers import app_error, host_row_locked, only_hosts_up, run_together
 from temporalio.exceptions import ApplicationError
 
 from activities import inventory
-from activities.db import Database, ensure_database, migrations, upgrade
+from activities.db import (
+    Database,
+    drop_database,
+    ensure_database,
+    migrations,
+    upgrade,
+    with_dbname,
+)
 from activities.records import InventoryActivities
 from conftest import Lab
 from taskomatic.errors import ErrorType
