@@ -86,23 +86,23 @@ def _who(args: argparse.Namespace) -> str:
 
 async def vm_create(args: argparse.Namespace) -> int:
     req = validated(CreateVmRequest, name=args.name, vcpus=args.vcpus, memory_mib=args.memory_mib,
-                    host=args.host, start=args.start, requested_by=_who(args))
+                    host=args.host, start=args.start, requested_by=_who(args), after=args.after)
     return await _submit(args, lambda c: c.create_vm(req))
 
 
 async def vm_start(args: argparse.Namespace) -> int:
-    req = validated(StartVmRequest, name=args.name, requested_by=_who(args))
+    req = validated(StartVmRequest, name=args.name, requested_by=_who(args), after=args.after)
     return await _submit(args, lambda c: c.start_vm(req))
 
 
 async def vm_stop(args: argparse.Namespace) -> int:
     req = validated(StopVmRequest, name=args.name, force=args.force,
-                    timeout_seconds=args.timeout, requested_by=_who(args))
+                    timeout_seconds=args.timeout, requested_by=_who(args), after=args.after)
     return await _submit(args, lambda c: c.stop_vm(req))
 
 
 async def vm_destroy(args: argparse.Namespace) -> int:
-    req = validated(DestroyVmRequest, name=args.name, requested_by=_who(args))
+    req = validated(DestroyVmRequest, name=args.name, requested_by=_who(args), after=args.after)
     return await _submit(args, lambda c: c.destroy_vm(req))
 
 
@@ -178,22 +178,26 @@ def dev(args: argparse.Namespace) -> int:
 # --- wiring ----------------------------------------------------------------------------------
 
 
+def verb(parent: Any, name: str, fn: Callable[..., Any], help: str, *,
+         read: bool = False, write: bool = False) -> argparse.ArgumentParser:
+    """Add one verb. ``write`` verbs submit a task: --wait, --json, --requested-by, --after."""
+    sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
+    sp.set_defaults(fn=fn)
+    if read or write:
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+    if write:
+        sp.add_argument("--wait", action="store_true",
+                        help="follow the task live; exit non-zero if it fails")
+        sp.add_argument("--requested-by", help="who asks (default: the OS user)")
+        sp.add_argument("--after", action="append", default=[], metavar="TASK_ID",
+                        help="run only after this task completed (repeatable)")
+    return sp
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="taskomatic", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     nouns = p.add_subparsers(dest="noun", required=True)
-
-    def verb(parent: Any, name: str, fn: Callable[..., Any], help: str, *,
-             read: bool = False, write: bool = False) -> argparse.ArgumentParser:
-        sp: argparse.ArgumentParser = parent.add_parser(name, help=help, description=help)
-        sp.set_defaults(fn=fn)
-        if read or write:
-            sp.add_argument("--json", action="store_true", help="machine-readable output")
-        if write:
-            sp.add_argument("--wait", action="store_true",
-                            help="follow the task live; exit non-zero if it fails")
-            sp.add_argument("--requested-by", help="who asks (default: the OS user)")
-        return sp
 
     host = nouns.add_parser("host", help="hypervisor hosts").add_subparsers(dest="verb",
                                                                             required=True)

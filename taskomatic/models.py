@@ -130,10 +130,44 @@ class VmPlacement(Model):
 # --- task requests (the single input of each workflow) ----------------------------------------
 
 
+_TASK_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}")
+
+
+def _check_task_id(value: str) -> str:
+    if not _TASK_ID_RE.fullmatch(value):
+        raise ValueError("must be a task id: 1-200 letters, digits, '.', '_', ':' or '-' "
+                         f"(got {value!r})")
+    return value
+
+
+TaskId = Annotated[str, AfterValidator(_check_task_id)]
+
+
+def vm_resource(name: str) -> str:
+    return f"vm:{name}"
+
+
+def host_resource(name: str) -> str:
+    return f"host:{name}"
+
+
+def pool_resource(name: str) -> str:
+    return f"pool:{name}"
+
+
 class TaskRequest(Model):
-    """Fields every task request carries."""
+    """Fields every task request carries.
+
+    ``after`` lists tasks that must complete before this one runs. ``resources()`` names what the
+    task changes ("vm:web1", "host:h1", "pool:images"): tasks sharing a resource run one at a
+    time, in submission order.
+    """
 
     requested_by: str | None = None
+    after: list[TaskId] = Field(default_factory=list, max_length=100)
+
+    def resources(self) -> list[str]:
+        return []
 
 
 class CreateVmRequest(TaskRequest):
@@ -143,9 +177,15 @@ class CreateVmRequest(TaskRequest):
     host: Name | None = Field(None, description="place on this host; chosen by placement if unset")
     start: bool = False
 
+    def resources(self) -> list[str]:
+        return [vm_resource(self.name)]
+
 
 class StartVmRequest(TaskRequest):
     name: Name
+
+    def resources(self) -> list[str]:
+        return [vm_resource(self.name)]
 
 
 class StopVmRequest(TaskRequest):
@@ -155,9 +195,15 @@ class StopVmRequest(TaskRequest):
         None, description="graceful shutdown wait before forcing; the worker's setting if unset"
     )
 
+    def resources(self) -> list[str]:
+        return [vm_resource(self.name)]
+
 
 class DestroyVmRequest(TaskRequest):
     name: Name
+
+    def resources(self) -> list[str]:
+        return [vm_resource(self.name)]
 
 
 # --- activity inputs and outputs --------------------------------------------------------------
