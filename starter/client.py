@@ -5,32 +5,28 @@
     result = await task.result()          # raises TaskError with a TaskFailure on failure
 
 Requests are validated (pydantic, then an advisory inventory check) before any task exists, so a
-bad request raises ``RequestError`` naming the field and leaves nothing behind. Reads of hosts and
-VMs come straight from the inventory.
+bad request raises ``RequestError`` naming the field and leaves nothing behind. A task without
+prerequisites takes its place in line for its resources when it is submitted, so tasks on one
+resource run in submission order. Reads of hosts and VMs come straight from the inventory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Callable
-from datetime import datetime
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 from pydantic import ValidationError
-from temporalio.client import (
-    Client,
-    WorkflowExecutionStatus,
-    WorkflowFailureError,
-    WorkflowHandle,
-)
+from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
-from activities import inventory
+from activities import claims, inventory
 from activities.db import Database, get_database
 from activities.hypervisor import Hypervisors
+from starter.tasks import STATE_QUERIES, TaskError, TaskHandle, TaskStatus, status_of
 from taskomatic.errors import error_info
 from taskomatic.models import (
     CreateVmRequest,
@@ -40,30 +36,44 @@ from taskomatic.models import (
     Model,
     StartVmRequest,
     StopVmRequest,
-    TaskFailure,
-    TaskProgress,
     TaskRequest,
+    TaskState,
     VmRecord,
-    VmTaskResult,
 )
+from taskomatic.ordering import capacity_of
 from taskomatic.settings import Settings, get_settings
-from taskomatic.temporal import TASK_HOST, TASK_KIND, TASK_VM, connect_temporal
+from taskomatic.temporal import (
+    TASK_HOST,
+    TASK_KIND,
+    TASK_POOL,
+    TASK_RESOURCES,
+    TASK_STATE,
+    TASK_VM,
+    connect_temporal,
+)
 from workflows.vm_lifecycle import CreateVm, DestroyVm, StartVm, StopVm
 
-TaskState = Literal["running", "complete", "error", "cancelled", "terminated", "timed_out"]
-_STATES: dict[WorkflowExecutionStatus | None, TaskState] = {
-    WorkflowExecutionStatus.RUNNING: "running",
-    WorkflowExecutionStatus.COMPLETED: "complete",
-    WorkflowExecutionStatus.FAILED: "error",
-    WorkflowExecutionStatus.CANCELED: "cancelled",
-    WorkflowExecutionStatus.TERMINATED: "terminated",
-    WorkflowExecutionStatus.TIMED_OUT: "timed_out",
-    WorkflowExecutionStatus.CONTINUED_AS_NEW: "running",
+
+@dataclass(frozen=True)
+class TaskKind:
+    """A kind of task: its workflow, request model and the prefix of its task ids."""
+
+    workflow: Any
+    request: type[TaskRequest]
+    slug: str
+
+
+KINDS: dict[str, TaskKind] = {
+    "CreateVm": TaskKind(CreateVm, CreateVmRequest, "vm-create"),
+    "StartVm": TaskKind(StartVm, StartVmRequest, "vm-start"),
+    "StopVm": TaskKind(StopVm, StopVmRequest, "vm-stop"),
+    "DestroyVm": TaskKind(DestroyVm, DestroyVmRequest, "vm-destroy"),
 }
-_WORKFLOWS: dict[str, Any] = {"CreateVm": CreateVm, "StartVm": StartVm, "StopVm": StopVm,
-                              "DestroyVm": DestroyVm}
-_SLUGS = {"CreateVm": "vm-create", "StartVm": "vm-start", "StopVm": "vm-stop",
-          "DestroyVm": "vm-destroy"}
+# Search attributes filled from a task's resources, so the Web UI can filter by VM, host, pool.
+_SUBJECTS = {"vm": TASK_VM, "host": TASK_HOST, "pool": TASK_POOL}
+
+__all__ = ["KINDS", "RequestError", "TaskError", "TaskHandle", "TaskKind", "TaskStatus",
+           "TaskomaticClient", "validated"]
 
 
 class RequestError(ValueError):
@@ -73,14 +83,6 @@ class RequestError(ValueError):
         super().__init__(f"{field}: {message}" if field else message)
         self.field = field
         self.reason = message
-
-
-class TaskError(Exception):
-    """A task that ended in error, cancellation or termination."""
-
-    def __init__(self, failure: TaskFailure) -> None:
-        super().__init__(failure.message)
-        self.failure = failure
 
 
 def request_error(err: ValidationError) -> RequestError:
@@ -96,88 +98,6 @@ def validated(model: type[Model], **fields: Any) -> Any:
         return model(**fields)
     except ValidationError as err:
         raise request_error(err) from None
-
-
-class TaskStatus(Model):
-    id: str
-    kind: str
-    state: TaskState
-    vm: str | None = None
-    host: str | None = None
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    progress: TaskProgress | None = None
-    result: VmTaskResult | None = None
-    error: TaskFailure | None = None
-
-
-def _failure_of(task_id: str, kind: str, err: BaseException) -> TaskFailure:
-    cause = err.cause if isinstance(err, WorkflowFailureError) else err
-    if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0],
-                                                                             dict):
-        try:
-            return TaskFailure.model_validate(cause.details[0])
-        except ValidationError:
-            pass
-    info = error_info(cause) if cause is not None else None
-    message = info.message if info else str(err)
-    return TaskFailure(task_id=task_id, kind=kind, step="-",
-                       error_type=type(cause).__name__ if cause else "Unknown", message=message)
-
-
-class TaskHandle:
-    """One submitted task."""
-
-    def __init__(self, handle: WorkflowHandle[Any, Any], kind: str) -> None:
-        self._handle = handle
-        self.id = handle.id
-        self.kind = kind
-
-    async def result(self) -> VmTaskResult:
-        try:
-            return await self._handle.result()  # type: ignore[no-any-return]
-        except WorkflowFailureError as err:
-            raise TaskError(_failure_of(self.id, self.kind, err)) from None
-
-    async def progress(self) -> TaskProgress | None:
-        try:
-            return await self._handle.query("progress", result_type=TaskProgress)  # type: ignore[no-any-return]
-        except RPCError:
-            return None
-
-    async def watch(self, on_progress: Callable[[TaskProgress | None], None],
-                    every_seconds: float = 0.2) -> VmTaskResult:
-        """Report the task's progress every ``every_seconds`` until it ends (a display refresh;
-        the task itself is event-driven); returns its result or raises ``TaskError``."""
-        waiter = asyncio.ensure_future(self.result())
-        while not waiter.done():
-            on_progress(await self.progress())
-            await asyncio.wait([waiter], timeout=every_seconds)
-        on_progress(await self.progress())
-        return waiter.result()
-
-    async def describe(self) -> TaskStatus:
-        desc = await self._handle.describe()
-        attrs = desc.typed_search_attributes
-        status = TaskStatus(
-            id=self.id, kind=desc.workflow_type, state=_STATES.get(desc.status, "running"),
-            vm=attrs.get(TASK_VM), host=attrs.get(TASK_HOST), started_at=desc.start_time,
-            finished_at=desc.close_time,
-        )
-        status.progress = await self.progress()
-        if status.state == "complete":
-            status.result = await self.result()
-        elif status.state != "running":
-            try:
-                await self.result()
-            except TaskError as err:
-                status.error = err.failure
-            except Exception as err:  # cancelled / terminated / timed out
-                status.error = _failure_of(self.id, self.kind, err)
-        return status
-
-    async def cancel(self) -> None:
-        await self._handle.cancel()
 
 
 class TaskomaticClient:
@@ -211,57 +131,117 @@ class TaskomaticClient:
 
     async def create_vm(self, req: CreateVmRequest, task_id: str | None = None) -> TaskHandle:
         await self._inventory(inventory.check_new_vm, self.db, req.name, req.host)
-        return await self._submit("CreateVm", req, req.name, task_id)
+        return await self.submit("CreateVm", req, task_id)
 
     async def start_vm(self, req: StartVmRequest, task_id: str | None = None) -> TaskHandle:
-        return await self._submit_for_existing("StartVm", req, req.name, task_id)
+        await self._vm_exists(req)
+        return await self.submit("StartVm", req, task_id)
 
     async def stop_vm(self, req: StopVmRequest, task_id: str | None = None) -> TaskHandle:
         if req.timeout_seconds is None:
             req = req.model_copy(update={"timeout_seconds": self.settings.stop_timeout_seconds})
-        return await self._submit_for_existing("StopVm", req, req.name, task_id)
+        await self._vm_exists(req)
+        return await self.submit("StopVm", req, task_id)
 
     async def destroy_vm(self, req: DestroyVmRequest, task_id: str | None = None) -> TaskHandle:
-        return await self._submit_for_existing("DestroyVm", req, req.name, task_id)
+        await self._vm_exists(req)
+        return await self.submit("DestroyVm", req, task_id)
+
+    async def submit(self, kind: str, req: TaskRequest, task_id: str | None = None
+                     ) -> TaskHandle:
+        """Start a task of ``kind``. Without prerequisites it joins the line for its resources
+        now; with them, when they have completed. ``task_id`` defaults to a readable unique id."""
+        spec = KINDS[kind]
+        resources = sorted(set(req.resources()))
+        subject = next((r.split(":", 1)[1] for r in resources), "")
+        task_id = task_id or "-".join(p for p in (spec.slug, subject, uuid.uuid4().hex[:8]) if p)
+        if req.after:
+            await self._check_prerequisites(task_id, req.after)
+        in_line = bool(resources) and req.ordered and not req.after
+        if in_line:
+            capacities = {r: capacity_of(r, self.settings) for r in resources}
+            await asyncio.to_thread(claims.enqueue, self.db, task_id, kind, capacities)
+        try:
+            handle = await self.temporal.start_workflow(
+                spec.workflow.run, req, id=task_id, task_queue=self.settings.task_queue,
+                search_attributes=self._attributes(kind, resources, req),
+                memo={"resources": resources, "after": req.after,
+                      "requested_by": req.requested_by},
+            )
+        except BaseException:
+            if in_line:  # never started: give its place back
+                await asyncio.to_thread(claims.release, self.db, task_id)
+            raise
+        return TaskHandle(handle, kind)
+
+    def _attributes(self, kind: str, resources: list[str], req: TaskRequest
+                    ) -> TypedSearchAttributes:
+        pairs: list[SearchAttributePair[Any]] = [SearchAttributePair(TASK_KIND, kind),
+                                                 SearchAttributePair(TASK_STATE, "new")]
+        if resources:
+            pairs.append(SearchAttributePair(TASK_RESOURCES, resources))
+        seen = set()
+        for resource in resources:
+            prefix, _, name = resource.partition(":")
+            if prefix in _SUBJECTS and prefix not in seen:
+                seen.add(prefix)
+                pairs.append(SearchAttributePair(_SUBJECTS[prefix], name))
+        pinned_host = getattr(req, "host", None)
+        if pinned_host and "host" not in seen:  # known before placement; the task sets it else
+            pairs.append(SearchAttributePair(TASK_HOST, pinned_host))
+        return TypedSearchAttributes(pairs)
+
+    async def _check_prerequisites(self, task_id: str, after: list[str]) -> None:
+        if task_id in after:
+            raise RequestError("after", f"a task cannot wait for itself ({task_id})")
+
+        async def exists(prerequisite: str) -> None:
+            try:
+                await self.temporal.get_workflow_handle(prerequisite).describe()
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    raise RequestError("after", f"no task {prerequisite!r}") from None
+                raise
+        await asyncio.gather(*(exists(t) for t in after))
+
+    async def _vm_exists(self, req: Any) -> None:
+        if req.after:  # an earlier task may create it; the task itself will say if it is missing
+            return
+        if await asyncio.to_thread(inventory.get_vm, self.db, req.name) is None:
+            raise RequestError("name", f"no VM named {req.name!r}")
 
     def task(self, task_id: str, kind: str = "") -> TaskHandle:
-        handle = self.temporal.get_workflow_handle(task_id, result_type=VmTaskResult)
+        workflow = KINDS[kind].workflow.run if kind in KINDS else None
+        if workflow is not None:
+            handle = self.temporal.get_workflow_handle_for(workflow, task_id)
+        else:
+            handle = self.temporal.get_workflow_handle(task_id)
         return TaskHandle(handle, kind)
+
+    async def cancel(self, task_id: str) -> None:
+        """Cancel a task: it undoes what it did, releases what it held, and ends cancelled."""
+        try:
+            await self.temporal.get_workflow_handle(task_id).cancel()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                raise RequestError("id", f"no task {task_id!r}") from None
+            raise
 
     async def tasks(self, *, kind: str | None = None, vm: str | None = None,
-                    host: str | None = None, limit: int = 200) -> list[TaskStatus]:
-        """Recent tasks, newest first, from Temporal's visibility store."""
+                    host: str | None = None, pool: str | None = None,
+                    state: TaskState | None = None, limit: int = 200) -> list[TaskStatus]:
+        """Tasks, newest first, from Temporal's visibility store (one query)."""
         clauses = [f"TaskQueue = '{_quote(self.settings.task_queue)}'"]
-        for key, value in ((TASK_KIND, kind), (TASK_VM, vm), (TASK_HOST, host)):
+        for key, value in ((TASK_KIND, kind), (TASK_VM, vm), (TASK_HOST, host),
+                           (TASK_POOL, pool)):
             if value:
                 clauses.append(f"{key.name} = '{_quote(value)}'")
+        if state:
+            clauses.append(STATE_QUERIES[state])
         found: list[TaskStatus] = []
         async for wf in self.temporal.list_workflows(" AND ".join(clauses), limit=limit):
-            attrs = wf.typed_search_attributes
-            found.append(TaskStatus(
-                id=wf.id, kind=wf.workflow_type, state=_STATES.get(wf.status, "running"),
-                vm=attrs.get(TASK_VM), host=attrs.get(TASK_HOST), started_at=wf.start_time,
-                finished_at=wf.close_time))
+            found.append(status_of(wf, await wf.memo()))
         return found
-
-    async def _submit_for_existing(self, kind: str, req: TaskRequest, vm: str,
-                                   task_id: str | None) -> TaskHandle:
-        if await asyncio.to_thread(inventory.get_vm, self.db, vm) is None:
-            raise RequestError("name", f"no VM named {vm!r}")
-        return await self._submit(kind, req, vm, task_id)
-
-    async def _submit(self, kind: str, req: TaskRequest, vm: str, task_id: str | None
-                      ) -> TaskHandle:
-        task_id = task_id or f"{_SLUGS[kind]}-{vm}-{uuid.uuid4().hex[:8]}"
-        attrs = [SearchAttributePair(TASK_KIND, kind), SearchAttributePair(TASK_VM, vm)]
-        pinned_host = getattr(req, "host", None)
-        if pinned_host:  # known before placement; the workflow sets it otherwise
-            attrs.append(SearchAttributePair(TASK_HOST, pinned_host))
-        handle = await self.temporal.start_workflow(
-            _WORKFLOWS[kind].run, req, id=task_id, task_queue=self.settings.task_queue,
-            search_attributes=TypedSearchAttributes(attrs),
-        )
-        return TaskHandle(handle, kind)
 
     async def _inventory(self, fn: Any, *args: Any) -> Any:
         try:

@@ -103,7 +103,7 @@ async def _follow(handle: TaskHandle, vm: str, progress: Progress) -> VmTaskResu
                             f"{state.current_step or '-'} ({done} done)")
 
     try:
-        res = await handle.watch(show, REFRESH_SECONDS)
+        res: VmTaskResult = await handle.watch(show, REFRESH_SECONDS)
     except TaskError as err:
         progress.update(line, total=1, completed=1, description=f"{label}  [red]failed at "
                         f"'{err.failure.step}': {escape(err.failure.message)}[/]")

@@ -24,8 +24,8 @@ from taskomatic.models import (
     StartVmRequest,
     StopVmRequest,
     TaskProgress,
+    TaskRequest,
     VmRecord,
-    VmTaskResult,
 )
 from taskomatic.settings import Settings
 
@@ -52,7 +52,7 @@ class SyncTaskHandle:
         self._handle, self._loop = handle, loop
         self.id, self.kind = handle.id, handle.kind
 
-    def result(self, timeout: float | None = None) -> VmTaskResult:
+    def result(self, timeout: float | None = None) -> Any:
         return self._loop.run(self._handle.result(), timeout)
 
     def describe(self) -> TaskStatus:
@@ -94,8 +94,14 @@ class SyncTaskomaticClient:
     def destroy_vm(self, req: DestroyVmRequest) -> SyncTaskHandle:
         return self._task(self._client.destroy_vm(req))
 
+    def submit(self, kind: str, req: TaskRequest) -> SyncTaskHandle:
+        return self._task(self._client.submit(kind, req))
+
     def task(self, task_id: str) -> SyncTaskHandle:
         return SyncTaskHandle(self._client.task(task_id), self._loop)
+
+    def cancel(self, task_id: str) -> None:
+        self._loop.run(self._client.cancel(task_id))
 
     def tasks(self, **filters: Any) -> list[TaskStatus]:
         return self._loop.run(self._client.tasks(**filters))

@@ -31,6 +31,7 @@ class ErrorType(StrEnum):
     INVALID_DEFINITION = "InvalidDefinition"
     NOT_SUPPORTED = "NotSupported"
     HYPERVISOR_ERROR = "HypervisorError"
+    PREREQUISITE_FAILED = "PrerequisiteFailed"
 
 
 RETRYABLE = frozenset({ErrorType.HYPERVISOR_UNAVAILABLE, ErrorType.DATABASE_UNAVAILABLE})

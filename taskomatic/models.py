@@ -165,6 +165,8 @@ class TaskRequest(Model):
 
     requested_by: str | None = None
     after: list[TaskId] = Field(default_factory=list, max_length=100)
+    ordered: bool = Field(True, description="False skips per-resource ordering (benchmarks, "
+                                            "emergency repair); prerequisites still apply")
 
     def resources(self) -> list[str]:
         return []
@@ -314,6 +316,13 @@ class StepRecord(Model):
     detail: str | None = None
 
 
+# What operators see of a task: submitted, waiting its turn (prerequisites or a resource), running,
+# then one of the three ends.
+TaskState = Literal["new", "waiting", "running", "complete", "error", "cancelled"]
+TASK_STATES: tuple[TaskState, ...] = ("new", "waiting", "running", "complete", "error",
+                                      "cancelled")
+
+
 class TaskProgress(Model):
     """Answer of every task's ``progress`` query."""
 
@@ -324,6 +333,8 @@ class TaskProgress(Model):
     steps: list[StepRecord] = []
     vm: str | None = None
     host: str | None = None
+    state: TaskState = "running"
+    waiting_on: list[str] = []
 
 
 class TaskFailure(Model):

@@ -40,6 +40,13 @@ class Settings(BaseSettings):
     # Task behaviour.
     stop_timeout_seconds: float = Field(60.0, gt=0, le=3600)
 
+    # Ordering: concurrent migrations allowed across all tasks, and how many tasks may wait on
+    # another task (prerequisites, a place in line) at once per worker.
+    migrations_per_source: int = Field(2, ge=1, le=64)
+    migrations_per_destination: int = Field(2, ge=1, le=64)
+    migrations_in_cluster: int = Field(5, ge=1, le=1024)
+    max_waiting_tasks: int = Field(1000, ge=1, le=100_000)
+
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -59,5 +59,5 @@ async def test_tasks_are_listed_and_described(client: TaskomaticClient, lab: Lab
     assert failed.progress is not None and failed.progress.phase == "failed"
     done = await ok.describe()
     assert done.result is not None and done.result.uuid
-    assert [s.name for s in done.progress.steps] == ["reserve capacity", "define domain",
-                                                    "record VM"]
+    assert [s.name for s in done.progress.steps] == [f"wait for vm:{name}", "reserve capacity",
+                                                    "define domain", "record VM"]

@@ -35,7 +35,7 @@ from taskomatic.models import (
     StopVmRequest,
 )
 from taskomatic.settings import Settings
-from worker import activity_list
+from worker import WORKFLOW_RUNNER, activity_list, build_watch_worker
 from workflows.vm_lifecycle import WORKFLOWS
 
 pytestmark = pytest.mark.asyncio
@@ -52,12 +52,14 @@ async def _faulty_client(temporal_env: WorkflowEnvironment, settings: Settings,
                          start_domain: Callable[[DomainRef], DomainReport]
                          ) -> AsyncIterator[TaskomaticClient]:
     queue_settings = settings.model_copy(update={"task_queue": f"faulty-{uuid.uuid4().hex[:6]}"})
-    acts = [a for a in activity_list(queue_settings, hypervisors)
+    acts = [a for a in activity_list(temporal_env.client, queue_settings, hypervisors)
             if getattr(a, "__name__", "") != "start_domain"]
     with ThreadPoolExecutor(max_workers=8) as executor:
         async with Worker(temporal_env.client, task_queue=queue_settings.task_queue,
                           workflows=WORKFLOWS, activities=[*acts, start_domain],
-                          activity_executor=executor):
+                          activity_executor=executor,
+                          workflow_runner=WORKFLOW_RUNNER), \
+                build_watch_worker(temporal_env.client, queue_settings):
             yield TaskomaticClient(temporal_env.client, queue_settings, db)
 
 
@@ -269,13 +271,13 @@ async def test_create_on_unknown_host_or_duplicate_name_is_refused(
 
 async def test_workflow_refuses_duplicate_even_without_the_precheck(
         client: TaskomaticClient, lab: Lab, db: Database) -> None:
-    """Two creates of one name racing past the advisory check: the plan phase stops one."""
+    """Two creates of one name racing past the advisory check, and past ordering (which would
+    otherwise run them one after the other): the plan phase stops one."""
     host = lab.host()
     name = lab.vm_name("race")
-    first = await client._submit("CreateVm", CreateVmRequest(name=name, host=host.name), name,
-                                 None)
-    second = await client._submit("CreateVm", CreateVmRequest(name=name, host=host.name), name,
-                                  None)
+    req = CreateVmRequest(name=name, host=host.name, ordered=False)
+    first = await client.submit("CreateVm", req)
+    second = await client.submit("CreateVm", req)
     outcomes = await asyncio.gather(first.result(), second.result(), return_exceptions=True)
     errors = [o for o in outcomes if isinstance(o, TaskError)]
     assert len(errors) == 1 and errors[0].failure.field == "name"

@@ -26,7 +26,20 @@ from temporalio.exceptions import ActivityError, ApplicationError, CancelledErro
 with workflow.unsafe.imports_passed_through():
     from taskomatic.errors import ErrorInfo, error_info
     from taskomatic.logs import get_logger
-    from taskomatic.models import StepRecord, StepState, TaskFailure, TaskProgress
+    from taskomatic.models import (
+        StepRecord,
+        StepState,
+        TaskFailure,
+        TaskProgress,
+        TaskRequest,
+        TaskState,
+    )
+    from taskomatic.ordering import ClaimResult
+
+from workflows.ordering import InLine
+
+# Histories recorded before tasks waited for prerequisites and resources replay without it.
+ORDERING_PATCH = "ordering-1"
 
 T = TypeVar("T")
 
@@ -70,7 +83,7 @@ class TaskFailed(Exception):
         self.step = step
 
 
-class Runbook:
+class Runbook(InLine):
     """Base class of every task workflow."""
 
     KIND: ClassVar[str]
@@ -78,6 +91,7 @@ class Runbook:
     def __init__(self) -> None:
         self._progress: TaskProgress | None = None
         self._undo: list[Undo] = []
+        self._ordered = False
 
     # --- what operators see ----------------------------------------------------------------
 
@@ -109,13 +123,17 @@ class Runbook:
 
     # --- steps -----------------------------------------------------------------------------
 
+    def begin(self, name: str, state: StepState = StepState.RUNNING) -> StepRecord:
+        record = StepRecord(name=name, state=state, started_at=workflow.now())
+        self._state.steps.append(record)
+        self._state.current_step = name
+        return record
+
     async def step(self, name: str, activity: Callable[..., Any], arg: Any, *,
                    options: ActivityOptions = HYPERVISOR, undo: Undo | None = None) -> Any:
         if undo is not None:
             self._undo.append(undo)
-        record = StepRecord(name=name, state=StepState.RUNNING, started_at=workflow.now())
-        self._state.steps.append(record)
-        self._state.current_step = name
+        record = self.begin(name)
         self.log("step started", step=name)
         try:
             result = await self._run(activity, arg, options)
@@ -142,21 +160,66 @@ class Runbook:
 
     # --- the whole task --------------------------------------------------------------------
 
-    async def perform(self, body: Callable[[], Awaitable[T]]) -> T:
-        """Run the task body; on failure or cancellation undo what was done, newest first."""
+    async def perform(self, request: TaskRequest, body: Callable[[], Awaitable[T]]) -> T:
+        """Run the task: wait for its prerequisites and its turn on its resources, run the body,
+        release. On failure or cancellation undo what was done, newest first, then release."""
+        self._ordered = workflow.patched(ORDERING_PATCH)
         try:
+            if self._ordered:
+                await self._wait_turn(request)
+            self._set_state("running")
             result = await body()
         except TaskFailed as failed:
             undone = await self._compensate()
+            await self.release()
             raise self._failure(failed, *undone) from None
         except (asyncio.CancelledError, CancelledError):
             self.log("task cancelled; undoing")
             await asyncio.shield(self._compensate())
+            await asyncio.shield(self.release())
             self.phase("failed")
+            self._set_state("cancelled")
             raise
+        except workflow.ContinueAsNewError:
+            raise  # the next run carries on with the claims this one holds
+        await self.release()
         self.phase("done")
         self._state.current_step = None
+        self._set_state("complete")
         return result
+
+    async def _wait_turn(self, request: TaskRequest) -> None:
+        if request.after:
+            record = self.begin("wait for prerequisites")
+            self._set_state("waiting", [f"prerequisite {t}" for t in request.after])
+            outcomes = await self.await_tasks(request.after)
+            record.finished_at = workflow.now()
+            record.detail = "; ".join(o.detail for o in outcomes)
+            problem = self.prerequisite_failure(outcomes)
+            record.state = StepState.FAILED if problem else StepState.DONE
+            if problem is not None:
+                raise TaskFailed(problem, record.name)
+        resources = sorted(set(request.resources()))
+        if resources and request.ordered:
+            record = self.begin("wait for " + ", ".join(resources))
+
+            def waiting(result: ClaimResult) -> None:
+                record.detail = result.detail
+                self._set_state("waiting", [b.describe() for b in result.blockers])
+
+            granted = await self.claim(self.KIND, resources, on_wait=waiting)
+            record.state, record.finished_at = StepState.DONE, workflow.now()
+            record.detail = granted.detail
+
+    def _set_state(self, state: TaskState, waiting_on: list[str] | None = None) -> None:
+        self._state.state = state
+        self._state.waiting_on = waiting_on or []
+        if not self._ordered:
+            return
+        memo: dict[str, Any] = {"waiting_on": self._state.waiting_on}
+        if state == "running" and "started_at" not in getattr(self, "_memo", {}):
+            memo["started_at"] = workflow.now().isoformat()
+        self.show_state(state, **memo)
 
     async def _compensate(self) -> tuple[list[str], list[str]]:
         """Run the registered undos, newest first; returns (undone, failed to undo)."""
@@ -165,10 +228,7 @@ class Runbook:
         failed: list[str] = []
         while self._undo:
             undo = self._undo.pop()
-            record = StepRecord(name=undo.name, state=StepState.COMPENSATING,
-                                started_at=workflow.now())
-            self._state.steps.append(record)
-            self._state.current_step = undo.name
+            record = self.begin(undo.name, StepState.COMPENSATING)
             try:
                 result = await self._run(undo.activity, undo.arg, undo.options)
                 record.state, record.detail = StepState.COMPENSATED, getattr(result, "detail", None)
@@ -195,6 +255,10 @@ class Runbook:
         )
         self.log("task failed", error=info.message, error_type=info.type,
                  compensated=compensated)
+        self._set_state("error")
+        if self._ordered:
+            self.show_state("error", error={"type": info.type.value, "message": info.message,
+                                            "step": failed.step})
         return ApplicationError(f"{self.KIND} failed at '{failure.step}': {info.message}",
                                 failure.model_dump(mode="json"), type=info.type.value,
                                 non_retryable=True)

@@ -78,7 +78,7 @@ class CreateVm(VmTask):
 
     @workflow.run
     async def run(self, req: CreateVmRequest) -> VmTaskResult:
-        return await self.perform(lambda: self._create(req))
+        return await self.perform(req, lambda: self._create(req))
 
     async def _create(self, req: CreateVmRequest) -> VmTaskResult:
         task_id = workflow.info().workflow_id
@@ -120,7 +120,7 @@ class StartVm(VmTask):
 
     @workflow.run
     async def run(self, req: StartVmRequest) -> VmTaskResult:
-        return await self.perform(lambda: self._start(req))
+        return await self.perform(req, lambda: self._start(req))
 
     async def _start(self, req: StartVmRequest) -> VmTaskResult:
         found, ref = await self.locate(req.name)
@@ -137,7 +137,7 @@ class StopVm(VmTask):
 
     @workflow.run
     async def run(self, req: StopVmRequest) -> VmTaskResult:
-        return await self.perform(lambda: self._stop(req))
+        return await self.perform(req, lambda: self._stop(req))
 
     async def _stop(self, req: StopVmRequest) -> VmTaskResult:
         found, ref = await self.locate(req.name)
@@ -169,7 +169,7 @@ class DestroyVm(VmTask):
 
     @workflow.run
     async def run(self, req: DestroyVmRequest) -> VmTaskResult:
-        return await self.perform(lambda: self._destroy(req))
+        return await self.perform(req, lambda: self._destroy(req))
 
     async def _destroy(self, req: DestroyVmRequest) -> VmTaskResult:
         found, ref = await self.locate(req.name)

@@ -1,0 +1,168 @@
+"""Per-resource ordering in PostgreSQL: claims served in seq order, at most `capacity` at a time.
+
+Every operation runs in one transaction that first locks the rows of the resources it touches, in
+name order (one global lock order, so the transactions themselves cannot deadlock). Under those
+locks a new claim gets the next seq, which makes seq order the order in which tasks joined each
+line. A waiting claim is granted when, on each of its resources, the holders plus the claims ahead
+of it in line leave room: strict first-in-first-out per resource.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import psycopg2.extras
+
+from activities.db import Database
+from taskomatic.ordering import Blocker, ClaimResult, QueuedClaim
+
+
+def _lock(cur: Any, capacities: Mapping[str, int]) -> None:
+    """Create missing resource rows (with their capacity) and lock them all, in name order."""
+    names = sorted(capacities)
+    psycopg2.extras.execute_values(
+        cur,
+        "INSERT INTO resources (name, capacity) VALUES %s ON CONFLICT (name) DO UPDATE"
+        " SET capacity = EXCLUDED.capacity WHERE resources.capacity <> EXCLUDED.capacity",
+        [(name, capacities[name]) for name in names],
+    )
+    cur.execute("SELECT name FROM resources WHERE name = ANY(%s) ORDER BY name FOR UPDATE",
+                (names,))
+
+
+def _resources_of(cur: Any, task_ids: Iterable[str]) -> list[str]:
+    cur.execute("SELECT DISTINCT resource FROM claims WHERE task_id = ANY(%s)", (list(task_ids),))
+    return [row["resource"] for row in cur.fetchall()]
+
+
+def _capacities(cur: Any, names: Iterable[str]) -> dict[str, int]:
+    cur.execute("SELECT name, capacity FROM resources WHERE name = ANY(%s)", (list(names),))
+    return {row["name"]: row["capacity"] for row in cur.fetchall()}
+
+
+def enqueue(db: Database, task_id: str, kind: str, capacities: Mapping[str, int]) -> None:
+    """Put a task in line for its resources (idempotent: claims it already has are kept)."""
+    with db.transaction() as cur:
+        _enqueue(cur, task_id, kind, capacities)
+
+
+def _enqueue(cur: Any, task_id: str, kind: str, capacities: Mapping[str, int]) -> None:
+    _lock(cur, capacities)
+    cur.execute("SELECT resource FROM claims WHERE task_id = %s", (task_id,))
+    missing = sorted(set(capacities) - {row["resource"] for row in cur.fetchall()})
+    if not missing:
+        return
+    cur.execute("SELECT nextval('claim_seq') AS seq")
+    seq = cur.fetchone()["seq"]
+    psycopg2.extras.execute_values(
+        cur, "INSERT INTO claims (task_id, resource, seq, kind) VALUES %s",
+        [(task_id, name, seq, kind) for name in missing])
+
+
+def acquire(db: Database, task_id: str, kind: str, capacities: Mapping[str, int],
+            closed: Iterable[str] = ()) -> tuple[ClaimResult, list[str]]:
+    """Join the line if not in it yet and take the resources if the task's turn has come.
+
+    ``closed`` names tasks known to have ended without releasing (terminated, say): their claims
+    are dropped first. Returns the outcome and the tasks that may now run (to be woken).
+    """
+    closed = [t for t in closed if t != task_id]
+    with db.transaction() as cur:
+        purged_from = _resources_of(cur, closed)
+        _lock(cur, {**_capacities(cur, purged_from), **capacities})
+        purged: list[str] = []
+        if closed:
+            cur.execute("DELETE FROM claims WHERE task_id = ANY(%s) RETURNING task_id", (closed,))
+            purged = sorted({row["task_id"] for row in cur.fetchall()})
+        _enqueue(cur, task_id, kind, capacities)
+        blockers = _blockers(cur, task_id)
+        if not blockers:
+            cur.execute("UPDATE claims SET granted_at = now()"
+                        " WHERE task_id = %s AND granted_at IS NULL", (task_id,))
+        woken = [t for t in _heads(cur, purged_from) if t != task_id] if purged else []
+        return ClaimResult(granted=not blockers, blockers=blockers, purged=purged), woken
+
+
+def _blockers(cur: Any, task_id: str) -> list[Blocker]:
+    """Why the task's waiting claims cannot be granted yet (empty: they can).
+
+    Per blocked resource, the nearest task ahead in line comes first, then the holders.
+    """
+    cur.execute(
+        "SELECT c.resource, c.seq, r.capacity FROM claims c JOIN resources r ON r.name = c.resource"
+        " WHERE c.task_id = %s AND c.granted_at IS NULL ORDER BY c.resource", (task_id,))
+    mine = cur.fetchall()
+    found: list[Blocker] = []
+    for claim in mine:
+        cur.execute(
+            "SELECT task_id, granted_at IS NOT NULL AS holds FROM claims"
+            " WHERE resource = %s AND task_id <> %s AND (granted_at IS NOT NULL OR seq < %s)"
+            " ORDER BY (granted_at IS NOT NULL), seq DESC",
+            (claim["resource"], task_id, claim["seq"]))
+        ahead = cur.fetchall()
+        if len(ahead) >= claim["capacity"]:
+            found += [Blocker(resource=claim["resource"], task_id=row["task_id"],
+                              holds=row["holds"]) for row in ahead]
+    return found
+
+
+def _heads(cur: Any, resources: Iterable[str]) -> list[str]:
+    """Waiting tasks at the front of these lines: the ones that may be able to run now."""
+    cur.execute(
+        "SELECT DISTINCT w.task_id FROM resources r CROSS JOIN LATERAL ("
+        "  SELECT task_id FROM claims c WHERE c.resource = r.name AND c.granted_at IS NULL"
+        "  ORDER BY c.seq LIMIT r.capacity) w WHERE r.name = ANY(%s)", (list(resources),))
+    return sorted(row["task_id"] for row in cur.fetchall())
+
+
+def release(db: Database, task_id: str, resources: Iterable[str] | None = None
+            ) -> tuple[list[str], list[str]]:
+    """Give up a task's claims (all, or only ``resources``); idempotent.
+
+    Returns (released resources, tasks that may now run). The tasks at the front of every line
+    the task was in are returned even when it held nothing, so a retried release still wakes
+    them if the first attempt's wake-ups were lost.
+    """
+    with db.transaction() as cur:
+        names = _resources_of(cur, [task_id]) if resources is None else sorted(resources)
+        if not names:
+            return [], []
+        _lock(cur, _capacities(cur, names))
+        cur.execute("DELETE FROM claims WHERE task_id = %s AND resource = ANY(%s)"
+                    " RETURNING resource", (task_id, names))
+        released = sorted(row["resource"] for row in cur.fetchall())
+        return released, [t for t in _heads(cur, names) if t != task_id]
+
+
+def drop_closed(db: Database, task_ids: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Drop every claim of tasks that ended without releasing; returns (dropped, to wake)."""
+    task_ids = list(task_ids)
+    with db.transaction() as cur:
+        names = _resources_of(cur, task_ids)
+        if not names:
+            return [], []
+        _lock(cur, _capacities(cur, names))
+        cur.execute("DELETE FROM claims WHERE task_id = ANY(%s) RETURNING task_id", (task_ids,))
+        dropped = sorted({row["task_id"] for row in cur.fetchall()})
+        return dropped, _heads(cur, names)
+
+
+def queue(db: Database, task_ids: Iterable[str] | None = None) -> list[QueuedClaim]:
+    """Every claim (or those of ``task_ids``), by resource then place in line."""
+    with db.transaction() as cur:
+        query = ("SELECT task_id, kind, resource, seq, granted_at IS NOT NULL AS holds"
+                 " FROM claims")
+        if task_ids is None:
+            cur.execute(query + " ORDER BY resource, seq")
+        else:
+            cur.execute(query + " WHERE task_id = ANY(%s) ORDER BY resource, seq",
+                        (list(task_ids),))
+        return [QueuedClaim.model_validate(row) for row in cur.fetchall()]
+
+
+def claimed_tasks(db: Database) -> list[str]:
+    """Every task that holds or waits for a resource."""
+    with db.transaction() as cur:
+        cur.execute("SELECT DISTINCT task_id FROM claims ORDER BY task_id")
+        return [row["task_id"] for row in cur.fetchall()]

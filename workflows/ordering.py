@@ -1,0 +1,150 @@
+"""Tasks in the correct order: prerequisites first, then a place in line for each resource.
+
+A task with ``after=[ids]`` waits until every one of those tasks has ended, and fails (doing
+nothing) unless all of them completed. Then it claims the resources its request names; tasks that
+share a resource run one at a time, in the order they joined the line. Waiting costs nothing: the
+task sleeps until the task ahead of it releases (a ``wake`` signal) or ends in any other way,
+terminated included (a watcher activity on the watch queue sees that).
+
+Everything a task shows about its place (state, what it waits on) goes to its search attributes
+and memo, so the queue view and the Temporal Web UI show it without asking each task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.ordering import WAKE_SIGNAL, OrderingActivities
+    from taskomatic.errors import ErrorInfo, ErrorType
+    from taskomatic.models import TaskState
+    from taskomatic.ordering import (
+        AwaitTaskInput,
+        ClaimInput,
+        ClaimResult,
+        ReleaseInput,
+        ReleaseResult,
+        TaskOutcome,
+    )
+    from taskomatic.temporal import TASK_STATE
+
+Ordering = OrderingActivities
+
+# Claims are one short transaction each: run beside the workflow (local activities), retried
+# briefly while the database is unreachable.
+_CLAIM_TIMEOUT = timedelta(seconds=30)
+_CLAIM_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
+                           maximum_interval=timedelta(seconds=10))
+# Waiting for another task can take as long as that task does; the heartbeat notices a lost worker.
+_WATCH_TIMEOUT = timedelta(days=365)
+_WATCH_HEARTBEAT = timedelta(seconds=30)
+_WATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
+                           maximum_interval=timedelta(seconds=30))
+
+
+def watch_queue(task_queue: str) -> str:
+    """The task queue of watcher activities for a worker serving ``task_queue``."""
+    return f"{task_queue}-watch"
+
+
+class PrerequisiteFailed(Exception):
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.message)
+        self.info = info
+
+
+class InLine:
+    """Mixin of the Runbook: waiting for prerequisites and resources, and telling about it."""
+
+    _woken: bool = False
+    _claimed: bool = False
+    _memo: dict[str, Any]
+
+    @workflow.signal(name=WAKE_SIGNAL)
+    def wake(self) -> None:
+        self._woken = True
+
+    def show_state(self, state: TaskState, **memo: Any) -> None:
+        """Publish the task's state (search attribute) and details (memo) when they change."""
+        memo_now = getattr(self, "_memo", {})
+        memo = {key: value for key, value in memo.items() if memo_now.get(key) != value}
+        if memo:
+            self._memo = {**memo_now, **memo}
+            workflow.upsert_memo(memo)
+        if getattr(self, "_shown_state", None) != state:
+            self._shown_state = state
+            workflow.upsert_search_attributes([TASK_STATE.value_set(state)])
+
+    async def await_tasks(self, task_ids: list[str]) -> list[TaskOutcome]:
+        """Wait until every one of ``task_ids`` has ended; how each ended."""
+        outcomes = await asyncio.gather(*(self._watch(t) for t in task_ids))
+        return list(outcomes)
+
+    def _watch(self, task_id: str) -> Any:
+        return workflow.start_activity_method(
+            Ordering.await_task_end, AwaitTaskInput(task_id=task_id),
+            task_queue=watch_queue(workflow.info().task_queue),
+            start_to_close_timeout=_WATCH_TIMEOUT, heartbeat_timeout=_WATCH_HEARTBEAT,
+            retry_policy=_WATCH_RETRY)
+
+    @staticmethod
+    def prerequisite_failure(outcomes: list[TaskOutcome]) -> ErrorInfo | None:
+        failed = [o for o in outcomes if o.status != "completed"]
+        if not failed:
+            return None
+        text = "; ".join(f"prerequisite task {o.task_id} ended {o.status}"
+                         + (f" ({o.message})" if o.message else "") for o in failed)
+        return ErrorInfo(type=ErrorType.PREREQUISITE_FAILED, message=text, field="after")
+
+    async def claim(self, kind: str, resources: list[str],
+                    on_wait: Any = None) -> ClaimResult:
+        """Take ``resources`` when the task's turn comes; until then sleep. ``on_wait`` is
+        called with each new reason for waiting."""
+        task_id = workflow.info().workflow_id
+        closed: list[str] = []
+        while True:
+            self._woken = False
+            self._claimed = True
+            result: ClaimResult = await workflow.execute_local_activity_method(
+                Ordering.claim_resources,
+                ClaimInput(task_id=task_id, kind=kind, resources=resources, closed=closed),
+                start_to_close_timeout=_CLAIM_TIMEOUT, retry_policy=_CLAIM_RETRY)
+            if result.granted:
+                return result
+            if on_wait is not None:
+                on_wait(result)
+            closed = await self._sleep_until_moved(result)
+
+    async def _sleep_until_moved(self, waiting: ClaimResult) -> list[str]:
+        """Sleep until woken or until the task we queue behind ends; returns the tasks seen
+        ended (their claims are dropped on the next try)."""
+        target = waiting.watch_target()
+        watcher = self._watch(target) if target else None
+        woken = asyncio.ensure_future(workflow.wait_condition(lambda: self._woken))
+        pending = [woken] + ([watcher] if watcher is not None else [])
+        try:
+            done, _ = await workflow.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for fut in pending:
+                if not fut.done():
+                    fut.cancel()
+        if watcher is not None and watcher in done:
+            return [target] if target else []
+        return []
+
+    async def release(self, resources: list[str] | None = None) -> ReleaseResult | None:
+        """Give up claimed resources (all of them by default) and wake whoever is next."""
+        if not self._claimed:
+            return None
+        result: ReleaseResult = await workflow.execute_local_activity_method(
+            Ordering.release_resources,
+            ReleaseInput(task_id=workflow.info().workflow_id, resources=resources),
+            start_to_close_timeout=_CLAIM_TIMEOUT, retry_policy=_CLAIM_RETRY)
+        if resources is None:
+            self._claimed = False
+        return result
