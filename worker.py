@@ -26,7 +26,7 @@ from activities.records import InventoryActivities
 from taskomatic.logs import configure_logging, get_logger
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import connect_temporal, ensure_search_attributes
-from workflows.ordering import watch_queue
+from workflows.ordering import ordering_queue
 from workflows.vm_lifecycle import WORKFLOWS
 
 log = get_logger(component="worker")
@@ -37,12 +37,10 @@ def _database(settings: Settings) -> Any:
     return get_database(settings.database_url, max_connections=settings.activity_threads)
 
 
-def activity_list(client: Client, settings: Settings, hypervisors: Hypervisors) -> Sequence[Any]:
+def activity_list(settings: Settings, hypervisors: Hypervisors) -> Sequence[Any]:
     inventory = InventoryActivities(_database(settings))
     domains = DomainActivities(hypervisors)
-    ordering = OrderingActivities(_database(settings), client, settings)
     return [
-        ordering.claim_resources, ordering.release_resources,
         inventory.reserve_capacity, inventory.release_capacity, inventory.lookup_vm,
         inventory.record_vm, inventory.set_vm_state, inventory.remove_vm,
         domains.define_domain, domains.undefine_domain, domains.start_domain,
@@ -64,22 +62,23 @@ def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
         workflow_runner=WORKFLOW_RUNNER,
-        activities=activity_list(client, settings, hypervisors),
+        activities=activity_list(settings, hypervisors),
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
     )
 
 
-def build_watch_worker(client: Client, settings: Settings, task_queue: str | None = None
-                       ) -> Worker:
-    """The worker of the watch queue: tasks waiting for other tasks to end. Each wait is one
-    cheap coroutine, so this worker's ceiling is high and apart from the working activities'."""
+def build_ordering_worker(client: Client, settings: Settings) -> Worker:
+    """The worker of the ordering queue: claims, releases and tasks waiting for other tasks to
+    end. Each is one cheap coroutine, so its ceiling is high and apart from the working
+    activities' (a line of waiting tasks never starves the tasks that work)."""
     ordering = OrderingActivities(_database(settings), client, settings)
     return Worker(
         client,
-        task_queue=watch_queue(task_queue or settings.task_queue),
-        activities=[ordering.await_task_end],
+        task_queue=ordering_queue(settings.task_queue),
+        activities=[ordering.claim_resources, ordering.release_resources,
+                    ordering.await_task_end],
         max_concurrent_activities=settings.max_waiting_tasks,
     )
 
@@ -97,7 +96,7 @@ async def run_worker(settings: Settings | None = None) -> None:
     with ThreadPoolExecutor(max_workers=settings.activity_threads,
                             thread_name_prefix="activity") as executor:
         worker = build_worker(client, settings, hypervisors, executor)
-        watcher = build_watch_worker(client, settings)
+        watcher = build_ordering_worker(client, settings)
         log.info("worker started", task_queue=settings.task_queue,
                  temporal=settings.temporal_address, namespace=settings.temporal_namespace)
         async with worker, watcher:

@@ -1,12 +1,12 @@
 """Activities of per-resource ordering and prerequisites.
 
-``claim_resources`` and ``release_resources`` are short database transactions (run as local
-activities: no extra round trip through the server when the resource is free). After a release,
+``claim_resources`` and ``release_resources`` are short database transactions. After a release,
 the tasks at the front of the freed lines get a ``wake`` signal and re-check their turn; nothing
 polls. ``await_task_end`` waits for another task to end, however it ends (completed, failed,
 cancelled, terminated): it serves prerequisites and lets a waiting task notice that the task
-ahead of it was terminated without releasing. It runs on the worker's watch queue, whose many
-cheap slots keep waiting tasks from using up the slots of working activities.
+ahead of it was terminated without releasing. All three run on the worker's ordering queue,
+whose many cheap slots (coroutines) keep waiting tasks from using up the slots of working
+activities.
 """
 
 from __future__ import annotations

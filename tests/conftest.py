@@ -35,7 +35,7 @@ from starter.devstack import embedded_postgres, temporal_binary, write_test_host
 from taskomatic.models import HostSpec, HostState
 from taskomatic.settings import Settings
 from taskomatic.temporal import SEARCH_ATTRIBUTES
-from worker import build_watch_worker, build_worker
+from worker import build_ordering_worker, build_worker
 
 LOCAL_PG = os.environ.get("TASKOMATIC_TEST_DATABASE_URL",
                           "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -112,7 +112,7 @@ async def worker(temporal_env: WorkflowEnvironment, settings: Settings,
                  hypervisors: Hypervisors) -> AsyncIterator[Worker]:
     with ThreadPoolExecutor(max_workers=settings.activity_threads) as executor:
         w = build_worker(temporal_env.client, settings, hypervisors, executor)
-        async with w, build_watch_worker(temporal_env.client, settings):
+        async with w, build_ordering_worker(temporal_env.client, settings):
             yield w
 
 

@@ -35,7 +35,7 @@ from taskomatic.models import (
     StopVmRequest,
 )
 from taskomatic.settings import Settings
-from worker import WORKFLOW_RUNNER, activity_list, build_watch_worker
+from worker import WORKFLOW_RUNNER, activity_list, build_ordering_worker
 from workflows.vm_lifecycle import WORKFLOWS
 
 pytestmark = pytest.mark.asyncio
@@ -52,14 +52,14 @@ async def _faulty_client(temporal_env: WorkflowEnvironment, settings: Settings,
                          start_domain: Callable[[DomainRef], DomainReport]
                          ) -> AsyncIterator[TaskomaticClient]:
     queue_settings = settings.model_copy(update={"task_queue": f"faulty-{uuid.uuid4().hex[:6]}"})
-    acts = [a for a in activity_list(temporal_env.client, queue_settings, hypervisors)
+    acts = [a for a in activity_list(queue_settings, hypervisors)
             if getattr(a, "__name__", "") != "start_domain"]
     with ThreadPoolExecutor(max_workers=8) as executor:
         async with Worker(temporal_env.client, task_queue=queue_settings.task_queue,
                           workflows=WORKFLOWS, activities=[*acts, start_domain],
                           activity_executor=executor,
                           workflow_runner=WORKFLOW_RUNNER), \
-                build_watch_worker(temporal_env.client, queue_settings):
+                build_ordering_worker(temporal_env.client, queue_settings):
             yield TaskomaticClient(temporal_env.client, queue_settings, db)
 
 

@@ -4,7 +4,7 @@ A task with ``after=[ids]`` waits until every one of those tasks has ended, and 
 nothing) unless all of them completed. Then it claims the resources its request names; tasks that
 share a resource run one at a time, in the order they joined the line. Waiting costs nothing: the
 task sleeps until the task ahead of it releases (a ``wake`` signal) or ends in any other way,
-terminated included (a watcher activity on the watch queue sees that).
+terminated included (a watcher activity sees that).
 
 Everything a task shows about its place (state, what it waits on) goes to its search attributes
 and memo, so the queue view and the Temporal Web UI show it without asking each task.
@@ -35,8 +35,11 @@ with workflow.unsafe.imports_passed_through():
 
 Ordering = OrderingActivities
 
-# Claims are one short transaction each: run beside the workflow (local activities), retried
-# briefly while the database is unreachable.
+# Claims are one short transaction each, retried while the database is unreachable. They are
+# ordinary activities, not local ones: a local activity runs inside a workflow task, and when the
+# server rejects that task (a new event arrived meanwhile) the workflow replays while the
+# activity's effect stays; a claim taken and released by a discarded run would lose the task its
+# place in line.
 _CLAIM_TIMEOUT = timedelta(seconds=30)
 _CLAIM_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=10))
@@ -47,15 +50,15 @@ _WATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
                            maximum_interval=timedelta(seconds=30))
 
 
-def watch_queue(task_queue: str) -> str:
-    """The task queue of watcher activities for a worker serving ``task_queue``."""
-    return f"{task_queue}-watch"
+def ordering_queue(task_queue: str) -> str:
+    """The task queue of the ordering activities for a worker serving ``task_queue``."""
+    return f"{task_queue}-ordering"
 
 
-class PrerequisiteFailed(Exception):
-    def __init__(self, info: ErrorInfo) -> None:
-        super().__init__(info.message)
-        self.info = info
+def _consume(fut: asyncio.Future[Any]) -> None:
+    """Collect the outcome of a wait given up on (its cancellation), so none goes unseen."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class InLine:
@@ -88,7 +91,7 @@ class InLine:
     def _watch(self, task_id: str) -> Any:
         return workflow.start_activity_method(
             Ordering.await_task_end, AwaitTaskInput(task_id=task_id),
-            task_queue=watch_queue(workflow.info().task_queue),
+            task_queue=ordering_queue(workflow.info().task_queue),
             start_to_close_timeout=_WATCH_TIMEOUT, heartbeat_timeout=_WATCH_HEARTBEAT,
             retry_policy=_WATCH_RETRY)
 
@@ -110,9 +113,10 @@ class InLine:
         while True:
             self._woken = False
             self._claimed = True
-            result: ClaimResult = await workflow.execute_local_activity_method(
+            result: ClaimResult = await workflow.execute_activity_method(
                 Ordering.claim_resources,
                 ClaimInput(task_id=task_id, kind=kind, resources=resources, closed=closed),
+                task_queue=ordering_queue(workflow.info().task_queue),
                 start_to_close_timeout=_CLAIM_TIMEOUT, retry_policy=_CLAIM_RETRY)
             if result.granted:
                 return result
@@ -132,18 +136,21 @@ class InLine:
         finally:
             for fut in pending:
                 if not fut.done():
+                    fut.add_done_callback(_consume)
                     fut.cancel()
-        if watcher is not None and watcher in done:
-            return [target] if target else []
+        if watcher is not None and watcher in done and not watcher.cancelled():
+            outcome: TaskOutcome = watcher.result()
+            return [outcome.task_id]
         return []
 
     async def release(self, resources: list[str] | None = None) -> ReleaseResult | None:
         """Give up claimed resources (all of them by default) and wake whoever is next."""
         if not self._claimed:
             return None
-        result: ReleaseResult = await workflow.execute_local_activity_method(
+        result: ReleaseResult = await workflow.execute_activity_method(
             Ordering.release_resources,
             ReleaseInput(task_id=workflow.info().workflow_id, resources=resources),
+            task_queue=ordering_queue(workflow.info().task_queue),
             start_to_close_timeout=_CLAIM_TIMEOUT, retry_policy=_CLAIM_RETRY)
         if resources is None:
             self._claimed = False
