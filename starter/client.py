@@ -26,6 +26,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities import claims, inventory
 from activities.db import Database, get_database
 from activities.hypervisor import Hypervisors
+from starter.batch import BatchError, BatchItem, plan_batch
 from starter.tasks import STATE_QUERIES, TaskError, TaskHandle, TaskStatus, status_of
 from taskomatic.errors import error_info
 from taskomatic.models import (
@@ -130,22 +131,58 @@ class TaskomaticClient:
     # --- tasks -----------------------------------------------------------------------------
 
     async def create_vm(self, req: CreateVmRequest, task_id: str | None = None) -> TaskHandle:
-        await self._inventory(inventory.check_new_vm, self.db, req.name, req.host)
-        return await self.submit("CreateVm", req, task_id)
+        return await self.submit("CreateVm", await self.checked("CreateVm", req), task_id)
 
     async def start_vm(self, req: StartVmRequest, task_id: str | None = None) -> TaskHandle:
-        await self._vm_exists(req)
-        return await self.submit("StartVm", req, task_id)
+        return await self.submit("StartVm", await self.checked("StartVm", req), task_id)
 
     async def stop_vm(self, req: StopVmRequest, task_id: str | None = None) -> TaskHandle:
-        if req.timeout_seconds is None:
-            req = req.model_copy(update={"timeout_seconds": self.settings.stop_timeout_seconds})
-        await self._vm_exists(req)
-        return await self.submit("StopVm", req, task_id)
+        return await self.submit("StopVm", await self.checked("StopVm", req), task_id)
 
     async def destroy_vm(self, req: DestroyVmRequest, task_id: str | None = None) -> TaskHandle:
-        await self._vm_exists(req)
-        return await self.submit("DestroyVm", req, task_id)
+        return await self.submit("DestroyVm", await self.checked("DestroyVm", req), task_id)
+
+    async def checked(self, kind: str, req: Any) -> Any:
+        """The advisory checks of a request against the inventory (``RequestError`` naming the
+        field), with defaults from the settings filled in. A request with prerequisites is
+        checked by its task when they are done: they may create what it needs."""
+        if kind == "StopVm" and req.timeout_seconds is None:
+            req = req.model_copy(update={"timeout_seconds": self.settings.stop_timeout_seconds})
+        if req.after:
+            return req
+        if kind == "CreateVm":
+            await self._inventory(inventory.check_new_vm, self.db, req.name, req.host)
+        elif (kind in ("StartVm", "StopVm", "DestroyVm")
+              and await asyncio.to_thread(inventory.get_vm, self.db, req.name) is None):
+            raise RequestError("name", f"no VM named {req.name!r}")
+        return req
+
+    async def submit_batch(self, items: list[BatchItem]) -> list[tuple[str, TaskHandle]]:
+        """Submit several tasks with dependencies among them (see ``starter.batch``); returns
+        (key, handle) in submission order. Nothing is submitted unless the whole batch is valid;
+        if submitting fails half-way, the tasks already submitted are cancelled."""
+        try:
+            plan = plan_batch(items, {k: v.request for k, v in KINDS.items()},
+                              {k: v.slug for k, v in KINDS.items()})
+        except BatchError as err:
+            raise RequestError(err.field, err.reason) from None
+        ready = []
+        for task in plan:
+            req = task.request if task.in_batch_after else await self.checked(task.kind,
+                                                                               task.request)
+            outside = [t for t in req.after if t not in {p.task_id for p in plan}]
+            if outside:
+                await self._check_prerequisites(task.task_id, outside)
+            ready.append((task, req))
+        submitted: list[tuple[str, TaskHandle]] = []
+        try:
+            for task, req in ready:
+                submitted.append((task.key, await self.submit(task.kind, req, task.task_id)))
+        except BaseException:
+            for _, handle in submitted:
+                await handle.cancel()
+            raise
+        return submitted
 
     async def submit(self, kind: str, req: TaskRequest, task_id: str | None = None
                      ) -> TaskHandle:
@@ -203,12 +240,6 @@ class TaskomaticClient:
                     raise RequestError("after", f"no task {prerequisite!r}") from None
                 raise
         await asyncio.gather(*(exists(t) for t in after))
-
-    async def _vm_exists(self, req: Any) -> None:
-        if req.after:  # an earlier task may create it; the task itself will say if it is missing
-            return
-        if await asyncio.to_thread(inventory.get_vm, self.db, req.name) is None:
-            raise RequestError("name", f"no VM named {req.name!r}")
 
     def task(self, task_id: str, kind: str = "") -> TaskHandle:
         workflow = KINDS[kind].workflow.run if kind in KINDS else None

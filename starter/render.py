@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,8 +21,8 @@ from taskomatic.models import HostRecord, StepState, TaskFailure, TaskProgress, 
 
 _STEP_STYLE = {StepState.RUNNING: "yellow", StepState.DONE: "green", StepState.FAILED: "red",
                StepState.COMPENSATING: "magenta", StepState.COMPENSATED: "magenta"}
-_TASK_STYLE = {"running": "yellow", "complete": "green", "error": "red", "cancelled": "magenta",
-               "terminated": "magenta", "timed_out": "red"}
+_TASK_STYLE = {"new": "cyan", "waiting": "blue", "running": "yellow", "complete": "green",
+               "error": "red", "cancelled": "magenta"}
 
 
 def print_json(data: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
@@ -59,14 +61,40 @@ def vms_table(vms: Sequence[VmRecord]) -> Table:
     return table
 
 
-def tasks_table(tasks: Sequence[TaskStatus]) -> Table:
-    table = Table("task", "kind", "state", "VM", "host", "started", "finished", title="Tasks")
-    for column in (table.columns[0], table.columns[3]):
+def tasks_table(tasks: Sequence[TaskStatus], title: str = "Tasks") -> Table:
+    table = Table("task", "kind", "state", "resources", "waiting on / error", "submitted",
+                  "finished", title=title)
+    for column in (table.columns[0], table.columns[3], table.columns[4]):
         column.overflow = "fold"
     for t in tasks:
+        why = "; ".join(t.waiting_on) if t.waiting_on else (t.error.message if t.error else "")
         table.add_row(t.id, t.kind, Text(t.state, style=_TASK_STYLE.get(t.state, "")),
-                      t.vm or "-", t.host or "-", _when(t.started_at), _when(t.finished_at))
+                      ", ".join(t.resources) or "-", why, _when(t.submitted_at),
+                      _when(t.finished_at))
     return table
+
+
+def queue_view(tasks: Sequence[TaskStatus]) -> Group:
+    """The queue at a glance: counts per state, then the tasks not yet finished, then the
+    latest finished ones."""
+    counts = Counter(t.state for t in tasks)
+    summary = Text()
+    for state in ("new", "waiting", "running", "complete", "error", "cancelled"):
+        summary.append(f"{state} {counts.get(state, 0)}  ", style=_TASK_STYLE.get(state, ""))
+    open_ = [t for t in tasks if t.state in ("new", "waiting", "running")]
+    done = [t for t in tasks if t.state not in ("new", "waiting", "running")][:10]
+    return Group(summary, tasks_table(open_, "In the queue"), tasks_table(done, "Latest ended"))
+
+
+async def live(snapshot: Callable[[], Awaitable[Any]], console: Console, every_seconds: float,
+               times: int | None = None) -> None:
+    """Redraw ``await snapshot()`` every ``every_seconds`` (``times`` times, or until Ctrl-C)."""
+    with Live(await snapshot(), console=console, refresh_per_second=4) as screen:
+        shown = 1
+        while times is None or shown < times:
+            await asyncio.sleep(every_seconds)
+            screen.update(await snapshot())
+            shown += 1
 
 
 def steps_table(progress: TaskProgress) -> Table:
@@ -106,6 +134,12 @@ def task_view(status: TaskStatus) -> Group:
     parts: list[Any] = [head]
     if status.vm or status.host:
         parts.append(Text(f"VM {status.vm or '-'} on host {status.host or '-'}"))
+    facts = [("resources", ", ".join(status.resources)), ("after", ", ".join(status.after)),
+             ("waiting on", "; ".join(status.waiting_on)),
+             ("requested by", status.requested_by or ""),
+             ("submitted", _when(status.submitted_at)), ("started", _when(status.started_at)),
+             ("finished", _when(status.finished_at))]
+    parts += [Text(f"{label}: {value}") for label, value in facts if value and value != "-"]
     if status.progress is not None:
         parts.append(steps_table(status.progress))
     if status.error is not None:

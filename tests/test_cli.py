@@ -131,3 +131,44 @@ def test_a_failed_task_exits_1_with_the_structured_error(shell: Shell) -> None:
     human = shell.run("vm", "create", "huge", "--vcpus", "64", "--memory-mib", "64", "--wait")
     assert human.returncode == 1 and "NoCapacity" in human.stderr
     assert shell.json("vm", "list") == []
+
+
+def test_the_queue_through_the_cli(shell: Shell, tmp_path: Path) -> None:
+    shell.json("vm", "create", "q1", "--vcpus", "1", "--memory-mib", "64", "--wait")
+    refused = shell.run("vm", "start", "q1", "--after", "no-such-task")
+    assert refused.returncode == 2 and "after" in refused.stderr
+    # Forty tasks on one VM in one batch: they run one at a time, the rest wait in line.
+    steps = [{"key": f"s{i}", "kind": "StartVm" if i % 2 == 0 else "StopVm",
+              "request": {"name": "q1"} if i % 2 == 0 else {"name": "q1", "force": True}}
+             for i in range(40)]
+    steps.append({"key": "gone", "kind": "DestroyVm", "request": {"name": "q1"},
+                  "after": ["s39"]})
+    (tmp_path / "batch.json").write_text(json.dumps({"tasks": steps}))
+    submitted = shell.json("batch", str(tmp_path / "batch.json"))["tasks"]
+    ids = {row["key"]: row["id"] for row in submitted}
+    assert len(ids) == 41
+    cancelled = shell.run("tasks", "cancel", ids["s38"])
+    assert cancelled.returncode == 0, cancelled.stderr
+    waiting = shell.json("tasks", "list", "--state", "waiting", "--vm", "q1")
+    assert waiting, "nothing waiting in line"
+    assert all(t["waiting_on"] and t["resources"] == ["vm:q1"] for t in waiting)
+    assert {"id", "kind", "state", "resources", "waiting_on", "submitted_at", "started_at",
+            "finished_at", "error"} <= set(waiting[0])
+    watched = shell.run("tasks", "watch", "--vm", "q1", "--times", "2", "--every", "0.2")
+    assert watched.returncode == 0 and "In the queue" in watched.stdout
+
+    final: dict[str, Any] = {}
+    for _ in range(300):
+        final = shell.json("tasks", "show", ids["gone"])
+        if final["state"] in ("complete", "error", "cancelled"):
+            break
+        time.sleep(0.2)
+    assert final["state"] == "complete", final
+    assert final["after"] == [ids["s39"]]
+    s38 = shell.json("tasks", "show", ids["s38"])
+    assert s38["state"] == "cancelled" and s38["error"] is not None
+    done = shell.json("tasks", "list", "--vm", "q1", "--state", "complete", "--limit", "100")
+    assert len(done) == 41  # the create, 39 of the 40 steps (s38 cancelled), the destroy
+    human = shell.run("tasks", "show", ids["gone"])
+    assert "after: " + ids["s39"] in " ".join(human.stdout.split())
+    assert shell.json("vm", "list") == []

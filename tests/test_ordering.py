@@ -24,6 +24,7 @@ from activities import claims
 from activities.db import Database
 from activities.hypervisor import Hypervisors
 from conftest import Lab
+from starter.batch import BatchItem
 from starter.client import KINDS, RequestError, TaskError, TaskHandle, TaskKind, TaskomaticClient
 from starter.devstack import temporal_binary
 from taskomatic.models import (
@@ -290,3 +291,45 @@ async def test_failed_holder_releases(tasks: TaskomaticClient) -> None:
     failed = await holder.describe()
     assert failed.state == "error" and failed.error is not None
     assert failed.error.message.endswith("told to fail")
+
+
+async def test_a_batch_runs_its_tasks_in_dependency_order(tasks: TaskomaticClient,
+                                                          lab: Lab) -> None:
+    host = lab.host(vcpus=4)
+    vms = [lab.vm_name(f"b{i}") for i in range(3)]
+    items = [BatchItem(key=f"make-{vm}", kind="CreateVm",
+                       request={"name": vm, "host": host.name, "start": True}) for vm in vms]
+    items += [BatchItem(key=f"stop-{vm}", kind="StopVm", request={"name": vm, "force": True},
+                        after=[f"make-{vm}"]) for vm in vms]
+    items.append(BatchItem(key="gone", kind="DestroyVm", request={"name": vms[0]},
+                           after=[f"stop-{vm}" for vm in vms]))
+    submitted = dict(await tasks.submit_batch(list(reversed(items))))  # order given is free
+    results = {key: await handle.result() for key, handle in submitted.items()}
+    for vm in vms:
+        stop = await submitted[f"stop-{vm}"].progress()
+        made = await submitted[f"make-{vm}"].progress()
+        assert stop and made and stop.steps[1].started_at >= made.steps[-1].finished_at
+    gone = await submitted["gone"].progress()
+    assert gone and gone.steps[0].name == "wait for prerequisites"
+    assert results["gone"].state is None
+    assert lab.domains(host) == {vms[1]: False, vms[2]: False}
+
+
+@pytest.mark.parametrize(("items", "field"), [
+    ([{"key": "a", "kind": "StopVm", "request": {"name": "x"}, "after": ["b"]},
+      {"key": "b", "kind": "StopVm", "request": {"name": "x"}, "after": ["a"]}], "items[0].after"),
+    ([{"key": "a", "kind": "Nope"}], "items[0].kind"),
+    ([{"key": "a", "kind": "StopVm", "request": {"name": "x"}},
+      {"key": "a", "kind": "StopVm", "request": {"name": "x"}}], "items[1].key"),
+    ([{"key": "a", "kind": "CreateVm", "request": {"name": "ok", "vcpus": 0}}],
+     "items[0].request.vcpus"),
+    ([{"key": "a", "kind": "StopVm", "request": {"name": "x"}, "after": ["missing-task"]}],
+     "after"),
+])
+async def test_a_bad_batch_is_refused_whole(tasks: TaskomaticClient, items: list[dict[str, Any]],
+                                            field: str) -> None:
+    before = len(await tasks.tasks())
+    with pytest.raises(RequestError) as refused:
+        await tasks.submit_batch([BatchItem.model_validate(i) for i in items])
+    assert refused.value.field == field
+    assert len(await tasks.tasks()) == before
