@@ -55,11 +55,11 @@ from activities.db import (
 )
 from starter.client import TaskomaticClient
 from starter.demo import demo_exit_status
-from starter.devstack import embedded_postgres, temporal_binary, write_test_host
+from starter.devstack import embedded_postgres, temporal_dev_server_argv, write_test_host
 from taskomatic.logs import get_logger
 from taskomatic.models import HostSpec
 from taskomatic.settings import Settings
-from taskomatic.temporal import SEARCH_ATTRIBUTES, connect_temporal
+from taskomatic.temporal import connect_temporal
 
 log = get_logger(component="dev")
 
@@ -158,14 +158,6 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def _search_attribute_flags() -> list[str]:
-    flags: list[str] = []
-    for key in SEARCH_ATTRIBUTES:
-        kind = key.indexed_value_type.name.title().replace("_", "")  # KEYWORD_LIST: KeywordList
-        flags += ["--search-attribute", f"{key.name}={kind}"]
-    return flags
-
-
 def _settings_env(settings: Settings) -> dict[str, str]:
     """The settings other processes need to drive this stack, as environment variables."""
     return {
@@ -231,14 +223,8 @@ class DevStack:
                     f"port {number} on {host} ({what}) is already in use: is another "
                     f"`taskomatic dev` or Temporal server running? Stop it, or pick another port, "
                     f"e.g. TASKOMATIC_TEMPORAL_ADDRESS={host}:{port + 100} (the UI uses port+1000)")
-        argv = [temporal_binary(), "server", "start-dev",
-                "--db-filename", str(self.dir / "temporal.db"),
-                "--ip", host, "--port", str(port), "--ui-port", str(ui_port),
-                "--namespace", base.temporal_namespace,
-                "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-                "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
-                "--dynamic-config-value", "frontend.enableServerVersionCheck=false",
-                "--ui-disable-news-fetch", "--log-level", "warn", *_search_attribute_flags()]
+        argv = temporal_dev_server_argv(self.dir / "temporal.db", host, port,
+                                        base.temporal_namespace, ui_port)
         server = Child.spawn("Temporal server", argv, self.dir / "temporal.log",
                              SERVER_STOP_SECONDS)
         self.children.append(server)

@@ -15,6 +15,26 @@ def temporal_binary() -> str:
     return _venv_binary("temporal")
 
 
+def temporal_dev_server_argv(db_file: Path, host: str, port: int, namespace: str = "default",
+                             ui_port: int | None = None) -> list[str]:
+    """``temporal server start-dev`` as taskomatic runs it: SQLite in WAL mode, the low-latency
+    dispatch setting measured in shared/notes, no outside calls, taskomatic's search attributes.
+    Without ``ui_port`` the Web UI is off."""
+    from taskomatic.temporal import SEARCH_ATTRIBUTES
+
+    ui = ["--ui-port", str(ui_port), "--ui-disable-news-fetch"] if ui_port else ["--headless"]
+    argv = [temporal_binary(), "server", "start-dev", "--db-filename", str(db_file),
+            "--ip", host, "--port", str(port), *ui, "--namespace", namespace,
+            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+            "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
+            "--dynamic-config-value", "frontend.enableServerVersionCheck=false",
+            "--log-level", "warn"]
+    for key in SEARCH_ATTRIBUTES:
+        kind = key.indexed_value_type.name.title().replace("_", "")  # KEYWORD_LIST: KeywordList
+        argv += ["--search-attribute", f"{key.name}={kind}"]
+    return argv
+
+
 def _venv_binary(name: str) -> str:
     beside = Path(sys.executable).parent / name
     if beside.exists():

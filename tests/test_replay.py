@@ -1,8 +1,9 @@
 """Replay: today's workflow code must reproduce every recorded history exactly.
 
 ``tests/histories/`` holds histories recorded from released code. A change that breaks them needs
-``workflow.patched``. To record new ones (after adding a workflow, never to paper over a break):
-``TASKOMATIC_RECORD_HISTORIES=1 pytest tests/test_replay.py``.
+``workflow.patched``. To record new ones (after adding a workflow or a patch, never to paper over
+a break): ``TASKOMATIC_RECORD_HISTORIES=<tag> pytest tests/test_replay.py`` writes
+``<label>.<tag>.json`` beside the older ones, which stay (e.g. the tag of the patch).
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ async def test_fresh_histories_of_every_task_replay(client: TaskomaticClient, la
         name=lab.vm_name("toobig"), vcpus=4, host=host.name))
     with pytest.raises(TaskError):
         await runs["CreateVm-failed"].result()
+    # Tasks that wait: one in line behind another on the same VM, one for a prerequisite.
+    runs["StopVm-first"] = await client.stop_vm(StopVmRequest(name=name, force=True))
+    runs["StartVm-queued"] = await client.start_vm(StartVmRequest(name=name))
+    runs["StopVm-after"] = await client.stop_vm(StopVmRequest(
+        name=name, force=True, after=[runs["StartVm-queued"].id]))
+    await runs["StopVm-after"].result()
     runs["DestroyVm"] = await client.destroy_vm(DestroyVmRequest(name=name))
     await runs["DestroyVm"].result()
 
@@ -56,9 +63,10 @@ async def test_fresh_histories_of_every_task_replay(client: TaskomaticClient, la
         history = await _history(client, handle)
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
         assert result.replay_failure is None, f"{label}: {result.replay_failure}"
-        if os.environ.get("TASKOMATIC_RECORD_HISTORIES"):
+        tag = os.environ.get("TASKOMATIC_RECORD_HISTORIES")
+        if tag:
             HISTORIES.mkdir(exist_ok=True)
-            (HISTORIES / f"{label}.json").write_text(history.to_json())
+            (HISTORIES / f"{label}.{tag}.json").write_text(history.to_json())
 
 
 async def test_recorded_histories_replay() -> None:
