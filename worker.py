@@ -22,12 +22,17 @@ from activities.db import get_database
 from activities.domains import DomainActivities
 from activities.hypervisor import Hypervisors
 from activities.ordering import OrderingActivities
+from activities.reconcile import HostReconcileActivities, QueueReconcileActivities
 from activities.records import InventoryActivities
+from starter.schedule import ensure_reconcile_schedule
 from taskomatic.logs import configure_logging, get_logger
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import connect_temporal, ensure_search_attributes
 from workflows.ordering import ordering_queue
+from workflows.reconcile import Reconcile
 from workflows.vm_lifecycle import WORKFLOWS
+
+TASK_WORKFLOWS = [*WORKFLOWS, Reconcile]
 
 log = get_logger(component="worker")
 
@@ -40,7 +45,9 @@ def _database(settings: Settings) -> Any:
 def activity_list(settings: Settings, hypervisors: Hypervisors) -> Sequence[Any]:
     inventory = InventoryActivities(_database(settings))
     domains = DomainActivities(hypervisors)
+    reconcile = HostReconcileActivities(_database(settings), hypervisors)
     return [
+        reconcile.hosts_to_check, reconcile.compare_host,
         inventory.reserve_capacity, inventory.release_capacity, inventory.lookup_vm,
         inventory.record_vm, inventory.set_vm_state, inventory.remove_vm,
         domains.define_domain, domains.undefine_domain, domains.start_domain,
@@ -60,7 +67,7 @@ def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=WORKFLOWS,
+        workflows=TASK_WORKFLOWS,
         workflow_runner=WORKFLOW_RUNNER,
         activities=activity_list(settings, hypervisors),
         activity_executor=executor,
@@ -74,11 +81,13 @@ def build_ordering_worker(client: Client, settings: Settings) -> Worker:
     end. Each is one cheap coroutine, so its ceiling is high and apart from the working
     activities' (a line of waiting tasks never starves the tasks that work)."""
     ordering = OrderingActivities(_database(settings), client, settings)
+    reconcile = QueueReconcileActivities(_database(settings), client)
     return Worker(
         client,
         task_queue=ordering_queue(settings.task_queue),
         activities=[ordering.claim_resources, ordering.release_resources,
-                    ordering.await_task_end],
+                    ordering.await_task_end, reconcile.drop_stale_claims,
+                    reconcile.release_stale_reservations],
         max_concurrent_activities=settings.max_waiting_tasks,
     )
 
@@ -88,6 +97,7 @@ async def run_worker(settings: Settings | None = None) -> None:
     settings = settings or get_settings()
     client = await connect_temporal(settings)
     await ensure_search_attributes(client, settings.temporal_namespace)
+    await ensure_reconcile_schedule(client, settings)
     hypervisors = Hypervisors()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -66,22 +66,15 @@ class OrderingActivities:
         if result.purged:
             get_logger(task_id=inp.task_id).warning(
                 "dropped the claims of tasks that ended without releasing", tasks=result.purged)
-        await self.wake(woken)
+        await wake_tasks(self.client, woken)
         return result
 
     @activity.defn
     async def release_resources(self, inp: ReleaseInput) -> ReleaseResult:
         released, woken = await asyncio.to_thread(claims.release, self.db, inp.task_id,
                                                   inp.resources)
-        await self.wake(woken)
+        await wake_tasks(self.client, woken)
         return ReleaseResult(released=released, woken=woken)
-
-    async def wake(self, task_ids: list[str]) -> None:
-        """Tell waiting tasks to re-check their turn. A task that has ended needs no wake-up."""
-        async def one(task_id: str) -> None:
-            with contextlib.suppress(RPCError):
-                await self.client.get_workflow_handle(task_id).signal(WAKE_SIGNAL)
-        await asyncio.gather(*(one(t) for t in task_ids))
 
     @activity.defn
     async def await_task_end(self, inp: AwaitTaskInput) -> TaskOutcome:
@@ -110,6 +103,14 @@ class OrderingActivities:
                     return TaskOutcome(task_id=task_id, status="not_found",
                                        message="no such task")
                 await asyncio.sleep(2.0)
+
+
+async def wake_tasks(client: Client, task_ids: list[str]) -> None:
+    """Tell waiting tasks to re-check their turn. A task that has ended needs no wake-up."""
+    async def one(task_id: str) -> None:
+        with contextlib.suppress(RPCError):
+            await client.get_workflow_handle(task_id).signal(WAKE_SIGNAL)
+    await asyncio.gather(*(one(t) for t in task_ids))
 
 
 async def _heartbeat_forever() -> None:

@@ -38,6 +38,7 @@ from taskomatic.models import (
     StartVmRequest,
     StopVmRequest,
 )
+from taskomatic.reconcile import ReconcileRequest
 from taskomatic.settings import get_settings
 
 console = Console()
@@ -86,9 +87,7 @@ async def _submit(args: argparse.Namespace, make: Callable[[TaskomaticClient],
     if args.json:
         render.print_json(result)
     else:
-        where = f" on {result.host}" if result.host else ""
-        console.print(f"[green]✔[/] {result.kind} {result.vm}{where}: "
-                      f"{result.state or 'gone'} ({'; '.join(result.notes)})")
+        console.print(render.result_text(handle.kind, result))
     return 0
 
 
@@ -239,6 +238,23 @@ def _batch_items(text: str) -> list[BatchItem]:
     return items
 
 
+async def reconcile_now(args: argparse.Namespace) -> int:
+    req = validated(ReconcileRequest, grace_seconds=args.grace, requested_by=_who(args),
+                    after=args.after)
+    return await _submit(args, lambda c: c.submit("Reconcile", req))
+
+
+async def reconcile_schedule(args: argparse.Namespace) -> int:
+    from starter.schedule import ensure_reconcile_schedule
+
+    client = await _client()
+    every = args.every or client.settings.reconcile_interval_seconds
+    created = await ensure_reconcile_schedule(client.temporal, client.settings, every)
+    console.print(f"reconciliation schedule {'created' if created else 'updated'}: "
+                  f"every {every:g} s")
+    return 0
+
+
 # --- operations ------------------------------------------------------------------------------
 
 
@@ -340,6 +356,13 @@ def _parser() -> argparse.ArgumentParser:
     sp = verb(nouns, "batch", batch, "submit several tasks with dependencies among them "
               "(JSON file, or - for stdin)", write=True)
     sp.add_argument("file")
+    rec = nouns.add_parser("reconcile", help="compare inventory, libvirt and the queue"
+                           ).add_subparsers(dest="verb", required=True)
+    sp = verb(rec, "now", reconcile_now, "run a reconciliation now", write=True)
+    sp.add_argument("--grace", type=float, default=60.0,
+                    help="leave claims and reservations younger than this (seconds) alone")
+    sp = verb(rec, "schedule", reconcile_schedule, "create or update the periodic schedule")
+    sp.add_argument("--every", type=float, help="seconds between runs (default: the setting)")
     db = nouns.add_parser("db", help="inventory database").add_subparsers(dest="verb",
                                                                          required=True)
     verb(db, "upgrade", db_upgrade, "create the database if needed and apply migrations")

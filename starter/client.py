@@ -42,6 +42,7 @@ from taskomatic.models import (
     VmRecord,
 )
 from taskomatic.ordering import capacity_of
+from taskomatic.reconcile import ReconcileRequest
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import (
     TASK_HOST,
@@ -52,6 +53,7 @@ from taskomatic.temporal import (
     TASK_VM,
     connect_temporal,
 )
+from workflows.reconcile import Reconcile
 from workflows.vm_lifecycle import CreateVm, DestroyVm, StartVm, StopVm
 
 
@@ -69,6 +71,7 @@ KINDS: dict[str, TaskKind] = {
     "StartVm": TaskKind(StartVm, StartVmRequest, "vm-start"),
     "StopVm": TaskKind(StopVm, StopVmRequest, "vm-stop"),
     "DestroyVm": TaskKind(DestroyVm, DestroyVmRequest, "vm-destroy"),
+    "Reconcile": TaskKind(Reconcile, ReconcileRequest, "reconcile"),
 }
 # Search attributes filled from a task's resources, so the Web UI can filter by VM, host, pool.
 _SUBJECTS = {"vm": TASK_VM, "host": TASK_HOST, "pool": TASK_POOL}

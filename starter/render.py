@@ -17,7 +17,14 @@ from rich.table import Table
 from rich.text import Text
 
 from starter.client import TaskHandle, TaskStatus
-from taskomatic.models import HostRecord, StepState, TaskFailure, TaskProgress, VmRecord
+from taskomatic.models import (
+    HostRecord,
+    StepState,
+    TaskFailure,
+    TaskProgress,
+    VmRecord,
+    VmTaskResult,
+)
 
 _STEP_STYLE = {StepState.RUNNING: "yellow", StepState.DONE: "green", StepState.FAILED: "red",
                StepState.COMPENSATING: "magenta", StepState.COMPENSATED: "magenta"}
@@ -123,6 +130,20 @@ def failure_text(failure: TaskFailure) -> Text:
     if failure.compensation_failed:
         text.append(f"\n  NOT undone (check by hand): {', '.join(failure.compensation_failed)}",
                     style="bold red")
+    return text
+
+
+def result_text(kind: str, result: Any) -> Text:
+    """One line (or a few) saying what a finished task did."""
+    if isinstance(result, VmTaskResult):
+        where = f" on {result.host}" if result.host else ""
+        return Text.from_markup(f"[green]✔[/] {result.kind} {result.vm}{where}: "
+                                f"{result.state or 'gone'} ({'; '.join(result.notes)})")
+    text = Text.from_markup(f"[green]✔[/] {kind}: {getattr(result, 'detail', 'done')}")
+    for finding in getattr(result, "findings", []):
+        mark = "repaired" if finding.repaired else "NEEDS AN OPERATOR"
+        text.append(f"\n  {finding.kind} {finding.subject}: {finding.detail} [{mark}]",
+                    style="yellow" if finding.repaired else "bold red")
     return text
 
 

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     migrations_per_destination: int = Field(2, ge=1, le=64)
     migrations_in_cluster: int = Field(5, ge=1, le=1024)
     max_waiting_tasks: int = Field(1000, ge=1, le=100_000)
+    # The safety net: how often the reconciliation compares inventory, libvirt and the queue.
+    reconcile_interval_seconds: float = Field(300.0, ge=5, le=86_400)
 
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -172,3 +172,11 @@ def test_the_queue_through_the_cli(shell: Shell, tmp_path: Path) -> None:
     human = shell.run("tasks", "show", ids["gone"])
     assert "after: " + ids["s39"] in " ".join(human.stdout.split())
     assert shell.json("vm", "list") == []
+
+
+def test_reconciliation_runs_now_and_on_a_schedule(shell: Shell) -> None:
+    report = shell.json("reconcile", "now", "--wait")
+    assert report["hosts_checked"] == 2 and report["findings"] == []
+    # The worker created the schedule at start-up; asking again updates it.
+    again = shell.run("reconcile", "schedule", "--every", "120")
+    assert again.returncode == 0 and "schedule updated: every 120 s" in again.stdout

@@ -36,7 +36,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from taskomatic.ordering import ClaimResult
 
-from workflows.ordering import InLine
+from workflows.ordering import InLine, ordering_queue
 
 # Histories recorded before tasks waited for prerequisites and resources replay without it.
 ORDERING_PATCH = "ordering-1"
@@ -49,6 +49,8 @@ class ActivityOptions:
     start_to_close: timedelta
     retry: RetryPolicy
     heartbeat: timedelta | None = None
+    # Activities about the queue itself run on the ordering queue (see worker.py).
+    ordering_queue: bool = False
 
 
 # Database steps are short; a lost connection is retried briefly, anything else is final.
@@ -153,9 +155,10 @@ class Runbook(InLine):
         return result
 
     async def _run(self, activity: Callable[..., Any], arg: Any, options: ActivityOptions) -> Any:
+        queue = ordering_queue(workflow.info().task_queue) if options.ordering_queue else None
         return await workflow.execute_activity_method(
             activity, arg, start_to_close_timeout=options.start_to_close,
-            retry_policy=options.retry, heartbeat_timeout=options.heartbeat,
+            retry_policy=options.retry, heartbeat_timeout=options.heartbeat, task_queue=queue,
         )
 
     # --- the whole task --------------------------------------------------------------------
