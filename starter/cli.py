@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import getpass
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -380,7 +381,12 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     # The CLI reports problems itself; its own log lines would only repeat them.
     configure_logging(settings.log_format, settings.log_level if args.noun == "worker" else "error")
-    sys.exit(run(args))
+    code = run(args)
+    # Leave without interpreter teardown: the Temporal SDK's runtime threads can crash it
+    # (PyGILState_Release, a known SDK issue; see shared/notes), turning success into a failure.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -176,7 +176,7 @@ def test_the_queue_through_the_cli(shell: Shell, tmp_path: Path) -> None:
 
 def test_reconciliation_runs_now_and_on_a_schedule(shell: Shell) -> None:
     report = shell.json("reconcile", "now", "--wait")
-    assert report["hosts_checked"] == 2 and report["findings"] == []
+    assert report["hosts_checked"] == 2 and report["findings"] == [], report
     # The worker created the schedule at start-up; asking again updates it.
     again = shell.run("reconcile", "schedule", "--every", "120")
     assert again.returncode == 0 and "schedule updated: every 120 s" in again.stdout
