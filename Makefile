@@ -46,6 +46,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.ordering
 
 # Keeps .taskomatic/ (the dev stack's state: Temporal history, embedded PostgreSQL); remove it
 # by hand to start the dev stack from scratch.

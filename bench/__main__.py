@@ -65,6 +65,7 @@ from bench.stack import (
 from starter.client import TaskomaticClient
 from taskomatic.logs import configure_logging
 from taskomatic.settings import Settings
+from worker import build_ordering_worker
 
 DEFAULT_VMS = 200
 QUICK_VMS = 40
@@ -185,6 +186,7 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
             max_workers=settings.activity_threads, thread_name_prefix="activity"))
         worker = await bench_worker(env.client, settings, hypervisors, executor, args.pollers)
         await stack.enter_async_context(worker)
+        await stack.enter_async_context(build_ordering_worker(env.client, settings))
         tk = TaskomaticClient(env.client, settings, db)
 
         chains = {

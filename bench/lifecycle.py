@@ -25,11 +25,15 @@ from taskomatic.models import (
 #   CreateVm(start=True): reserve capacity, define domain, start domain, record VM
 #   StopVm(force=True):   look up VM, power off (destroy_domain), record state
 #   DestroyVm:            look up VM, power off, undefine domain, remove from inventory
-# The probe checks every run against this (per workflow type and activity type).
+# and, for each, the release of its VM in the line (the starter takes the VM at submission: a
+# chain's tasks never find it taken). The probe checks every run against this (per workflow type
+# and activity type).
 EXPECTED_ACTIVITIES: dict[str, tuple[str, ...]] = {
-    "CreateVm": ("reserve_capacity", "define_domain", "start_domain", "record_vm"),
-    "StopVm": ("lookup_vm", "destroy_domain", "set_vm_state"),
-    "DestroyVm": ("lookup_vm", "destroy_domain", "undefine_domain", "remove_vm"),
+    "CreateVm": ("reserve_capacity", "define_domain", "start_domain", "record_vm",
+                 "release_resources"),
+    "StopVm": ("lookup_vm", "destroy_domain", "set_vm_state", "release_resources"),
+    "DestroyVm": ("lookup_vm", "destroy_domain", "undefine_domain", "remove_vm",
+                  "release_resources"),
 }
 STEPS: tuple[tuple[str, int], ...] = tuple(
     (kind, len(acts)) for kind, acts in EXPECTED_ACTIVITIES.items())

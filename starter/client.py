@@ -53,6 +53,7 @@ from taskomatic.temporal import (
     TASK_VM,
     connect_temporal,
 )
+from workflows.ordering import GRANTED_AT_SUBMIT
 from workflows.reconcile import Reconcile
 from workflows.vm_lifecycle import CreateVm, DestroyVm, StartVm, StopVm
 
@@ -198,16 +199,17 @@ class TaskomaticClient:
         if req.after:
             await self._check_prerequisites(task_id, req.after)
         in_line = bool(resources) and req.ordered and not req.after
-        if in_line:
+        memo: dict[str, Any] = {"resources": resources, "after": req.after,
+                                "requested_by": req.requested_by}
+        if in_line:  # its place in line, and the resources themselves if they are free
             capacities = {r: capacity_of(r, self.settings) for r in resources}
-            await asyncio.to_thread(claims.enqueue, self.db, task_id, kind, capacities)
+            claimed, _ = await asyncio.to_thread(claims.acquire, self.db, task_id, kind,
+                                                 capacities)
+            memo[GRANTED_AT_SUBMIT] = claimed.granted
         try:
             handle = await self.temporal.start_workflow(
                 spec.workflow.run, req, id=task_id, task_queue=self.settings.task_queue,
-                search_attributes=self._attributes(kind, resources, req),
-                memo={"resources": resources, "after": req.after,
-                      "requested_by": req.requested_by},
-            )
+                search_attributes=self._attributes(kind, resources, req), memo=memo)
         except BaseException:
             if in_line:  # never started: give its place back
                 await asyncio.to_thread(claims.release, self.db, task_id)

@@ -6,12 +6,12 @@ import asyncio
 import uuid
 
 import pytest
-from conftest import Lab
 
 from activities import claims, inventory
 from activities.db import Database
 from activities.domain_xml import build_domain_xml
 from activities.hypervisor import Hypervisors
+from conftest import Lab
 from starter.client import TaskomaticClient
 from taskomatic.models import CreateVmRequest, DomainSpec, StartVmRequest, VmState
 from taskomatic.reconcile import ReconcileReport, ReconcileRequest

@@ -50,6 +50,10 @@ _WATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
                            maximum_interval=timedelta(seconds=30))
 
 
+# Memo key set by the starter when it could grant a task's resources at submission.
+GRANTED_AT_SUBMIT = "granted_at_submit"
+
+
 def ordering_queue(task_queue: str) -> str:
     """The task queue of the ordering activities for a worker serving ``task_queue``."""
     return f"{task_queue}-ordering"
@@ -109,6 +113,11 @@ class InLine:
         """Take ``resources`` when the task's turn comes; until then sleep. ``on_wait`` is
         called with each new reason for waiting."""
         task_id = workflow.info().workflow_id
+        if workflow.memo_value(GRANTED_AT_SUBMIT, False, type_hint=bool):
+            # The starter found the resources free and took them in the transaction that put
+            # the task in line: nothing to wait for, no round trip to make.
+            self._claimed = True
+            return ClaimResult(granted=True)
         closed: list[str] = []
         while True:
             self._woken = False
