@@ -15,8 +15,9 @@ from typing import Any
 
 from rich.console import Console
 
-from starter import render
+from starter import codec_server, render
 from starter.client import RequestError, TaskError, TaskHandle, TaskomaticClient, validated
+from taskomatic.codec import CodecError
 from taskomatic.errors import ErrorType, error_info
 from taskomatic.logs import configure_logging
 from taskomatic.models import (
@@ -245,6 +246,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--hosts", type=int, default=3, help="libvirt test-driver hosts to create")
     sp.add_argument("--demo", action="store_true", help="run the scripted demo, then exit")
     sp.set_defaults(fn=dev)
+    codec_server.add_commands(nouns)
     return p
 
 
@@ -252,7 +254,8 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     settings = get_settings()
     # The CLI reports problems itself; its own log lines would only repeat them.
-    configure_logging(settings.log_format, settings.log_level if args.noun == "worker" else "error")
+    serving = args.noun in ("worker", "codec-server")
+    configure_logging(settings.log_format, settings.log_level if serving else "error")
     sys.exit(run(args))
 
 
@@ -263,7 +266,7 @@ def run(args: argparse.Namespace) -> int:
     except RequestError as err:
         errors.print(f"[red]error:[/] {err}")
         return 2
-    except ServiceUnavailable as err:
+    except (ServiceUnavailable, CodecError) as err:  # CodecError: keys or TLS files unusable
         errors.print(f"[red]error:[/] {err}")
         return 3
     except Exception as err:

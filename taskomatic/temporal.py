@@ -5,6 +5,9 @@ Also the custom search attributes that make the queue filterable in the Temporal
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import (
     AddSearchAttributesRequest,
@@ -13,21 +16,72 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.service import TLSConfig
 
+from taskomatic.codec import CodecError, EncryptionCodec, KeyRing
 from taskomatic.settings import Settings
 
 TASK_KIND = SearchAttributeKey.for_keyword("TaskomaticKind")
 TASK_VM = SearchAttributeKey.for_keyword("TaskomaticVm")
 TASK_HOST = SearchAttributeKey.for_keyword("TaskomaticHost")
-SEARCH_ATTRIBUTES = (TASK_KIND, TASK_VM, TASK_HOST)
+TASK_REQUESTED_BY = SearchAttributeKey.for_keyword("TaskomaticRequestedBy")
+SEARCH_ATTRIBUTES = (TASK_KIND, TASK_VM, TASK_HOST, TASK_REQUESTED_BY)
 
 
 async def connect_temporal(settings: Settings) -> Client:
+    """A client with taskomatic's data converter (encrypting if keys are set), TLS and API key."""
+    api_key = settings.temporal_api_key
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter(settings),
+        tls=tls_config(settings),  # None: TLS only with an API key (hosted Temporal)
+        api_key=api_key.get_secret_value() if api_key else None,
     )
+
+
+def key_ring(settings: Settings) -> KeyRing | None:
+    """The configured encryption keys (the file's, then the variable's), or None: no encryption."""
+    if settings.encryption_key_file is not None:
+        return KeyRing.from_file(settings.encryption_key_file)
+    if settings.encryption_keys is not None:
+        return KeyRing.parse(settings.encryption_keys.get_secret_value(),
+                             "TASKOMATIC_ENCRYPTION_KEYS")
+    return None
+
+
+def data_converter(settings: Settings, ring: KeyRing | None = None) -> DataConverter:
+    """pydantic payloads, sealed by the encryption codec; failure messages and stack traces
+    travel as encoded attributes, so they are encrypted too."""
+    return dataclasses.replace(
+        pydantic_data_converter,
+        payload_codec=EncryptionCodec(ring or key_ring(settings)),
+        failure_converter_class=DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
+def tls_config(settings: Settings) -> TLSConfig | None:
+    """TLS (and mutual TLS with a client certificate) from the ``temporal_tls_*`` settings."""
+    files = (settings.temporal_tls_ca_file, settings.temporal_tls_cert_file,
+             settings.temporal_tls_key_file)
+    if not settings.temporal_tls and not any(files):
+        return None
+    if bool(settings.temporal_tls_cert_file) != bool(settings.temporal_tls_key_file):
+        raise CodecError("temporal_tls_cert_file and temporal_tls_key_file go together "
+                         "(a client certificate needs its private key)")
+    ca, cert, key = (_read(path) for path in files)
+    return TLSConfig(server_root_ca_cert=ca, client_cert=cert, client_private_key=key,
+                     domain=settings.temporal_tls_server_name)
+
+
+def _read(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise CodecError(f"cannot read {path}: {err.strerror}") from None
 
 
 async def ensure_search_attributes(client: Client, namespace: str) -> list[str]:
