@@ -53,6 +53,7 @@ from activities.db import (
     upgrade,
     with_dbname,
 )
+from starter import dev_security
 from starter.client import TaskomaticClient
 from starter.demo import demo_exit_status
 from starter.devstack import embedded_postgres, temporal_binary, write_test_host
@@ -174,6 +175,7 @@ def _settings_env(settings: Settings) -> dict[str, str]:
         "TASKOMATIC_TEMPORAL_UI_URL": settings.temporal_ui_url,
         "TASKOMATIC_TASK_QUEUE": settings.task_queue,
         "TASKOMATIC_DATABASE_URL": settings.database_url,
+        **dev_security.security_env(settings),
     }
 
 
@@ -238,7 +240,8 @@ class DevStack:
                 "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
                 "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
                 "--dynamic-config-value", "frontend.enableServerVersionCheck=false",
-                "--ui-disable-news-fetch", "--log-level", "warn", *_search_attribute_flags()]
+                "--ui-disable-news-fetch", "--log-level", "warn", *_search_attribute_flags(),
+                *dev_security.ui_codec_flags(base)]
         server = Child.spawn("Temporal server", argv, self.dir / "temporal.log",
                              SERVER_STOP_SECONDS)
         self.children.append(server)
@@ -338,6 +341,7 @@ class DevStack:
                       f"{HOST_VCPUS} vCPUs / {HOST_MEMORY_MIB} MiB each)"),
             ("Logs", ", ".join(_shown(c.log_path) for c in self.children)),
             ("Settings", f"{_shown(self.dir / 'env')}  (used by `taskomatic` commands run here)"),
+            *dev_security.summary_rows(settings),
         ]
         for label, value in rows:
             grid.add_row(f"[bold]{label}[/]", value)
@@ -416,12 +420,14 @@ async def _run(stack: DevStack, hosts: int, demo: bool) -> int:
             loop.add_signal_handler(sig, main.cancel)
     stack.lock()
     base = Settings(_env_file=None)  # env vars over defaults: <state>/env is our output
+    base = dev_security.prepare(stack.dir, base, DevError)
     settings, client = await stack.start_temporal(base)
     url = await asyncio.to_thread(stack.start_postgres, settings.database_url)
     settings = settings.model_copy(update={"database_url": url})
     specs = await asyncio.to_thread(stack.prepare_hosts, url, hosts)
     stack.write_env(settings)
     await stack.start_worker(settings, client)
+    await dev_security.start_codec_server(stack, settings)
     stack.summary(settings, specs, demo)
     if not demo:
         return await stack.supervise()

@@ -48,6 +48,7 @@ class Settings(BaseSettings):
     # Security (README "Security"). Payload encryption is on when keys are configured.
     encryption_key_file: Path | None = None
     encryption_keys: SecretStr | None = None  # "<id>:<base64>,…"; first = current key
+    dev_encryption: bool = True  # `taskomatic dev` makes a key and runs the codec server
     codec_server_address: str = "127.0.0.1:8234"
     codec_server_token: SecretStr | None = None
     codec_server_token_file: Path | None = None
