@@ -43,7 +43,7 @@ async def _client() -> TaskomaticClient:
         return await TaskomaticClient.connect(settings)
     except RuntimeError as err:
         raise ServiceUnavailable(
-            f"cannot reach Temporal at {settings.temporal_address} ({err}); is `taskomatic dev` "
+            f"{err}; is `taskomatic dev` "
             "or a worker stack running? (settings: TASKOMATIC_TEMPORAL_ADDRESS or .taskomatic/env)"
         ) from None
 

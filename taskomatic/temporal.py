@@ -32,13 +32,37 @@ SEARCH_ATTRIBUTES = (TASK_KIND, TASK_VM, TASK_HOST, TASK_REQUESTED_BY)
 async def connect_temporal(settings: Settings) -> Client:
     """A client with taskomatic's data converter (encrypting if keys are set), TLS and API key."""
     api_key = settings.temporal_api_key
-    return await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        data_converter=data_converter(settings),
-        tls=tls_config(settings),  # None: TLS only with an API key (hosted Temporal)
-        api_key=api_key.get_secret_value() if api_key else None,
-    )
+    tls = tls_config(settings)
+    try:
+        return await Client.connect(
+            settings.temporal_address,
+            namespace=settings.temporal_namespace,
+            data_converter=data_converter(settings),
+            tls=tls,  # None: TLS only with an API key (hosted Temporal)
+            api_key=api_key.get_secret_value() if api_key else None,
+        )
+    except RuntimeError as err:
+        how = " over TLS" if tls or api_key else ""
+        raise RuntimeError(f"cannot connect to Temporal at {settings.temporal_address}{how}: "
+                           f"{_refusal_hint(str(err), tls is not None or api_key is not None)}"
+                           f"[{err}]") from None
+
+
+def _refusal_hint(error: str, tls: bool) -> str:
+    """What a connection failure most likely means, from the transport's own words."""
+    if "status: 400" in error and tls:
+        return ("the TLS endpoint refused the request (HTTP 400): it wants a client certificate "
+                "it trusts (TASKOMATIC_TEMPORAL_TLS_CERT_FILE / _KEY_FILE) ")
+    if any(s in error for s in ("status: 401", "status: 403", "Unauthenticated",
+                                "PermissionDenied")):
+        return "not authorised: check TASKOMATIC_TEMPORAL_API_KEY or the client certificate "
+    if "certificate" in error.lower() or "InvalidCertificate" in error:
+        return ("the server's certificate is not trusted: check TASKOMATIC_TEMPORAL_TLS_CA_FILE "
+                "and TASKOMATIC_TEMPORAL_TLS_SERVER_NAME ")
+    if not tls and ("http2 error" in error or "GoAway" in error):
+        return ("the endpoint does not speak plaintext gRPC; it may need TLS "
+                "(TASKOMATIC_TEMPORAL_TLS_CA_FILE or TASKOMATIC_TEMPORAL_TLS=true) ")
+    return ""
 
 
 def key_ring(settings: Settings) -> KeyRing | None:
