@@ -12,6 +12,8 @@ VMs come straight from the inventory.
 from __future__ import annotations
 
 import asyncio
+import getpass
+import os
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -47,7 +49,13 @@ from taskomatic.models import (
     VmTaskResult,
 )
 from taskomatic.settings import Settings, get_settings
-from taskomatic.temporal import TASK_HOST, TASK_KIND, TASK_VM, connect_temporal
+from taskomatic.temporal import (
+    TASK_HOST,
+    TASK_KIND,
+    TASK_REQUESTED_BY,
+    TASK_VM,
+    connect_temporal,
+)
 from workflows.vm_lifecycle import CreateVm, DestroyVm, StartVm, StopVm
 
 TaskState = Literal["running", "complete", "error", "cancelled", "terminated", "timed_out"]
@@ -104,6 +112,7 @@ class TaskStatus(Model):
     state: TaskState
     vm: str | None = None
     host: str | None = None
+    requested_by: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: TaskProgress | None = None
@@ -162,7 +171,7 @@ class TaskHandle:
         status = TaskStatus(
             id=self.id, kind=desc.workflow_type, state=_STATES.get(desc.status, "running"),
             vm=attrs.get(TASK_VM), host=attrs.get(TASK_HOST), started_at=desc.start_time,
-            finished_at=desc.close_time,
+            finished_at=desc.close_time, requested_by=attrs.get(TASK_REQUESTED_BY),
         )
         status.progress = await self.progress()
         if status.state == "complete":
@@ -181,16 +190,21 @@ class TaskHandle:
 
 
 class TaskomaticClient:
-    def __init__(self, temporal: Client, settings: Settings, db: Database) -> None:
+    """``requested_by``: who asks, for requests that do not say (default: the OS user)."""
+
+    def __init__(self, temporal: Client, settings: Settings, db: Database,
+                 requested_by: str | None = None) -> None:
         self.temporal = temporal
         self.settings = settings
         self.db = db
+        self.requested_by = requested_by or caller_identity()
 
     @classmethod
-    async def connect(cls, settings: Settings | None = None) -> TaskomaticClient:
+    async def connect(cls, settings: Settings | None = None,
+                      requested_by: str | None = None) -> TaskomaticClient:
         settings = settings or get_settings()
         temporal = await connect_temporal(settings)
-        return cls(temporal, settings, get_database(settings.database_url))
+        return cls(temporal, settings, get_database(settings.database_url), requested_by)
 
     # --- inventory reads and host registration ---------------------------------------------
 
@@ -241,7 +255,7 @@ class TaskomaticClient:
             found.append(TaskStatus(
                 id=wf.id, kind=wf.workflow_type, state=_STATES.get(wf.status, "running"),
                 vm=attrs.get(TASK_VM), host=attrs.get(TASK_HOST), started_at=wf.start_time,
-                finished_at=wf.close_time))
+                finished_at=wf.close_time, requested_by=attrs.get(TASK_REQUESTED_BY)))
         return found
 
     async def _submit_for_existing(self, kind: str, req: TaskRequest, vm: str,
@@ -257,9 +271,13 @@ class TaskomaticClient:
         pinned_host = getattr(req, "host", None)
         if pinned_host:  # known before placement; the workflow sets it otherwise
             attrs.append(SearchAttributePair(TASK_HOST, pinned_host))
+        who = req.requested_by or self.requested_by
+        req = req.model_copy(update={"requested_by": who})
+        attrs.append(SearchAttributePair(TASK_REQUESTED_BY, who))
         handle = await self.temporal.start_workflow(
             _WORKFLOWS[kind].run, req, id=task_id, task_queue=self.settings.task_queue,
             search_attributes=TypedSearchAttributes(attrs),
+            memo={"requested_by": who},
         )
         return TaskHandle(handle, kind)
 
@@ -271,6 +289,14 @@ class TaskomaticClient:
             if info.retryable:  # the inventory is unreachable: not the request's fault
                 raise
             raise RequestError(info.field, info.message.removeprefix(f"{info.field}: ")) from None
+
+
+def caller_identity() -> str:
+    """The OS user running this process (its uid if it has no name)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
 
 
 def _quote(value: str) -> str:

@@ -106,6 +106,8 @@ def task_view(status: TaskStatus) -> Group:
     parts: list[Any] = [head]
     if status.vm or status.host:
         parts.append(Text(f"VM {status.vm or '-'} on host {status.host or '-'}"))
+    if status.requested_by:
+        parts.append(Text(f"requested by {status.requested_by}"))
     if status.progress is not None:
         parts.append(steps_table(status.progress))
     if status.error is not None:

@@ -129,6 +129,15 @@ def _check_task_id(value: str) -> str:
 TaskId = Annotated[str, AfterValidator(_check_task_id)]
 
 
+def _check_requester(value: str) -> str:
+    if not value.strip() or not value.isprintable() or len(value) > 200:
+        raise ValueError(f"must be 1-200 printable characters naming who asks (got {value!r})")
+    return value
+
+
+Requester = Annotated[str, AfterValidator(_check_requester)]
+
+
 def vm_resource(name: str) -> str:
     return f"vm:{name}"
 
@@ -149,7 +158,7 @@ class TaskRequest(Model):
     time, in submission order.
     """
 
-    requested_by: str | None = None
+    requested_by: Requester | None = None
     after: list[TaskId] = Field(default_factory=list, max_length=100)
 
     def resources(self) -> list[str]:

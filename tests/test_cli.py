@@ -118,9 +118,12 @@ def test_dev_stack_stores_ciphertext_and_decodes_for_the_ui(shell: Shell) -> Non
                if "=" in line)
     address, codec = (env[k].strip('"') for k in ("TASKOMATIC_TEMPORAL_ADDRESS",
                                                   "TASKOMATIC_CODEC_SERVER_ADDRESS"))
-    task = shell.json("vm", "create", "cipher1", "--vcpus", "1", "--memory-mib", "64", "--wait")
+    task = shell.json("vm", "create", "cipher1", "--vcpus", "1", "--memory-mib", "64", "--wait",
+                      "--requested-by", "carol@example.org")
     shown = shell.json("tasks", "show", task["task_id"])  # the CLI decrypts with the dev key
     assert shown["result"]["vm"] == "cipher1"
+    assert shown["requested_by"] == "carol@example.org"
+    assert "requested by carol@example.org" in shell.run("tasks", "show", task["task_id"]).stdout
 
     async def stored_input() -> Payload:  # read WITHOUT the codec, as the store holds it
         client = await Client.connect(address)
