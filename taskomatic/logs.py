@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -62,10 +63,11 @@ def _secret_name(name: str) -> bool:
     return bool(_SECRET_NAME.search(name)) and not name.endswith(("_id", "_ids", "_file"))
 
 
-def redact_secrets(_logger: Any, _method: str, event: dict[str, Any]) -> dict[str, Any]:
+def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]
+                   ) -> Mapping[str, Any]:
     """structlog processor: no key, password, token or private key reaches a log line, whether
     it sits under a telling field name or inside a message, URL or formatted exception."""
-    redacted: dict[str, Any] = redact(event)
+    redacted: dict[str, Any] = redact(dict(event))
     return redacted
 
 
