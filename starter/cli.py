@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -256,7 +257,12 @@ def main(argv: list[str] | None = None) -> None:
     # The CLI reports problems itself; its own log lines would only repeat them.
     serving = args.noun in ("worker", "codec-server")
     configure_logging(settings.log_format, settings.log_level if serving else "error")
-    sys.exit(run(args))
+    code = run(args)
+    if argv is None:  # a real process: skip interpreter teardown, which the SDK's runtime
+        sys.stdout.flush()  # threads can trip over (PyGILState_Release aborts; see worker.py)
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def run(args: argparse.Namespace) -> int:
