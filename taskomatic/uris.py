@@ -2,7 +2,8 @@
 
 Remote hosts are reached with ``qemu+tls://host/system`` (x509: ``pkipath=/dir`` holding
 ``cacert.pem``, ``clientcert.pem``, ``clientkey.pem``; ``no_verify=1`` skips the server check, for
-labs only) or ``qemu+ssh://user@host/system`` (``keyfile=/path``, ``known_hosts=/path``,
+labs only) or ``qemu+ssh://user@host/system`` (``keyfile=/path``; the ssh client's own
+known-hosts file), or ``qemu+libssh2://`` / ``qemu+libssh://`` (also ``known_hosts=/path``,
 ``known_hosts_verify=normal|auto|ignore``, ``sshauth=…``). Parameters are checked here so that a
 typo is an error naming it rather than a setting libvirt silently ignores.
 """
@@ -14,12 +15,13 @@ from urllib.parse import parse_qsl, urlsplit
 
 _SCHEMES = re.compile(r"(test|qemu|xen|lxc)(\+(unix|tcp|tls|ssh|libssh|libssh2))?")
 _SSH = {"ssh", "libssh", "libssh2"}
-# parameter -> transports it belongs to (None: any remote transport)
+_LIBSSH = {"libssh", "libssh2"}
+# parameter -> transports it belongs to (None: any transport), after libvirt's remote URI docs
 _PARAMS: dict[str, set[str] | None] = {
-    "name": None, "mode": None, "proxy": None, "socket": {"unix", "ssh", "libssh", "libssh2"},
+    "name": None, "mode": {"unix", *_SSH}, "proxy": _SSH, "socket": {"unix", *_SSH},
     "pkipath": {"tls"}, "no_verify": {"tls"}, "tls_priority": {"tls"},
-    "keyfile": _SSH, "known_hosts": _SSH, "known_hosts_verify": _SSH, "sshauth": _SSH,
-    "no_tty": _SSH, "netcat": _SSH, "command": _SSH,
+    "keyfile": _SSH, "netcat": _SSH, "no_tty": {"ssh"}, "command": {"ssh"},
+    "known_hosts": _LIBSSH, "known_hosts_verify": _LIBSSH, "sshauth": _LIBSSH,
 }
 _PATHS = {"pkipath", "keyfile", "known_hosts", "socket"}
 _CHOICES = {"no_verify": {"0", "1"}, "no_tty": {"0", "1"},
