@@ -184,9 +184,6 @@ class _Handler(BaseHTTPRequestHandler):
 def serve(settings: Settings) -> int:
     try:
         server = CodecServer.from_settings(settings)
-    except (CodecServerError, CodecError) as err:
-        log.error("codec server cannot start", error=str(err))
-        raise
     except OSError as err:
         raise CodecServerError(f"cannot listen on {settings.codec_server_address}: "
                                f"{err.strerror}") from None
@@ -225,7 +222,8 @@ def main() -> None:
     configure_logging(settings.log_format, settings.log_level)
     try:
         serve(settings)
-    except (CodecServerError, CodecError):
+    except (CodecServerError, CodecError) as err:
+        log.error("codec server cannot start", error=str(err))
         raise SystemExit(1) from None
 
 

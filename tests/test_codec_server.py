@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -135,3 +138,17 @@ def _write(directory: Path, text: str) -> Path:
     path = directory / "token"
     path.write_text(text)
     return path
+
+
+def test_the_command_refuses_to_start_without_keys_or_token(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TASKOMATIC_")}
+    cli = [str(Path(sys.executable).parent / "taskomatic"), "codec-server",
+           "--address", "127.0.0.1:1"]
+    done = subprocess.run(cli, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "needs the encryption keys" in done.stderr, done.stderr
+    keys = tmp_path / "keys"
+    keys.write_text(key_entry("k1", new_key()))
+    env["TASKOMATIC_ENCRYPTION_KEY_FILE"] = str(keys)
+    done = subprocess.run(cli, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 3 and "needs a token" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
