@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 from rich.console import Console
 
-from starter import render
+from starter import codec_server, render
 from starter.batch import BatchItem
 from starter.client import (
     RequestError,
@@ -29,6 +29,7 @@ from starter.client import (
     request_error,
     validated,
 )
+from taskomatic.codec import CodecError
 from taskomatic.errors import ErrorType, error_info
 from taskomatic.logs import configure_logging
 from taskomatic.models import (
@@ -56,7 +57,7 @@ async def _client() -> TaskomaticClient:
         return await TaskomaticClient.connect(settings)
     except RuntimeError as err:
         raise ServiceUnavailable(
-            f"cannot reach Temporal at {settings.temporal_address} ({err}); is `taskomatic dev` "
+            f"{err}; is `taskomatic dev` "
             "or a worker stack running? (settings: TASKOMATIC_TEMPORAL_ADDRESS or .taskomatic/env)"
         ) from None
 
@@ -373,6 +374,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--hosts", type=int, default=3, help="libvirt test-driver hosts to create")
     sp.add_argument("--demo", action="store_true", help="run the scripted demo, then exit")
     sp.set_defaults(fn=dev)
+    codec_server.add_commands(nouns)
     return p
 
 
@@ -380,13 +382,14 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     settings = get_settings()
     # The CLI reports problems itself; its own log lines would only repeat them.
-    configure_logging(settings.log_format, settings.log_level if args.noun == "worker" else "error")
+    serving = args.noun in ("worker", "codec-server")
+    configure_logging(settings.log_format, settings.log_level if serving else "error")
     code = run(args)
-    # Leave without interpreter teardown: the Temporal SDK's runtime threads can crash it
-    # (PyGILState_Release, a known SDK issue; see shared/notes), turning success into a failure.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    if argv is None:  # a real process: skip interpreter teardown, which the SDK's runtime
+        sys.stdout.flush()  # threads can trip over (PyGILState_Release aborts; see worker.py)
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -396,7 +399,7 @@ def run(args: argparse.Namespace) -> int:
     except RequestError as err:
         errors.print(f"[red]error:[/] {err}")
         return 2
-    except ServiceUnavailable as err:
+    except (ServiceUnavailable, CodecError) as err:  # CodecError: keys or TLS files unusable
         errors.print(f"[red]error:[/] {err}")
         return 3
     except Exception as err:

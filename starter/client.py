@@ -13,6 +13,8 @@ resource run in submission order. Reads of hosts and VMs come straight from the 
 from __future__ import annotations
 
 import asyncio
+import getpass
+import os
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +50,7 @@ from taskomatic.temporal import (
     TASK_HOST,
     TASK_KIND,
     TASK_POOL,
+    TASK_REQUESTED_BY,
     TASK_RESOURCES,
     TASK_STATE,
     TASK_VM,
@@ -106,16 +109,21 @@ def validated(model: type[Model], **fields: Any) -> Any:
 
 
 class TaskomaticClient:
-    def __init__(self, temporal: Client, settings: Settings, db: Database) -> None:
+    """``requested_by``: who asks, for requests that do not say (default: the OS user)."""
+
+    def __init__(self, temporal: Client, settings: Settings, db: Database,
+                 requested_by: str | None = None) -> None:
         self.temporal = temporal
         self.settings = settings
         self.db = db
+        self.requested_by = requested_by or caller_identity()
 
     @classmethod
-    async def connect(cls, settings: Settings | None = None) -> TaskomaticClient:
+    async def connect(cls, settings: Settings | None = None,
+                      requested_by: str | None = None) -> TaskomaticClient:
         settings = settings or get_settings()
         temporal = await connect_temporal(settings)
-        return cls(temporal, settings, get_database(settings.database_url))
+        return cls(temporal, settings, get_database(settings.database_url), requested_by)
 
     # --- inventory reads and host registration ---------------------------------------------
 
@@ -193,6 +201,7 @@ class TaskomaticClient:
         """Start a task of ``kind``. Without prerequisites it joins the line for its resources
         now; with them, when they have completed. ``task_id`` defaults to a readable unique id."""
         spec = KINDS[kind]
+        req = req.model_copy(update={"requested_by": req.requested_by or self.requested_by})
         resources = sorted(set(req.resources()))
         subject = next((r.split(":", 1)[1] for r in resources), "")
         task_id = task_id or "-".join(p for p in (spec.slug, subject, uuid.uuid4().hex[:8]) if p)
@@ -218,8 +227,9 @@ class TaskomaticClient:
 
     def _attributes(self, kind: str, resources: list[str], req: TaskRequest
                     ) -> TypedSearchAttributes:
-        pairs: list[SearchAttributePair[Any]] = [SearchAttributePair(TASK_KIND, kind),
-                                                 SearchAttributePair(TASK_STATE, "new")]
+        pairs: list[SearchAttributePair[Any]] = [
+            SearchAttributePair(TASK_KIND, kind), SearchAttributePair(TASK_STATE, "new"),
+            SearchAttributePair(TASK_REQUESTED_BY, req.requested_by or "")]
         if resources:
             pairs.append(SearchAttributePair(TASK_RESOURCES, resources))
         seen = set()
@@ -287,6 +297,14 @@ class TaskomaticClient:
             if info.retryable:  # the inventory is unreachable: not the request's fault
                 raise
             raise RequestError(info.field, info.message.removeprefix(f"{info.field}: ")) from None
+
+
+def caller_identity() -> str:
+    """The OS user running this process (its uid if it has no name)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return f"uid:{os.getuid()}"
 
 
 def _quote(value: str) -> str:

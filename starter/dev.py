@@ -53,6 +53,7 @@ from activities.db import (
     upgrade,
     with_dbname,
 )
+from starter import dev_security
 from starter.client import TaskomaticClient
 from starter.demo import demo_exit_status
 from starter.devstack import embedded_postgres, temporal_dev_server_argv, write_test_host
@@ -166,6 +167,7 @@ def _settings_env(settings: Settings) -> dict[str, str]:
         "TASKOMATIC_TEMPORAL_UI_URL": settings.temporal_ui_url,
         "TASKOMATIC_TASK_QUEUE": settings.task_queue,
         "TASKOMATIC_DATABASE_URL": settings.database_url,
+        **dev_security.security_env(settings),
     }
 
 
@@ -223,8 +225,9 @@ class DevStack:
                     f"port {number} on {host} ({what}) is already in use: is another "
                     f"`taskomatic dev` or Temporal server running? Stop it, or pick another port, "
                     f"e.g. TASKOMATIC_TEMPORAL_ADDRESS={host}:{port + 100} (the UI uses port+1000)")
-        argv = temporal_dev_server_argv(self.dir / "temporal.db", host, port,
-                                        base.temporal_namespace, ui_port)
+        argv = [*temporal_dev_server_argv(self.dir / "temporal.db", host, port,
+                                          base.temporal_namespace, ui_port),
+                *dev_security.ui_codec_flags(base)]
         server = Child.spawn("Temporal server", argv, self.dir / "temporal.log",
                              SERVER_STOP_SECONDS)
         self.children.append(server)
@@ -324,6 +327,7 @@ class DevStack:
                       f"{HOST_VCPUS} vCPUs / {HOST_MEMORY_MIB} MiB each)"),
             ("Logs", ", ".join(_shown(c.log_path) for c in self.children)),
             ("Settings", f"{_shown(self.dir / 'env')}  (used by `taskomatic` commands run here)"),
+            *dev_security.summary_rows(settings),
         ]
         for label, value in rows:
             grid.add_row(f"[bold]{label}[/]", value)
@@ -402,12 +406,14 @@ async def _run(stack: DevStack, hosts: int, demo: bool) -> int:
             loop.add_signal_handler(sig, main.cancel)
     stack.lock()
     base = Settings(_env_file=None)  # env vars over defaults: <state>/env is our output
+    base = dev_security.prepare(stack.dir, base, DevError)
     settings, client = await stack.start_temporal(base)
     url = await asyncio.to_thread(stack.start_postgres, settings.database_url)
     settings = settings.model_copy(update={"database_url": url})
     specs = await asyncio.to_thread(stack.prepare_hosts, url, hosts)
     stack.write_env(settings)
     await stack.start_worker(settings, client)
+    await dev_security.start_codec_server(stack, settings)
     stack.summary(settings, specs, demo)
     if not demo:
         return await stack.supervise()

@@ -26,7 +26,14 @@ from temporalio.service import RPCError
 
 from taskomatic.errors import error_info
 from taskomatic.models import Model, TaskFailure, TaskProgress, TaskState, VmTaskResult
-from taskomatic.temporal import TASK_HOST, TASK_POOL, TASK_RESOURCES, TASK_STATE, TASK_VM
+from taskomatic.temporal import (
+    TASK_HOST,
+    TASK_POOL,
+    TASK_REQUESTED_BY,
+    TASK_RESOURCES,
+    TASK_STATE,
+    TASK_VM,
+)
 
 _CLOSED: dict[WorkflowExecutionStatus, TaskState] = {
     WorkflowExecutionStatus.COMPLETED: "complete",
@@ -101,7 +108,8 @@ def status_of(execution: WorkflowExecution, memo: Mapping[str, Any]) -> TaskStat
         resources=list(attrs.get(TASK_RESOURCES) or memo.get("resources") or []),
         waiting_on=list(memo.get("waiting_on") or []) if state in ("new", "waiting") else [],
         after=list(memo.get("after") or []), vm=attrs.get(TASK_VM), host=attrs.get(TASK_HOST),
-        pool=attrs.get(TASK_POOL), requested_by=memo.get("requested_by"),
+        pool=attrs.get(TASK_POOL),
+        requested_by=attrs.get(TASK_REQUESTED_BY) or memo.get("requested_by"),
         submitted_at=execution.start_time, finished_at=execution.close_time,
         started_at=memo.get("started_at"),
     )

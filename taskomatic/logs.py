@@ -7,7 +7,9 @@ the task that wrote it.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import Any, TextIO
 
 import structlog
@@ -26,6 +28,49 @@ def add_task_context(_logger: Any, _method: str, event: dict[str, Any]) -> dict[
     return event
 
 
+REDACTED = "[redacted]"
+# Field names whose values are secrets, whatever they look like ("key_id"s are not).
+_SECRET_NAME = re.compile(
+    r"(?i)(pass(word|wd|phrase)?|secret|token|api[_-]?key|private[_-]?key|credential|"
+    r"authorization|cookie|(^|_)keys?$|(^|_)dsn$)")
+_SECRET_VALUES = [
+    (re.compile(r"-----BEGIN [A-Z0-9 ]*(PRIVATE KEY|CERTIFICATE REQUEST)-----.*?"
+                r"(-----END [A-Z0-9 ]*-----|$)", re.S), REDACTED),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), rf"\1 {REDACTED}"),
+    (re.compile(r"(://[^/\s:@]*:)[^@/\s]+@"), rf"\1{REDACTED}@"),  # user:password@ in URLs
+    (re.compile(r"(?i)\b((pass(word|wd)?|secret|token|api[_-]?key|sslpassword)\s*[=:]\s*)"
+                r"('[^']*'|\"[^\"]*\"|[^\s&,;]+)"), rf"\1{REDACTED}"),
+]
+
+
+def redact(value: Any) -> Any:
+    """``value`` with secrets replaced, recursively through dicts, lists and strings."""
+    if isinstance(value, str):
+        for pattern, replacement in _SECRET_VALUES:
+            value = pattern.sub(replacement, value)
+        return value
+    if isinstance(value, dict):
+        return {k: REDACTED if isinstance(k, str) and _secret_name(k) and v is not None
+                else redact(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact(v) for v in value)
+    if isinstance(value, bytes | bytearray):
+        return redact(value.decode("utf-8", errors="replace"))
+    return value
+
+
+def _secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME.search(name)) and not name.endswith(("_id", "_ids", "_file"))
+
+
+def redact_secrets(_logger: Any, _method: str, event: MutableMapping[str, Any]
+                   ) -> Mapping[str, Any]:
+    """structlog processor: no key, password, token or private key reaches a log line, whether
+    it sits under a telling field name or inside a message, URL or formatted exception."""
+    redacted: dict[str, Any] = redact(dict(event))
+    return redacted
+
+
 def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Configure structlog (and route stdlib logging, e.g. the Temporal SDK's, through it)."""
     out = stream or sys.stderr
@@ -42,7 +87,7 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
         else structlog.processors.JSONRenderer()
     )
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
@@ -50,7 +95,8 @@ def configure_logging(fmt: str = "auto", level: str = "info", stream: TextIO | N
     handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.format_exc_info, redact_secrets, renderer,
         ], foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared])
     )
     root = logging.getLogger()

@@ -11,9 +11,10 @@ import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from taskomatic.uris import check_uri
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 MAX_VCPUS = 256
@@ -30,23 +31,8 @@ def _check_name(value: str) -> str:
     return value
 
 
-_URI_SCHEMES = re.compile(r"(test|qemu|xen|lxc)(\+(unix|tcp|tls|ssh|libssh|libssh2))?")
-
-
-def _check_uri(value: str) -> str:
-    parts = urlsplit(value)
-    if not _URI_SCHEMES.fullmatch(parts.scheme):
-        raise ValueError(
-            "must be a libvirt URI such as test:///default or qemu+tls://host/system "
-            f"(got {value!r})"
-        )
-    if any(ch in value for ch in "<>\"'\n\r\t "):
-        raise ValueError(f"must not contain spaces, quotes or angle brackets (got {value!r})")
-    return value
-
-
 Name = Annotated[str, AfterValidator(_check_name)]
-LibvirtUri = Annotated[str, AfterValidator(_check_uri)]
+LibvirtUri = Annotated[str, AfterValidator(check_uri)]
 Vcpus = Annotated[int, Field(ge=1, le=MAX_VCPUS)]
 MemoryMib = Annotated[int, Field(ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB)]
 
@@ -143,6 +129,15 @@ def _check_task_id(value: str) -> str:
 TaskId = Annotated[str, AfterValidator(_check_task_id)]
 
 
+def _check_requester(value: str) -> str:
+    if not value.strip() or not value.isprintable() or len(value) > 200:
+        raise ValueError(f"must be 1-200 printable characters naming who asks (got {value!r})")
+    return value
+
+
+Requester = Annotated[str, AfterValidator(_check_requester)]
+
+
 def vm_resource(name: str) -> str:
     return f"vm:{name}"
 
@@ -163,7 +158,7 @@ class TaskRequest(Model):
     time, in submission order.
     """
 
-    requested_by: str | None = None
+    requested_by: Requester | None = None
     after: list[TaskId] = Field(default_factory=list, max_length=100)
     ordered: bool = Field(True, description="False skips per-resource ordering (benchmarks, "
                                             "emergency repair); prerequisites still apply")

@@ -6,11 +6,13 @@ the same directory picks them up, so a second shell drives the same stack.
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 STATE_DIR = Path(".taskomatic")
@@ -51,6 +53,54 @@ class Settings(BaseSettings):
 
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Security (README "Security"). Payload encryption is on when keys are configured.
+    encryption_key_file: Path | None = None
+    encryption_keys: SecretStr | None = None  # "<id>:<base64>,…"; first = current key
+    dev_encryption: bool = True  # `taskomatic dev` makes a key and runs the codec server
+    codec_server_address: str = "127.0.0.1:8234"
+    codec_server_token: SecretStr | None = None
+    codec_server_token_file: Path | None = None
+    codec_cors_origins: list[str] = Field(default_factory=list, description="besides the UI's")
+    temporal_tls: bool = False  # implied by any temporal_tls_* file
+    temporal_tls_ca_file: Path | None = None
+    temporal_tls_cert_file: Path | None = None
+    temporal_tls_key_file: Path | None = None
+    temporal_tls_server_name: str | None = None
+    temporal_api_key: SecretStr | None = None
+    database_sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca",
+                              "verify-full"] | None = None
+    database_sslrootcert: Path | None = None
+    database_sslcert: Path | None = None
+    database_sslkey: Path | None = None
+
+    @model_validator(mode="after")
+    def _database_ssl(self) -> Settings:
+        """Fold the database_ssl* settings into database_url, so every connection made from it
+        (pool, migrations, admin) hands them to libpq; parameters in the URL itself win."""
+        extra = {"sslmode": self.database_sslmode, "sslrootcert": self.database_sslrootcert,
+                 "sslcert": self.database_sslcert, "sslkey": self.database_sslkey}
+        self.database_url = libpq_url_with(self.database_url, {k: str(v) for k, v in
+                                                               extra.items() if v is not None})
+        return self
+
+
+def libpq_url_with(url: str, params: dict[str, str]) -> str:
+    """``url`` (a postgresql:// URL or a key=value string) with ``params`` added where absent."""
+    if "://" in url:
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        added = {k: v for k, v in params.items() if k not in query}
+        if not added:
+            return url
+        return urlunsplit(parts._replace(query=urlencode({**query, **added}, quote_via=quote)))
+    present = {m.group(1) for m in re.finditer(r"(\w+)\s*=", url)}
+    added_kv = [f"{k}='{_libpq_quote(v)}'" for k, v in params.items() if k not in present]
+    return " ".join([url, *added_kv]) if added_kv else url
+
+
+def _libpq_quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 @lru_cache(maxsize=1)

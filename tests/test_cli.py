@@ -7,18 +7,25 @@ is a separate ``taskomatic`` process run from that directory, so it finds the st
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf import json_format
 from helpers import free_port_pair
+from temporalio.api.common.v1 import Payload
+from temporalio.client import Client
 
 from activities.db import drop_database, with_dbname
 
@@ -47,7 +54,8 @@ def shell(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) -> Itera
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKOMATIC_")}
     env.update(TASKOMATIC_TEMPORAL_ADDRESS=f"127.0.0.1:{port}",
                TASKOMATIC_TEMPORAL_UI_URL=f"http://127.0.0.1:{port + 1000}",
-               TASKOMATIC_DATABASE_URL=db_url, COLUMNS="200")
+               TASKOMATIC_DATABASE_URL=db_url, COLUMNS="200",
+               TASKOMATIC_CODEC_SERVER_ADDRESS=f"127.0.0.1:{free_port_pair()}")
     stack = subprocess.Popen([CLI, "dev", "--hosts", "2"], cwd=cwd, env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     # The commands below must find the stack through .taskomatic/env, not through our env.
@@ -100,6 +108,46 @@ def test_vm_lifecycle_through_the_cli(shell: Shell) -> None:
 
     kinds = [t["kind"] for t in shell.json("tasks", "list", "--vm", "web1")]
     assert sorted(kinds) == ["CreateVm", "DestroyVm", "StopVm"]
+
+
+def test_dev_stack_stores_ciphertext_and_decodes_for_the_ui(shell: Shell) -> None:
+    state = shell.cwd / ".taskomatic"
+    assert (state / "encryption.keys").stat().st_mode & 0o077 == 0
+    assert (state / "codec-token").stat().st_mode & 0o077 == 0
+    env = dict(line.split("=", 1) for line in (state / "env").read_text().splitlines()
+               if "=" in line)
+    address, codec = (env[k].strip('"') for k in ("TASKOMATIC_TEMPORAL_ADDRESS",
+                                                  "TASKOMATIC_CODEC_SERVER_ADDRESS"))
+    task = shell.json("vm", "create", "cipher1", "--vcpus", "1", "--memory-mib", "64", "--wait",
+                      "--requested-by", "carol@example.org")
+    shown = shell.json("tasks", "show", task["task_id"])  # the CLI decrypts with the dev key
+    assert shown["result"]["vm"] == "cipher1"
+    assert shown["requested_by"] == "carol@example.org"
+    assert "requested by: carol@example.org" in shell.run("tasks", "show", task["task_id"]).stdout
+
+    async def stored_input() -> Payload:  # read WITHOUT the codec, as the store holds it
+        client = await Client.connect(address)
+        history = await client.get_workflow_handle(task["task_id"]).fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes
+        assert b"cipher1" not in started.input.SerializeToString()
+        return started.input.payloads[0]
+
+    sealed = asyncio.run(stored_input())
+    assert sealed.metadata["encoding"] == b"binary/encrypted"
+    body = json.dumps({"payloads": [json_format.MessageToDict(sealed)]}).encode()
+    token = (state / "codec-token").read_text().strip()
+    ui_settings = json.loads(urllib.request.urlopen(
+        f"{env['TASKOMATIC_TEMPORAL_UI_URL'].strip(chr(34))}/api/v1/settings", timeout=30).read())
+    assert ui_settings["Codec"]["Endpoint"] == f"http://{codec}/{token}"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(urllib.request.Request(f"http://{codec}/decode", data=body),
+                               timeout=30)
+    assert refused.value.code == 401
+    decoded = urllib.request.urlopen(urllib.request.Request(
+        f"{ui_settings['Codec']['Endpoint']}/decode", data=body,
+        headers={"Content-Type": "application/json", "X-Namespace": "default"}), timeout=30)
+    assert b"cipher1" in base64.b64decode(json.loads(decoded.read())["payloads"][0]["data"])
+    assert shell.run("vm", "destroy", "cipher1", "--wait").returncode == 0
 
 
 def test_refused_requests_exit_2_naming_the_field(shell: Shell) -> None:

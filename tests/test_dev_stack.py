@@ -30,9 +30,10 @@ def _leftovers(directory: Path) -> list[str]:
     return found
 
 
-def _run_demo(cwd: Path, port: int, database_url: str) -> str:
+def _run_demo(cwd: Path, port: int, database_url: str, codec_port: int) -> str:
     env = {**os.environ, "TASKOMATIC_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
-           "TASKOMATIC_DATABASE_URL": database_url, "COLUMNS": "200"}
+           "TASKOMATIC_DATABASE_URL": database_url, "COLUMNS": "200",
+           "TASKOMATIC_CODEC_SERVER_ADDRESS": f"127.0.0.1:{codec_port}"}
     done = subprocess.run([sys.executable, "-c", RUN_DEMO], cwd=cwd, env=env,
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=90)
@@ -41,9 +42,9 @@ def _run_demo(cwd: Path, port: int, database_url: str) -> str:
 
 
 def test_dev_demo_runs_twice_and_cleans_up(tmp_path: Path, scratch_database_url: str) -> None:
-    port = free_port_pair()
+    port, codec_port = free_port_pair(), free_port_pair()
     for _ in range(2):  # the second run finds hosts registered and Temporal's history kept
-        out = _run_demo(tmp_path, port, scratch_database_url)
+        out = _run_demo(tmp_path, port, scratch_database_url, codec_port)
         assert f"http://127.0.0.1:{port + 1000}" in out
         suffix = re.search(r"demo-([0-9a-f]{4})-1 is running on host-[12]", out)
         assert suffix, out

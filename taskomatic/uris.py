@@ -1,0 +1,60 @@
+"""libvirt connection URIs: the transports taskomatic accepts and their security parameters.
+
+Remote hosts are reached with ``qemu+tls://host/system`` (x509: ``pkipath=/dir`` holding
+``cacert.pem``, ``clientcert.pem``, ``clientkey.pem``; ``no_verify=1`` skips the server check, for
+labs only) or ``qemu+ssh://user@host/system`` (``keyfile=/path``; the ssh client's own
+known-hosts file), or ``qemu+libssh2://`` / ``qemu+libssh://`` (also ``known_hosts=/path``,
+``known_hosts_verify=normal|auto|ignore``, ``sshauth=…``). Parameters are checked here so that a
+typo is an error naming it rather than a setting libvirt silently ignores.
+"""
+
+from __future__ import annotations
+
+import re
+from urllib.parse import parse_qsl, urlsplit
+
+_SCHEMES = re.compile(r"(test|qemu|xen|lxc)(\+(unix|tcp|tls|ssh|libssh|libssh2))?")
+_SSH = {"ssh", "libssh", "libssh2"}
+_LIBSSH = {"libssh", "libssh2"}
+# parameter -> transports it belongs to (None: any transport), after libvirt's remote URI docs
+_PARAMS: dict[str, set[str] | None] = {
+    "name": None, "mode": {"unix", *_SSH}, "proxy": _SSH, "socket": {"unix", *_SSH},
+    "pkipath": {"tls"}, "no_verify": {"tls"}, "tls_priority": {"tls"},
+    "keyfile": _SSH, "netcat": _SSH, "no_tty": {"ssh"}, "command": {"ssh"},
+    "known_hosts": _LIBSSH, "known_hosts_verify": _LIBSSH, "sshauth": _LIBSSH,
+}
+_PATHS = {"pkipath", "keyfile", "known_hosts", "socket"}
+_CHOICES = {"no_verify": {"0", "1"}, "no_tty": {"0", "1"},
+            "known_hosts_verify": {"normal", "auto", "ignore"}}
+
+
+def check_uri(value: str) -> str:
+    """``value`` if it is a libvirt URI taskomatic can use; ValueError naming the problem."""
+    if any(ch in value for ch in "<>\"'\n\r\t ") or not value.isprintable():
+        raise ValueError(f"must not contain spaces, quotes, angle brackets or control characters "
+                         f"(got {value!r})")
+    try:
+        parts = urlsplit(value)
+        params = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
+    except ValueError:
+        raise ValueError(f"is not a well-formed URI (got {value!r})") from None
+    scheme = _SCHEMES.fullmatch(parts.scheme)
+    if not scheme:
+        raise ValueError("must be a libvirt URI such as test:///default, qemu+tls://host/system "
+                         f"or qemu+ssh://user@host/system (got {value!r})")
+    transport = scheme.group(3) or ""
+    for key, param in params:
+        allowed = _PARAMS.get(key, set())
+        if key not in _PARAMS or (allowed is not None and transport not in allowed):
+            where = f"+{transport}" if transport else "this"
+            raise ValueError(f"parameter {key!r} is not a {where} transport parameter "
+                             f"(got {value!r})")
+        if key in _PATHS and not param.startswith("/"):
+            raise ValueError(f"parameter {key!r} must be an absolute path (got {param!r})")
+        if key in _CHOICES and param not in _CHOICES[key]:
+            raise ValueError(f"parameter {key!r} must be one of {sorted(_CHOICES[key])} "
+                             f"(got {param!r})")
+    if transport in ({"tls", "tcp"} | _SSH) and not parts.hostname:
+        raise ValueError(f"a +{transport} URI needs a host, e.g. qemu+{transport}://kvm1/system "
+                         f"(got {value!r})")
+    return value
