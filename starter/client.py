@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
+import typing
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -68,6 +69,11 @@ class TaskKind:
     workflow: Any
     request: type[TaskRequest]
     slug: str
+
+    @property
+    def result_type(self) -> type[Any] | None:
+        hint = typing.get_type_hints(self.workflow.run).get("return")
+        return hint if isinstance(hint, type) else None
 
 
 KINDS: dict[str, TaskKind] = {
@@ -262,7 +268,7 @@ class TaskomaticClient:
             handle = self.temporal.get_workflow_handle_for(workflow, task_id)
         else:
             handle = self.temporal.get_workflow_handle(task_id)
-        return TaskHandle(handle, kind)
+        return TaskHandle(handle, kind, _result_type)
 
     async def cancel(self, task_id: str) -> None:
         """Cancel a task: it undoes what it did, releases what it held, and ends cancelled."""
@@ -305,6 +311,10 @@ def caller_identity() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return f"uid:{os.getuid()}"
+
+
+def _result_type(kind: str) -> type[Any] | None:
+    return KINDS[kind].result_type if kind in KINDS else None
 
 
 def _quote(value: str) -> str:

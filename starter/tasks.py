@@ -126,10 +126,12 @@ def status_of(execution: WorkflowExecution, memo: Mapping[str, Any]) -> TaskStat
 class TaskHandle:
     """One submitted task."""
 
-    def __init__(self, handle: WorkflowHandle[Any, Any], kind: str) -> None:
+    def __init__(self, handle: WorkflowHandle[Any, Any], kind: str,
+                 result_type: Callable[[str], type[Any] | None] | None = None) -> None:
         self._handle = handle
         self.id = handle.id
         self.kind = kind
+        self._result_type = result_type
 
     async def result(self) -> Any:
         try:
@@ -163,6 +165,9 @@ class TaskHandle:
             status.waiting_on = status.progress.waiting_on
         if status.state == "complete":
             status.result = await self.result()
+            model = self._result_type(status.kind) if self._result_type else None
+            if model is not None and isinstance(status.result, dict):
+                status.result = model.model_validate(status.result)
         elif status.state in ("error", "cancelled"):
             try:
                 await self.result()

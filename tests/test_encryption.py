@@ -22,7 +22,7 @@ from taskomatic.codec import ENCODING, CodecError, KeyRing, decode_payloads, key
 from taskomatic.models import CreateVmRequest
 from taskomatic.settings import Settings
 from taskomatic.temporal import data_converter, key_ring
-from worker import build_worker
+from worker import build_ordering_worker, build_worker
 
 K1, K2 = new_key(), new_key()
 OLD = KeyRing([("k1", K1)])
@@ -40,13 +40,14 @@ async def sealed(temporal_env: WorkflowEnvironment, settings: Settings, db: Data
     own = settings.model_copy(update={"task_queue": f"sealed-{uuid.uuid4().hex[:6]}"})
     temporal = _client(temporal_env, own, OLD)
     with ThreadPoolExecutor(max_workers=own.activity_threads) as executor:
-        async with build_worker(temporal, own, hypervisors, executor):
+        async with build_worker(temporal, own, hypervisors, executor), \
+                build_ordering_worker(temporal, own):
             yield TaskomaticClient(temporal, own, db)
 
 
 async def _raw_history(env: WorkflowEnvironment, task_id: str) -> History:
-    """The history as stored, read WITHOUT the codec, search attributes removed (readable by
-    design)."""
+    """The history as stored, read WITHOUT the codec, search attributes and version markers
+    removed (readable by design)."""
     fetched = await env.client.get_workflow_handle(task_id).fetch_history()
     history = History(events=list(fetched.events))
     for event in history.events:
@@ -54,6 +55,11 @@ async def _raw_history(env: WorkflowEnvironment, task_id: str) -> History:
                      "upsert_workflow_search_attributes_event_attributes"):
             if event.HasField(kind):  # (reading an unset oneof member would set it)
                 getattr(event, kind).ClearField("search_attributes")
+        # Version markers (workflow.patched) hold only the patch's name, written by the SDK's
+        # core without the codec: readable by design, like the search attributes.
+        if (event.HasField("marker_recorded_event_attributes")
+                and event.marker_recorded_event_attributes.marker_name == "core_patch"):
+            event.marker_recorded_event_attributes.ClearField("details")
     return history
 
 

@@ -44,7 +44,7 @@ async def test_the_caller_is_recorded_unless_the_request_names_someone(
 
     console = Console(record=True, width=200)
     console.print(render.task_view(await theirs.describe()))
-    assert f"requested by {who}" in console.export_text()
+    assert f"requested by: {who}" in console.export_text()
 
 
 async def test_a_client_can_speak_for_its_users(client: TaskomaticClient, lab: Lab) -> None:
