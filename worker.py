@@ -22,9 +22,12 @@ from activities.db import get_database
 from activities.domains import DomainActivities
 from activities.hypervisor import Hypervisors
 from activities.records import InventoryActivities
+from activities.storage import StorageActivities
+from activities.storage_records import StorageInventoryActivities
 from taskomatic.logs import configure_logging, get_logger
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import connect_temporal, ensure_search_attributes
+from workflows.storage import STORAGE_WORKFLOWS
 from workflows.vm_lifecycle import WORKFLOWS
 
 log = get_logger(component="worker")
@@ -32,10 +35,12 @@ log = get_logger(component="worker")
 
 def activity_list(settings: Settings, hypervisors: Hypervisors) -> Sequence[Any]:
     # One connection per activity thread, so no inventory step waits for another's connection.
-    inventory = InventoryActivities(get_database(settings.database_url,
-                                                 max_connections=settings.activity_threads))
+    db = get_database(settings.database_url, max_connections=settings.activity_threads)
+    inventory = InventoryActivities(db)
     domains = DomainActivities(hypervisors)
-    return [
+    storage = [*StorageActivities(hypervisors).all(),
+               *StorageInventoryActivities(db, settings.pool_roots).all()]
+    return [*storage,
         inventory.reserve_capacity, inventory.release_capacity, inventory.lookup_vm,
         inventory.record_vm, inventory.set_vm_state, inventory.remove_vm,
         domains.define_domain, domains.undefine_domain, domains.start_domain,
@@ -54,7 +59,7 @@ def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=WORKFLOWS,
+        workflows=[*WORKFLOWS, *STORAGE_WORKFLOWS],
         workflow_runner=WORKFLOW_RUNNER,
         activities=activity_list(settings, hypervisors),
         activity_executor=executor,

@@ -74,9 +74,7 @@ async def _submit(args: argparse.Namespace, make: Callable[[TaskomaticClient],
     if args.json:
         render.print_json(result)
     else:
-        where = f" on {result.host}" if result.host else ""
-        console.print(f"[green]✔[/] {result.kind} {result.vm}{where}: "
-                      f"{result.state or 'gone'} ({'; '.join(result.notes)})")
+        console.print(f"[green]✔[/] {result.headline()}")
     return 0
 
 

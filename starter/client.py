@@ -12,10 +12,11 @@ VMs come straight from the inventory.
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from pydantic import ValidationError
 from temporalio.client import (
@@ -31,6 +32,7 @@ from temporalio.service import RPCError
 from activities import inventory
 from activities.db import Database, get_database
 from activities.hypervisor import Hypervisors
+from starter.client_storage import STORAGE_SLUGS, STORAGE_WORKFLOWS, StorageClientMixin
 from taskomatic.errors import error_info
 from taskomatic.models import (
     CreateVmRequest,
@@ -47,6 +49,7 @@ from taskomatic.models import (
     VmTaskResult,
 )
 from taskomatic.settings import Settings, get_settings
+from taskomatic.storage import StorageTaskResult
 from taskomatic.temporal import TASK_HOST, TASK_KIND, TASK_VM, connect_temporal
 from workflows.vm_lifecycle import CreateVm, DestroyVm, StartVm, StopVm
 
@@ -61,9 +64,10 @@ _STATES: dict[WorkflowExecutionStatus | None, TaskState] = {
     WorkflowExecutionStatus.CONTINUED_AS_NEW: "running",
 }
 _WORKFLOWS: dict[str, Any] = {"CreateVm": CreateVm, "StartVm": StartVm, "StopVm": StopVm,
-                              "DestroyVm": DestroyVm}
+                              "DestroyVm": DestroyVm, **STORAGE_WORKFLOWS}
 _SLUGS = {"CreateVm": "vm-create", "StartVm": "vm-start", "StopVm": "vm-stop",
-          "DestroyVm": "vm-destroy"}
+          "DestroyVm": "vm-destroy", **STORAGE_SLUGS}
+TaskResult = VmTaskResult | StorageTaskResult
 
 
 class RequestError(ValueError):
@@ -87,7 +91,12 @@ def request_error(err: ValidationError) -> RequestError:
     """The first problem of a pydantic validation error, as ``field: reason``."""
     first = err.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or None
-    return RequestError(field, first["msg"].removeprefix("Value error, "))
+    message = first["msg"].removeprefix("Value error, ")
+    named = re.match(r"([a-z_][a-z_.0-9]*): (.*)", message, re.S)
+    if named:  # a check across fields names its field in the message
+        field = ".".join(filter(None, [field, named.group(1)]))
+        message = named.group(2)
+    return RequestError(field, message)
 
 
 def validated(model: type[Model], **fields: Any) -> Any:
@@ -107,7 +116,7 @@ class TaskStatus(Model):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: TaskProgress | None = None
-    result: VmTaskResult | None = None
+    result: VmTaskResult | StorageTaskResult | None = None
     error: TaskFailure | None = None
 
 
@@ -133,7 +142,7 @@ class TaskHandle:
         self.id = handle.id
         self.kind = kind
 
-    async def result(self) -> VmTaskResult:
+    async def result(self) -> TaskResult:
         try:
             return await self._handle.result()  # type: ignore[no-any-return]
         except WorkflowFailureError as err:
@@ -146,7 +155,7 @@ class TaskHandle:
             return None
 
     async def watch(self, on_progress: Callable[[TaskProgress | None], None],
-                    every_seconds: float = 0.2) -> VmTaskResult:
+                    every_seconds: float = 0.2) -> TaskResult:
         """Report the task's progress every ``every_seconds`` until it ends (a display refresh;
         the task itself is event-driven); returns its result or raises ``TaskError``."""
         waiter = asyncio.ensure_future(self.result())
@@ -180,7 +189,7 @@ class TaskHandle:
         await self._handle.cancel()
 
 
-class TaskomaticClient:
+class TaskomaticClient(StorageClientMixin):
     def __init__(self, temporal: Client, settings: Settings, db: Database) -> None:
         self.temporal = temporal
         self.settings = settings
@@ -225,7 +234,7 @@ class TaskomaticClient:
         return await self._submit_for_existing("DestroyVm", req, req.name, task_id)
 
     def task(self, task_id: str, kind: str = "") -> TaskHandle:
-        handle = self.temporal.get_workflow_handle(task_id, result_type=VmTaskResult)
+        handle = self.temporal.get_workflow_handle(task_id, result_type=cast(type, TaskResult))
         return TaskHandle(handle, kind)
 
     async def tasks(self, *, kind: str | None = None, vm: str | None = None,
@@ -252,8 +261,14 @@ class TaskomaticClient:
 
     async def _submit(self, kind: str, req: TaskRequest, vm: str, task_id: str | None
                       ) -> TaskHandle:
-        task_id = task_id or f"{_SLUGS[kind]}-{vm}-{uuid.uuid4().hex[:8]}"
-        attrs = [SearchAttributePair(TASK_KIND, kind), SearchAttributePair(TASK_VM, vm)]
+        return await self._start_task(kind, req, vm, task_id, vm=vm)
+
+    async def _start_task(self, kind: str, req: TaskRequest, label: str, task_id: str | None,
+                          vm: str | None = None) -> TaskHandle:
+        task_id = task_id or f"{_SLUGS[kind]}-{label}-{uuid.uuid4().hex[:8]}"
+        attrs = [SearchAttributePair(TASK_KIND, kind)]
+        if vm:
+            attrs.append(SearchAttributePair(TASK_VM, vm))
         pinned_host = getattr(req, "host", None)
         if pinned_host:  # known before placement; the workflow sets it otherwise
             attrs.append(SearchAttributePair(TASK_HOST, pinned_host))

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from starter.client import TaskHandle, TaskomaticClient, TaskStatus
+from starter.client import TaskHandle, TaskomaticClient, TaskResult, TaskStatus
 from taskomatic.models import (
     CreateVmRequest,
     DestroyVmRequest,
@@ -25,7 +25,6 @@ from taskomatic.models import (
     StopVmRequest,
     TaskProgress,
     VmRecord,
-    VmTaskResult,
 )
 from taskomatic.settings import Settings
 
@@ -52,7 +51,7 @@ class SyncTaskHandle:
         self._handle, self._loop = handle, loop
         self.id, self.kind = handle.id, handle.kind
 
-    def result(self, timeout: float | None = None) -> VmTaskResult:
+    def result(self, timeout: float | None = None) -> TaskResult:
         return self._loop.run(self._handle.result(), timeout)
 
     def describe(self) -> TaskStatus:

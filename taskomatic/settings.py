@@ -39,6 +39,10 @@ class Settings(BaseSettings):
 
     # Task behaviour.
     stop_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    pool_roots: list[str] = Field(
+        default_factory=lambda: ["/var/lib/taskomatic/pools"],
+        description="storage pool paths (dir, netfs) must lie under one of these directories",
+    )
 
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
