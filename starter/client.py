@@ -29,7 +29,7 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from activities import inventory
+from activities import inventory, storage_inventory
 from activities.db import Database, get_database
 from activities.hypervisor import Hypervisors
 from starter.client_storage import STORAGE_SLUGS, STORAGE_WORKFLOWS, StorageClientMixin
@@ -49,7 +49,7 @@ from taskomatic.models import (
     VmTaskResult,
 )
 from taskomatic.settings import Settings, get_settings
-from taskomatic.storage import StorageTaskResult
+from taskomatic.storage import PlanDisksInput, StorageTaskResult
 from taskomatic.temporal import TASK_HOST, TASK_KIND, TASK_VM, connect_temporal
 from workflows.vm_lifecycle import CreateVm, DestroyVm, StartVm, StopVm
 
@@ -220,6 +220,9 @@ class TaskomaticClient(StorageClientMixin):
 
     async def create_vm(self, req: CreateVmRequest, task_id: str | None = None) -> TaskHandle:
         await self._inventory(inventory.check_new_vm, self.db, req.name, req.host)
+        if req.disks:
+            await self._inventory(storage_inventory.plan_disks, self.db,
+                                  PlanDisksInput(vm=req.name, host=req.host, disks=req.disks))
         return await self._submit("CreateVm", req, req.name, task_id)
 
     async def start_vm(self, req: StartVmRequest, task_id: str | None = None) -> TaskHandle:

@@ -227,6 +227,9 @@ class VolumeSpec(VolumeRef):
     format: VolumeFormat = "qcow2"
     clone_from: str | None = None
 
+    def ref(self) -> VolumeRef:
+        return VolumeRef(host=self.host, uri=self.uri, pool=self.pool, name=self.name)
+
 
 class ResizeVolumeInput(VolumeRef):
     capacity: int

@@ -212,7 +212,7 @@ class CreateVolume(StorageTask):
                           clone_from=req.clone_from)
         made: VolumeReport = await self.step(
             "create volume", Storage.create_volume, spec,
-            undo=Undo("delete volume", Storage.delete_volume, spec))
+            undo=Undo("delete volume", Storage.delete_volume, spec.ref()))
         return await self.record_volume(made)
 
 

@@ -56,7 +56,7 @@ class VmDiskSteps(Runbook):
             made: VolumeReport = await self.step(
                 f"create volume {disk.pool}/{disk.volume}", Storage.create_volume, spec,
                 undo=Undo(f"delete volume {disk.pool}/{disk.volume}", Storage.delete_volume,
-                          spec))
+                          spec.ref()))
             if made.volume is not None:
                 created.append(made.volume)
         return created
