@@ -83,8 +83,11 @@ def _who(args: argparse.Namespace) -> str:
 
 
 async def vm_create(args: argparse.Namespace) -> int:
+    from starter.cli_storage import disks_from_args
+
     req = validated(CreateVmRequest, name=args.name, vcpus=args.vcpus, memory_mib=args.memory_mib,
-                    host=args.host, start=args.start, requested_by=_who(args), after=args.after)
+                    host=args.host, start=args.start, disks=disks_from_args(args),
+                    requested_by=_who(args), after=args.after)
     return await _submit(args, lambda c: c.create_vm(req))
 
 
@@ -100,7 +103,8 @@ async def vm_stop(args: argparse.Namespace) -> int:
 
 
 async def vm_destroy(args: argparse.Namespace) -> int:
-    req = validated(DestroyVmRequest, name=args.name, requested_by=_who(args), after=args.after)
+    req = validated(DestroyVmRequest, name=args.name, keep_disks=args.keep_disks,
+                    requested_by=_who(args), after=args.after)
     return await _submit(args, lambda c: c.destroy_vm(req))
 
 
@@ -193,6 +197,8 @@ def verb(parent: Any, name: str, fn: Callable[..., Any], help: str, *,
 
 
 def _parser() -> argparse.ArgumentParser:
+    from starter import cli_storage  # it builds on this module's verb() and _submit()
+
     p = argparse.ArgumentParser(prog="taskomatic", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     nouns = p.add_subparsers(dest="noun", required=True)
@@ -214,9 +220,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--vcpus", type=int, required=True)
     sp.add_argument("--host", help="place on this host (default: least loaded host)")
     sp.add_argument("--start", action="store_true")
-    for name, fn, text in (("start", vm_start, "start a VM"),
-                           ("destroy", vm_destroy, "power off, undefine and forget a VM")):
-        verb(vm, name, fn, text, write=True).add_argument("name")
+    cli_storage.add_disk_options(sp)
+    verb(vm, "start", vm_start, "start a VM", write=True).add_argument("name")
+    sp = verb(vm, "destroy", vm_destroy, "power off, undefine and forget a VM (and delete the "
+              "volumes it owns)", write=True)
+    sp.add_argument("name")
+    sp.add_argument("--keep-disks", action="store_true", help="keep the volumes the VM owns")
     sp = verb(vm, "stop", vm_stop, "shut a VM down (graceful, then forced)", write=True)
     sp.add_argument("name")
     sp.add_argument("--force", action="store_true", help="power off at once")
@@ -224,6 +233,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = verb(vm, "list", vm_list, "VMs from the inventory", read=True)
     sp.add_argument("--host")
 
+    cli_storage.add_commands(nouns)
     tasks = nouns.add_parser("tasks", help="the task queue").add_subparsers(dest="verb",
                                                                            required=True)
     sp = verb(tasks, "list", tasks_list, "recent tasks, newest first", read=True)
