@@ -101,6 +101,8 @@ def reserve_pool(db: Database, task_id: str, req: CreatePoolRequest, roots: list
                 " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
                 (req.name, host["id"], req.type.value, req.path,
                  Json(req.source.model_dump(mode="json")), task_id))
+            # A concurrent create of the same name may have committed first: checked again.
+            _refuse_pool(cur, req, roots, task_id)
     except psycopg2.errors.UniqueViolation as err:
         raise task_error(ErrorType.DUPLICATE_POOL, f"path {req.path} is already used by another"
                          f" pool on {req.host}", field="path", host=req.host) from err

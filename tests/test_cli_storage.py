@@ -12,6 +12,9 @@ def test_pools_volumes_and_vm_disks_through_the_cli(shell: Shell) -> None:  # no
                          f"{ROOT}/images", "--wait")
     assert (created["kind"], created["pool"], created["state"], created["host"]) == (
         "CreateStoragePool", "images", "active", "host-1")
+    shown = shell.json("tasks", "show", created["task_id"])
+    assert (shown["state"], shown["kind"], shown["result"]["pool"]) == (
+        "complete", "CreateStoragePool", "images")
     [pool] = shell.json("pool", "list")
     assert (pool["name"], pool["type"], pool["autostart"]) == ("images", "dir", True)
     assert shell.json("pool", "autostart", "images", "off", "--wait")["notes"] == [

@@ -6,11 +6,15 @@ queue runs every real activity except one, replaced by an activity that fails.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import host_row_locked
 from storage_helpers import (
     faulty_client,
     libvirt_pools,
@@ -29,6 +33,7 @@ from activities.db import Database
 from activities.hypervisor import Hypervisors
 from conftest import Lab
 from starter.client import RequestError, TaskError, TaskHandle, TaskomaticClient
+from starter.sync import SyncTaskomaticClient
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.models import (
     CreateVmRequest,
@@ -260,8 +265,10 @@ async def test_vm_disks_are_placed_with_their_pool_and_owned_ones_deleted(
                                                           capacity="64MiB", format="raw"))
            ).result()
     vm = lab.vm_name("disks")
-    created = await (await client.create_vm(CreateVmRequest(name=vm, start=True, disks=[
-        DiskRequest(pool=pool, size="512MiB"), DiskRequest(volume=f"{pool}/data")]))).result()
+    runs: dict[str, TaskHandle] = {}
+    runs["CreateVm-disks"] = await client.create_vm(CreateVmRequest(name=vm, start=True, disks=[
+        DiskRequest(pool=pool, size="512MiB"), DiskRequest(volume=f"{pool}/data")]))
+    created = await runs["CreateVm-disks"].result()
     assert created.host == host.name  # placed where its pool is, though h1 is emptier
     xml = ET.fromstring(lab.hv.connection(host.uri).lookupByName(vm).XMLDesc(0))
     disks = [(d.find("source").get("volume"), d.find("target").get("dev"))  # type: ignore[union-attr]
@@ -290,11 +297,21 @@ async def test_vm_disks_are_placed_with_their_pool_and_owned_ones_deleted(
     assert libvirt_pools(lab, host)[pool] == (True, True)
     assert libvirt_volumes(lab, host, pool) == ["data", f"{vm}-disk0.qcow2"]
 
-    destroyed = await (await client.destroy_vm(DestroyVmRequest(name=vm))).result()
+    runs["DestroyVm-disks"] = await client.destroy_vm(DestroyVmRequest(name=vm))
+    destroyed = await runs["DestroyVm-disks"].result()
     assert destroyed.notes[-1] == "1 owned volume(s) forgotten"
     assert libvirt_volumes(lab, host, pool) == ["data"]
     assert [(v.name, v.used_by) for v in await client.volumes(pool=pool)] == [("data", None)]
     await (await client.destroy_pool(DestroyPoolRequest(name=pool, delete=True))).result()
+
+    # The VM tasks' disk steps replay; recorded, they guard the "vm-disks" patch from now on.
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    for label, handle in runs.items():
+        history = await _history(client, handle)
+        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, f"{label}: {result.replay_failure}"
+        if os.environ.get("TASKOMATIC_RECORD_HISTORIES"):
+            (Path(__file__).parent / "histories" / f"{label}.json").write_text(history.to_json())
 
 
 async def test_destroy_vm_keep_disks_keeps_its_volumes(client: TaskomaticClient, lab: Lab
@@ -427,3 +444,47 @@ async def test_task_refuses_a_path_outside_the_roots_even_past_the_precheck(
     assert (failure.step, failure.error_type, failure.field) == (
         "reserve pool name", "InvalidRequest", "path")
     assert libvirt_pools(lab, host) == {} and inv.get_pool(db, name) is None
+
+
+# --- concurrency and the blocking facade -----------------------------------------------------
+
+
+async def test_racing_pool_creates_of_one_name_define_one_pool(
+        client: TaskomaticClient, lab: Lab, db: Database, database_url: str) -> None:
+    """All past the advisory check and lined up behind their hosts' row locks, then let go at
+    once: the plan phase's reservation lets exactly one through."""
+    h1, h2 = lab.host(1), lab.host(2)
+    name = pool_name(lab, "race")
+    with host_row_locked(database_url, h1.name) as wait_for_waiters, \
+            host_row_locked(database_url, h2.name):
+        tasks = [await client._start_task("CreateStoragePool", CreatePoolRequest(
+            name=name, host=h.name, path=pool_path(lab, f"race{i}")), name, None)
+            for i, h in enumerate((h1, h2, h1))]
+        await asyncio.to_thread(wait_for_waiters, 3, 30.0)
+    outcomes = await asyncio.gather(*(t.result() for t in tasks), return_exceptions=True)
+    won = [o for o in outcomes if not isinstance(o, BaseException)]
+    lost = [o for o in outcomes if isinstance(o, TaskError)]
+    assert (len(won), len(lost)) == (1, 2)
+    assert {(e.failure.error_type, e.failure.field) for e in lost} == {("DuplicatePool", "name")}
+    assert len(libvirt_pools(lab, h1)) + len(libvirt_pools(lab, h2)) == 1
+    placed = inv.get_pool(db, name)
+    assert placed is not None and placed.pool.state == "active"
+
+
+async def test_sync_facade_drives_storage(client: TaskomaticClient, lab: Lab) -> None:
+    host = lab.host()
+    name = pool_name(lab, "sync")
+    sync = SyncTaskomaticClient.wrapping(client)
+
+    def web_request() -> list[str]:
+        sync.create_pool(CreatePoolRequest(name=name, host=host.name,
+                                           path=pool_path(lab, "sync"))).result(timeout=60)
+        sync.create_volume(CreateVolumeRequest(pool=name, name="v", capacity="8MiB")
+                           ).result(timeout=60)
+        return [f"{v.pool}/{v.name}" for v in sync.volumes(name)]
+
+    try:
+        assert await asyncio.to_thread(web_request) == [f"{name}/v"]
+        assert [p.name for p in await asyncio.to_thread(sync.pools, host.name)] == [name]
+    finally:
+        await asyncio.to_thread(sync.close)
