@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -261,7 +262,14 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     # The CLI reports problems itself; its own log lines would only repeat them.
     configure_logging(settings.log_format, settings.log_level if args.noun == "worker" else "error")
-    sys.exit(run(args))
+    code = run(args)
+    if args.noun == "dev":  # its embedded PostgreSQL is stopped by interpreter teardown
+        sys.exit(code)
+    # Leave without interpreter teardown: the Temporal SDK's runtime threads can trip over it
+    # ("Fatal Python error: PyGILState_Release"), turning a finished command into a crash.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def run(args: argparse.Namespace) -> int:
