@@ -15,21 +15,23 @@ from activities.db import Database
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.models import HostState
 from taskomatic.storage import (
-    AttachedDisk,
     CreatePoolRequest,
-    DiskPlan,
-    PlanDisksInput,
-    PlannedDisk,
     PoolPlacement,
     PoolRecord,
     PoolScan,
     PoolType,
-    RecordVmDisksInput,
-    VmDisks,
     VolumeInfo,
     VolumePlacement,
     VolumeRecord,
     check_pool_path,
+)
+from taskomatic.vm_disks import (
+    AttachedDisk,
+    DiskPlan,
+    PlanDisksInput,
+    PlannedDisk,
+    RecordVmDisksInput,
+    VmDisks,
 )
 
 _POOLS = """

@@ -8,24 +8,26 @@ from activities import storage_inventory as inv
 from activities.db import Database
 from taskomatic.logs import get_logger
 from taskomatic.storage import (
-    DiskPlan,
-    PlanDisksInput,
     PoolAutostartInput,
     PoolNameInput,
     PoolPlacement,
     PoolRecord,
     RecordPoolInput,
-    RecordVmDisksInput,
     RecordVolumeInput,
-    ReleaseVmVolumesInput,
     ReservePoolInput,
     StorageResult,
-    VmDisks,
-    VmIdentity,
-    VmNameInput,
     VolumeNameInput,
     VolumePlacement,
     VolumeRecord,
+)
+from taskomatic.vm_disks import (
+    DiskPlan,
+    PlanDisksInput,
+    RecordVmDisksInput,
+    ReleaseVmVolumesInput,
+    VmDisks,
+    VmIdentity,
+    VmNameInput,
 )
 
 

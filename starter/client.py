@@ -49,8 +49,9 @@ from taskomatic.models import (
     VmTaskResult,
 )
 from taskomatic.settings import Settings, get_settings
-from taskomatic.storage import PlanDisksInput, StorageTaskResult
+from taskomatic.storage import StorageTaskResult
 from taskomatic.temporal import TASK_HOST, TASK_KIND, TASK_VM, connect_temporal
+from taskomatic.vm_disks import PlanDisksInput
 from workflows.vm_lifecycle import CreateVm, DestroyVm, StartVm, StopVm
 
 TaskState = Literal["running", "complete", "error", "cancelled", "terminated", "timed_out"]

@@ -13,17 +13,19 @@ with workflow.unsafe.imports_passed_through():
     from activities.storage_records import StorageInventoryActivities
     from taskomatic.models import CreateVmRequest, DiskSpec
     from taskomatic.storage import (
+        StorageResult,
+        VolumeInfo,
+        VolumeReport,
+        VolumeSpec,
+    )
+    from taskomatic.vm_disks import (
         DiskPlan,
         PlanDisksInput,
         RecordVmDisksInput,
         ReleaseVmVolumesInput,
-        StorageResult,
         VmDisks,
         VmIdentity,
         VmNameInput,
-        VolumeInfo,
-        VolumeReport,
-        VolumeSpec,
     )
 
 from workflows.runbook import DATABASE, Runbook, Undo
