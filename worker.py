@@ -24,15 +24,18 @@ from activities.hypervisor import Hypervisors
 from activities.ordering import OrderingActivities
 from activities.reconcile import HostReconcileActivities, QueueReconcileActivities
 from activities.records import InventoryActivities
+from activities.storage import StorageActivities
+from activities.storage_records import StorageInventoryActivities
 from starter.schedule import ensure_reconcile_schedule
 from taskomatic.logs import configure_logging, get_logger
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import connect_temporal, ensure_search_attributes
 from workflows.ordering import ordering_queue
 from workflows.reconcile import Reconcile
+from workflows.storage import STORAGE_WORKFLOWS
 from workflows.vm_lifecycle import WORKFLOWS
 
-TASK_WORKFLOWS = [*WORKFLOWS, Reconcile]
+TASK_WORKFLOWS = [*WORKFLOWS, *STORAGE_WORKFLOWS, Reconcile]
 
 log = get_logger(component="worker")
 
@@ -43,11 +46,14 @@ def _database(settings: Settings) -> Any:
 
 
 def activity_list(settings: Settings, hypervisors: Hypervisors) -> Sequence[Any]:
-    inventory = InventoryActivities(_database(settings))
+    db = _database(settings)
+    inventory = InventoryActivities(db)
     domains = DomainActivities(hypervisors)
-    reconcile = HostReconcileActivities(_database(settings), hypervisors)
+    reconcile = HostReconcileActivities(db, hypervisors)
+    storage = [*StorageActivities(hypervisors).all(),
+               *StorageInventoryActivities(db, settings.pool_roots).all()]
     return [
-        reconcile.hosts_to_check, reconcile.compare_host,
+        *storage, reconcile.hosts_to_check, reconcile.compare_host,
         inventory.reserve_capacity, inventory.release_capacity, inventory.lookup_vm,
         inventory.record_vm, inventory.set_vm_state, inventory.remove_vm,
         domains.define_domain, domains.undefine_domain, domains.start_domain,

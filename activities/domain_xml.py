@@ -13,7 +13,7 @@ def domain_type(uri: str) -> str:
 
 
 def build_domain_xml(spec: DomainSpec) -> str:
-    """A disk-less guest: name, UUID, memory and vCPUs; disks and NICs come with later tasks."""
+    """A guest: name, UUID, memory, vCPUs and its pool volumes as virtio disks."""
     dtype = domain_type(spec.uri)
     root = ET.Element("domain", type=dtype)
     ET.SubElement(root, "name").text = spec.name
@@ -26,9 +26,16 @@ def build_domain_xml(spec: DomainSpec) -> str:
     if dtype == "qemu":
         type_el.set("arch", "x86_64")
         ET.SubElement(root, "features").append(ET.Element("acpi"))
+    if dtype == "qemu" or spec.disks:
         devices = ET.SubElement(root, "devices")
-        ET.SubElement(devices, "serial", type="pty")
-        ET.SubElement(devices, "memballoon", model="none")
+        for disk in spec.disks:
+            el = ET.SubElement(devices, "disk", type="volume", device="disk")
+            ET.SubElement(el, "driver", name="qemu", type=disk.format)
+            ET.SubElement(el, "source", pool=disk.pool, volume=disk.volume)
+            ET.SubElement(el, "target", dev=disk.target, bus="virtio")
+        if dtype == "qemu":
+            ET.SubElement(devices, "serial", type="pty")
+            ET.SubElement(devices, "memballoon", model="none")
     metadata = ET.SubElement(root, "metadata")
     ET.SubElement(metadata, "{https://taskomatic.dev/xmlns/1}managed").text = "true"
     ET.register_namespace("taskomatic", "https://taskomatic.dev/xmlns/1")

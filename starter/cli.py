@@ -98,8 +98,11 @@ def _who(args: argparse.Namespace) -> str:
 
 
 async def vm_create(args: argparse.Namespace) -> int:
+    from starter.cli_storage import disks_from_args
+
     req = validated(CreateVmRequest, name=args.name, vcpus=args.vcpus, memory_mib=args.memory_mib,
-                    host=args.host, start=args.start, requested_by=_who(args), after=args.after)
+                    host=args.host, start=args.start, disks=disks_from_args(args),
+                    requested_by=_who(args), after=args.after)
     return await _submit(args, lambda c: c.create_vm(req))
 
 
@@ -115,7 +118,8 @@ async def vm_stop(args: argparse.Namespace) -> int:
 
 
 async def vm_destroy(args: argparse.Namespace) -> int:
-    req = validated(DestroyVmRequest, name=args.name, requested_by=_who(args), after=args.after)
+    req = validated(DestroyVmRequest, name=args.name, keep_disks=args.keep_disks,
+                    requested_by=_who(args), after=args.after)
     return await _submit(args, lambda c: c.destroy_vm(req))
 
 
@@ -311,6 +315,8 @@ def _task_filters(sp: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from starter import cli_storage  # it builds on this module's verb() and _submit()
+
     p = argparse.ArgumentParser(prog="taskomatic", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     nouns = p.add_subparsers(dest="noun", required=True)
@@ -332,9 +338,12 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--vcpus", type=int, required=True)
     sp.add_argument("--host", help="place on this host (default: least loaded host)")
     sp.add_argument("--start", action="store_true")
-    for name, fn, text in (("start", vm_start, "start a VM"),
-                           ("destroy", vm_destroy, "power off, undefine and forget a VM")):
-        verb(vm, name, fn, text, write=True).add_argument("name")
+    cli_storage.add_disk_options(sp)
+    verb(vm, "start", vm_start, "start a VM", write=True).add_argument("name")
+    sp = verb(vm, "destroy", vm_destroy, "power off, undefine and forget a VM (and delete the "
+              "volumes it owns)", write=True)
+    sp.add_argument("name")
+    sp.add_argument("--keep-disks", action="store_true", help="keep the volumes the VM owns")
     sp = verb(vm, "stop", vm_stop, "shut a VM down (graceful, then forced)", write=True)
     sp.add_argument("name")
     sp.add_argument("--force", action="store_true", help="power off at once")
@@ -342,6 +351,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = verb(vm, "list", vm_list, "VMs from the inventory", read=True)
     sp.add_argument("--host")
 
+    cli_storage.add_commands(nouns)
     tasks = nouns.add_parser("tasks", help="the task queue").add_subparsers(dest="verb",
                                                                            required=True)
     sp = verb(tasks, "list", tasks_list, "tasks, newest first", read=True)
@@ -385,8 +395,10 @@ def main(argv: list[str] | None = None) -> None:
     serving = args.noun in ("worker", "codec-server")
     configure_logging(settings.log_format, settings.log_level if serving else "error")
     code = run(args)
-    if argv is None:  # a real process: skip interpreter teardown, which the SDK's runtime
-        sys.stdout.flush()  # threads can trip over (PyGILState_Release aborts; see worker.py)
+    if argv is None and args.noun != "dev":  # dev: interpreter teardown stops its PostgreSQL
+        # A real process skips interpreter teardown, which the SDK's runtime threads can trip
+        # over (PyGILState_Release aborts; see worker.py), turning success into a crash.
+        sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
-import typing
+import re
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
@@ -26,11 +25,19 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities import claims, inventory
+from activities import claims, inventory, storage_inventory
 from activities.db import Database, get_database
 from activities.hypervisor import Hypervisors
 from starter.batch import BatchError, BatchItem, plan_batch
-from starter.tasks import STATE_QUERIES, TaskError, TaskHandle, TaskStatus, status_of
+from starter.client_storage import STORAGE_KINDS, StorageClientMixin
+from starter.tasks import (
+    STATE_QUERIES,
+    TaskError,
+    TaskHandle,
+    TaskKind,
+    TaskStatus,
+    status_of,
+)
 from taskomatic.errors import error_info
 from taskomatic.models import (
     CreateVmRequest,
@@ -57,24 +64,10 @@ from taskomatic.temporal import (
     TASK_VM,
     connect_temporal,
 )
+from taskomatic.vm_disks import PlanDisksInput
 from workflows.ordering import GRANTED_AT_SUBMIT
 from workflows.reconcile import Reconcile
 from workflows.vm_lifecycle import CreateVm, DestroyVm, StartVm, StopVm
-
-
-@dataclass(frozen=True)
-class TaskKind:
-    """A kind of task: its workflow, request model and the prefix of its task ids."""
-
-    workflow: Any
-    request: type[TaskRequest]
-    slug: str
-
-    @property
-    def result_type(self) -> type[Any] | None:
-        hint = typing.get_type_hints(self.workflow.run).get("return")
-        return hint if isinstance(hint, type) else None
-
 
 KINDS: dict[str, TaskKind] = {
     "CreateVm": TaskKind(CreateVm, CreateVmRequest, "vm-create"),
@@ -82,6 +75,7 @@ KINDS: dict[str, TaskKind] = {
     "StopVm": TaskKind(StopVm, StopVmRequest, "vm-stop"),
     "DestroyVm": TaskKind(DestroyVm, DestroyVmRequest, "vm-destroy"),
     "Reconcile": TaskKind(Reconcile, ReconcileRequest, "reconcile"),
+    **STORAGE_KINDS,
 }
 # Search attributes filled from a task's resources, so the Web UI can filter by VM, host, pool.
 _SUBJECTS = {"vm": TASK_VM, "host": TASK_HOST, "pool": TASK_POOL}
@@ -103,7 +97,12 @@ def request_error(err: ValidationError) -> RequestError:
     """The first problem of a pydantic validation error, as ``field: reason``."""
     first = err.errors()[0]
     field = ".".join(str(part) for part in first["loc"]) or None
-    return RequestError(field, first["msg"].removeprefix("Value error, "))
+    message = first["msg"].removeprefix("Value error, ")
+    named = re.match(r"([a-z_][a-z_.0-9]*): (.*)", message, re.S)
+    if named:  # a check across fields names its field in the message
+        field = ".".join(filter(None, [field, named.group(1)]))
+        message = named.group(2)
+    return RequestError(field, message)
 
 
 def validated(model: type[Model], **fields: Any) -> Any:
@@ -114,7 +113,7 @@ def validated(model: type[Model], **fields: Any) -> Any:
         raise request_error(err) from None
 
 
-class TaskomaticClient:
+class TaskomaticClient(StorageClientMixin):
     """``requested_by``: who asks, for requests that do not say (default: the OS user)."""
 
     def __init__(self, temporal: Client, settings: Settings, db: Database,
@@ -170,6 +169,11 @@ class TaskomaticClient:
             return req
         if kind == "CreateVm":
             await self._inventory(inventory.check_new_vm, self.db, req.name, req.host)
+            if req.disks:
+                await self._inventory(storage_inventory.plan_disks, self.db,
+                                      PlanDisksInput(vm=req.name, host=req.host, disks=req.disks))
+        elif kind in STORAGE_KINDS:
+            await self.check_storage(kind, req)
         elif (kind in ("StartVm", "StopVm", "DestroyVm")
               and await asyncio.to_thread(inventory.get_vm, self.db, req.name) is None):
             raise RequestError("name", f"no VM named {req.name!r}")

@@ -111,6 +111,7 @@ async def _follow(handle: TaskHandle, vm: str, progress: Progress) -> VmTaskResu
     where = f" on {res.host}" if res.host else ""
     progress.update(line, total=1, completed=1,
                     description=f"{label}  [green]done[/]: {res.state or 'gone'}{where}")
+    assert isinstance(res, VmTaskResult)
     return res
 
 

@@ -23,7 +23,6 @@ from taskomatic.models import (
     TaskFailure,
     TaskProgress,
     VmRecord,
-    VmTaskResult,
 )
 
 _STEP_STYLE = {StepState.RUNNING: "yellow", StepState.DONE: "green", StepState.FAILED: "red",
@@ -135,10 +134,8 @@ def failure_text(failure: TaskFailure) -> Text:
 
 def result_text(kind: str, result: Any) -> Text:
     """One line (or a few) saying what a finished task did."""
-    if isinstance(result, VmTaskResult):
-        where = f" on {result.host}" if result.host else ""
-        return Text.from_markup(f"[green]✔[/] {result.kind} {result.vm}{where}: "
-                                f"{result.state or 'gone'} ({'; '.join(result.notes)})")
+    if hasattr(result, "headline"):
+        return Text.from_markup("[green]✔[/] ") + Text(result.headline())
     text = Text.from_markup(f"[green]✔[/] {kind}: {getattr(result, 'detail', 'done')}")
     for finding in getattr(result, "findings", []):
         mark = "repaired" if finding.repaired else "NEEDS AN OPERATOR"

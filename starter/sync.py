@@ -28,6 +28,17 @@ from taskomatic.models import (
     VmRecord,
 )
 from taskomatic.settings import Settings
+from taskomatic.storage import (
+    CreatePoolRequest,
+    CreateVolumeRequest,
+    DeleteVolumeRequest,
+    DestroyPoolRequest,
+    PoolRecord,
+    RefreshPoolRequest,
+    ResizeVolumeRequest,
+    SetPoolAutostartRequest,
+    VolumeRecord,
+)
 
 T = TypeVar("T")
 
@@ -96,6 +107,34 @@ class SyncTaskomaticClient:
 
     def submit(self, kind: str, req: TaskRequest) -> SyncTaskHandle:
         return self._task(self._client.submit(kind, req))
+
+    # Storage: the same calls as ``TaskomaticClient``'s (see starter/client_storage.py).
+    def create_pool(self, req: CreatePoolRequest) -> SyncTaskHandle:
+        return self._task(self._client.create_pool(req))
+
+    def destroy_pool(self, req: DestroyPoolRequest) -> SyncTaskHandle:
+        return self._task(self._client.destroy_pool(req))
+
+    def refresh_pool(self, req: RefreshPoolRequest) -> SyncTaskHandle:
+        return self._task(self._client.refresh_pool(req))
+
+    def set_pool_autostart(self, req: SetPoolAutostartRequest) -> SyncTaskHandle:
+        return self._task(self._client.set_pool_autostart(req))
+
+    def create_volume(self, req: CreateVolumeRequest) -> SyncTaskHandle:
+        return self._task(self._client.create_volume(req))
+
+    def delete_volume(self, req: DeleteVolumeRequest) -> SyncTaskHandle:
+        return self._task(self._client.delete_volume(req))
+
+    def resize_volume(self, req: ResizeVolumeRequest) -> SyncTaskHandle:
+        return self._task(self._client.resize_volume(req))
+
+    def pools(self, host: str | None = None) -> list[PoolRecord]:
+        return self._loop.run(self._client.pools(host))
+
+    def volumes(self, pool: str | None = None) -> list[VolumeRecord]:
+        return self._loop.run(self._client.volumes(pool))
 
     def task(self, task_id: str) -> SyncTaskHandle:
         return SyncTaskHandle(self._client.task(task_id), self._loop)

@@ -30,6 +30,11 @@ class ErrorType(StrEnum):
     INVALID_OPERATION = "InvalidOperation"
     INVALID_DEFINITION = "InvalidDefinition"
     NOT_SUPPORTED = "NotSupported"
+    UNKNOWN_POOL = "UnknownPool"
+    UNKNOWN_VOLUME = "UnknownVolume"
+    DUPLICATE_POOL = "DuplicatePool"
+    DUPLICATE_VOLUME = "DuplicateVolume"
+    STORAGE_IN_USE = "StorageInUse"
     HYPERVISOR_ERROR = "HypervisorError"
     PREREQUISITE_FAILED = "PrerequisiteFailed"
 

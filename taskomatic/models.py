@@ -12,8 +12,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from taskomatic.units import Capacity
 from taskomatic.uris import check_uri
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -31,7 +32,31 @@ def _check_name(value: str) -> str:
     return value
 
 
+_VOLUME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,119}")
+
+
+def _check_volume_name(value: str) -> str:
+    if not _VOLUME_RE.fullmatch(value) or ".." in value:
+        raise ValueError(
+            "must be 1-120 characters of letters, digits, '.', '_' or '-', starting with a "
+            f"letter or digit, without '/' or '..' (got {value!r})"
+        )
+    return value
+
+
+def _check_volume_path(value: str) -> str:
+    pool, sep, volume = value.partition("/")
+    if not sep:
+        raise ValueError(f"must be POOL/VOLUME (got {value!r})")
+    _check_name(pool)
+    _check_volume_name(volume)
+    return value
+
+
 Name = Annotated[str, AfterValidator(_check_name)]
+VolumeName = Annotated[str, AfterValidator(_check_volume_name)]
+VolumePath = Annotated[str, AfterValidator(_check_volume_path)]
+VolumeFormat = Literal["qcow2", "raw"]
 LibvirtUri = Annotated[str, AfterValidator(check_uri)]
 Vcpus = Annotated[int, Field(ge=1, le=MAX_VCPUS)]
 MemoryMib = Annotated[int, Field(ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB)]
@@ -167,15 +192,39 @@ class TaskRequest(Model):
         return []
 
 
+class DiskRequest(Model):
+    """One disk of a new VM: an existing volume ``POOL/VOLUME``, or a new one of ``size`` in
+    ``pool`` that the VM owns (deleted with it)."""
+
+    volume: VolumePath | None = None
+    pool: Name | None = None
+    size: Capacity | None = None
+    format: VolumeFormat = "qcow2"
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DiskRequest:
+        if self.volume is not None and (self.pool is not None or self.size is not None):
+            raise ValueError("give either volume (existing POOL/VOLUME) or pool and size (new)")
+        if self.volume is None and (self.pool is None or self.size is None):
+            raise ValueError("a new disk needs both pool and size")
+        return self
+
+    @property
+    def pool_name(self) -> str:
+        return self.volume.partition("/")[0] if self.volume else str(self.pool)
+
+
 class CreateVmRequest(TaskRequest):
     name: Name
     vcpus: Vcpus = 1
     memory_mib: MemoryMib = 512
     host: Name | None = Field(None, description="place on this host; chosen by placement if unset")
     start: bool = False
+    disks: list[DiskRequest] = Field(default_factory=list, max_length=16)
 
     def resources(self) -> list[str]:
-        return [vm_resource(self.name)]
+        pools = sorted({disk.pool_name for disk in self.disks})
+        return [vm_resource(self.name), *(pool_resource(p) for p in pools)]
 
 
 class StartVmRequest(TaskRequest):
@@ -198,6 +247,7 @@ class StopVmRequest(TaskRequest):
 
 class DestroyVmRequest(TaskRequest):
     name: Name
+    keep_disks: bool = Field(False, description="keep the volumes the VM owns")
 
     def resources(self) -> list[str]:
         return [vm_resource(self.name)]
@@ -244,10 +294,20 @@ class DomainRef(Model):
     name: str
 
 
+class DiskSpec(Model):
+    """A volume attached to a domain, as its XML names it."""
+
+    pool: str
+    volume: str
+    format: str
+    target: str
+
+
 class DomainSpec(DomainRef):
     uuid: str
     vcpus: int
     memory_mib: int
+    disks: list[DiskSpec] = Field(default_factory=list)
 
 
 class WaitShutoffInput(DomainRef):
@@ -360,3 +420,7 @@ class VmTaskResult(Model):
     state: VmState | None
     uuid: str | None = None
     notes: list[str] = Field(default_factory=list, description="what idempotent steps found")
+
+    def headline(self) -> str:
+        where = f" on {self.host}" if self.host else ""
+        return f"{self.kind} {self.vm}{where}: {self.state or 'gone'} ({'; '.join(self.notes)})"

@@ -41,6 +41,10 @@ class Settings(BaseSettings):
 
     # Task behaviour.
     stop_timeout_seconds: float = Field(60.0, gt=0, le=3600)
+    pool_roots: list[str] = Field(
+        default_factory=lambda: ["/var/lib/taskomatic/pools"],
+        description="storage pool paths (dir, netfs) must lie under one of these directories",
+    )
 
     # Ordering: concurrent migrations allowed across all tasks, and how many tasks may wait on
     # another task (prerequisites, a place in line) at once per worker.

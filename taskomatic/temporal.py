@@ -63,7 +63,7 @@ def _refusal_hint(error: str, tls: bool) -> str:
     if "certificate" in error.lower() or "InvalidCertificate" in error:
         return ("the server's certificate is not trusted: check TASKOMATIC_TEMPORAL_TLS_CA_FILE "
                 "and TASKOMATIC_TEMPORAL_TLS_SERVER_NAME ")
-    if not tls and ("http2 error" in error or "GoAway" in error):
+    if not tls and any(s in error for s in ("http2 error", "GoAway", "connection closed")):
         return ("the endpoint does not speak plaintext gRPC; it may need TLS "
                 "(TASKOMATIC_TEMPORAL_TLS_CA_FILE or TASKOMATIC_TEMPORAL_TLS=true) ")
     return ""

@@ -5,19 +5,26 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extensions
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from activities import inventory
 from activities.db import Database
+from activities.hypervisor import Hypervisors
+from starter.client import TaskomaticClient
 from taskomatic.errors import ErrorInfo, error_info
 from taskomatic.models import HostState
+from taskomatic.settings import Settings
+from worker import TASK_WORKFLOWS, WORKFLOW_RUNNER, activity_list, build_ordering_worker
 
 T = TypeVar("T")
 
@@ -113,3 +120,19 @@ def host_row_locked(url: str, host: str) -> Iterator[Callable[[int], None]]:
     finally:
         conn.rollback()
         conn.close()
+
+
+async def faulty_client(temporal_env: WorkflowEnvironment, settings: Settings,
+                        hypervisors: Hypervisors, db: Database,
+                        replaced: Callable[..., Any]) -> AsyncIterator[TaskomaticClient]:
+    """A client whose tasks run on a worker of their own where one activity (by its name) is
+    ``replaced``: fault injection with everything else real."""
+    name = getattr(replaced, "__temporal_activity_definition").name
+    queue = settings.model_copy(update={"task_queue": f"faulty-{uuid.uuid4().hex[:6]}"})
+    acts = [a for a in activity_list(queue, hypervisors) if getattr(a, "__name__", "") != name]
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        async with Worker(temporal_env.client, task_queue=queue.task_queue,
+                          workflows=TASK_WORKFLOWS, workflow_runner=WORKFLOW_RUNNER,
+                          activities=[*acts, replaced], activity_executor=executor), \
+                build_ordering_worker(temporal_env.client, queue):
+            yield TaskomaticClient(temporal_env.client, queue, db)

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from helpers import faulty_client
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from activities import inventory
 from activities.db import Database
@@ -35,8 +33,6 @@ from taskomatic.models import (
     StopVmRequest,
 )
 from taskomatic.settings import Settings
-from worker import WORKFLOW_RUNNER, activity_list, build_ordering_worker
-from workflows.vm_lifecycle import WORKFLOWS
 
 pytestmark = pytest.mark.asyncio
 
@@ -45,22 +41,6 @@ def _usage(db: Database, host: str) -> tuple[int, int, int]:
     h = inventory.get_host(db, host)
     assert h is not None
     return h.used_vcpus + h.reserved_vcpus, h.used_memory_mib + h.reserved_memory_mib, h.vm_count
-
-
-async def _faulty_client(temporal_env: WorkflowEnvironment, settings: Settings,
-                         hypervisors: Hypervisors, db: Database,
-                         start_domain: Callable[[DomainRef], DomainReport]
-                         ) -> AsyncIterator[TaskomaticClient]:
-    queue_settings = settings.model_copy(update={"task_queue": f"faulty-{uuid.uuid4().hex[:6]}"})
-    acts = [a for a in activity_list(queue_settings, hypervisors)
-            if getattr(a, "__name__", "") != "start_domain"]
-    with ThreadPoolExecutor(max_workers=8) as executor:
-        async with Worker(temporal_env.client, task_queue=queue_settings.task_queue,
-                          workflows=WORKFLOWS, activities=[*acts, start_domain],
-                          activity_executor=executor,
-                          workflow_runner=WORKFLOW_RUNNER), \
-                build_ordering_worker(temporal_env.client, queue_settings):
-            yield TaskomaticClient(temporal_env.client, queue_settings, db)
 
 
 @pytest.fixture
@@ -72,7 +52,7 @@ async def failing_start_client(temporal_env: WorkflowEnvironment, settings: Sett
         raise task_error(ErrorType.HYPERVISOR_ERROR, "injected: the guest failed to boot",
                          host=ref.host, vm=ref.name)
 
-    async for client in _faulty_client(temporal_env, settings, hypervisors, db, start_domain):
+    async for client in faulty_client(temporal_env, settings, hypervisors, db, start_domain):
         yield client
 
 
@@ -98,7 +78,7 @@ async def hanging_start(temporal_env: WorkflowEnvironment, settings: Settings,
                 raise asyncio.CancelledError()
             threading.Event().wait(0.05)
 
-    async for client in _faulty_client(temporal_env, settings, hypervisors, db, start_domain):
+    async for client in faulty_client(temporal_env, settings, hypervisors, db, start_domain):
         yield client, gate
 
 

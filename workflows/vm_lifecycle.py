@@ -37,7 +37,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from taskomatic.temporal import TASK_HOST
 
-from workflows.runbook import DATABASE, HYPERVISOR, ActivityOptions, Runbook, Undo
+from workflows.runbook import DATABASE, HYPERVISOR, ActivityOptions, Undo
+from workflows.vm_disks import DISKS_PATCH, VmDiskSteps, disk_specs
 
 Inventory = InventoryActivities
 Domains = DomainActivities
@@ -46,7 +47,7 @@ Domains = DomainActivities
 DEFAULT_STOP_TIMEOUT_SECONDS = 60.0
 
 
-class VmTask(Runbook):
+class VmTask(VmDiskSteps):
     """Steps shared by the tasks that act on an existing VM."""
 
     async def locate(self, name: str) -> tuple[VmPlacement, DomainRef]:
@@ -83,18 +84,22 @@ class CreateVm(VmTask):
     async def _create(self, req: CreateVmRequest) -> VmTaskResult:
         task_id = workflow.info().workflow_id
         self.about(vm=req.name, host=req.host)
+        plan = await self.plan_disks(req) if req.disks and workflow.patched(DISKS_PATCH) else None
         res: Reservation = await self.step(
             "reserve capacity", Inventory.reserve_capacity,
             ReserveCapacityInput(task_id=task_id, vm_name=req.name, vcpus=req.vcpus,
-                                 memory_mib=req.memory_mib, host=req.host),
+                                 memory_mib=req.memory_mib,
+                                 host=plan.host if plan and plan.host else req.host),
             options=DATABASE,
             undo=Undo("release capacity", Inventory.release_capacity,
                       ReleaseCapacityInput(task_id=task_id), DATABASE))
         self.on_host(res.host)
 
         self.phase("run")
+        created = await self.create_volumes(plan) if plan else []
         spec = DomainSpec(host=res.host, uri=res.host_uri, name=req.name,
-                          uuid=str(workflow.uuid4()), vcpus=req.vcpus, memory_mib=req.memory_mib)
+                          uuid=str(workflow.uuid4()), vcpus=req.vcpus, memory_mib=req.memory_mib,
+                          disks=disk_specs(plan))
         ref = DomainRef(host=spec.host, uri=spec.uri, name=spec.name)
         defined: DomainReport = await self.step(
             "define domain", Domains.define_domain, spec,
@@ -110,7 +115,9 @@ class CreateVm(VmTask):
             "record VM", Inventory.record_vm,
             RecordVmInput(task_id=task_id, name=req.name, uuid=spec.uuid, host=res.host,
                           vcpus=req.vcpus, memory_mib=req.memory_mib, state=state),
-            options=DATABASE)
+            options=DATABASE, undo=self.unrecord_undo(req.name, spec.uuid) if plan else None)
+        if plan:
+            await self.record_disks(req.name, plan, created)
         return self.result(vm.name, vm.host, vm.state, notes, uuid=vm.uuid)
 
 
@@ -173,15 +180,21 @@ class DestroyVm(VmTask):
 
     async def _destroy(self, req: DestroyVmRequest) -> VmTaskResult:
         found, ref = await self.locate(req.name)
+        disks = await self.lookup_disks(req.name) if workflow.patched(DISKS_PATCH) else None
         self.phase("run")
         off: DomainReport = await self.step("power off", Domains.destroy_domain, ref)
         gone: DomainReport = await self.step("undefine domain", Domains.undefine_domain, ref)
+        notes = [off.detail, gone.detail]
+        if disks and not req.keep_disks:
+            notes += await self.delete_owned_volumes(disks)
         self.phase("finalize")
         removed: InventoryResult = await self.step(
             "remove from inventory and release capacity", Inventory.remove_vm,
             RemoveVmInput(name=req.name), options=DATABASE)
-        return self.result(req.name, ref.host, None, [off.detail, gone.detail, removed.detail],
-                           found.vm.uuid)
+        notes.append(removed.detail)
+        if disks and any(d.owned for d in disks.disks):
+            notes.append(await self.release_volumes(req.name, keep=req.keep_disks))
+        return self.result(req.name, ref.host, None, notes, found.vm.uuid)
 
 
 WORKFLOWS = [CreateVm, StartVm, StopVm, DestroyVm]

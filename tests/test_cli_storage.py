@@ -1,0 +1,77 @@
+"""``taskomatic pool`` / ``volume`` and VM disks through the CLI, against a running dev stack."""
+
+from __future__ import annotations
+
+from test_cli import Shell, shell  # noqa: F401  (the module's own dev stack)
+
+ROOT = "/var/lib/taskomatic/pools"
+
+
+def test_pools_volumes_and_vm_disks_through_the_cli(shell: Shell) -> None:  # noqa: F811
+    created = shell.json("pool", "create", "images", "--host", "host-1", "--path",
+                         f"{ROOT}/images", "--wait")
+    assert (created["kind"], created["pool"], created["state"], created["host"]) == (
+        "CreateStoragePool", "images", "active", "host-1")
+    shown = shell.json("tasks", "show", created["task_id"])
+    assert (shown["state"], shown["kind"], shown["result"]["pool"]) == (
+        "complete", "CreateStoragePool", "images")
+    [pool] = shell.json("pool", "list")
+    assert (pool["name"], pool["type"], pool["autostart"]) == ("images", "dir", True)
+    assert shell.json("pool", "autostart", "images", "off", "--wait")["notes"] == [
+        "autostart off"]
+
+    human = shell.run("volume", "create", "images/base.qcow2", "--size", "1GiB", "--wait")
+    assert human.returncode == 0, human.stderr
+    assert "create volume" in human.stdout and "CreateVolume images/base.qcow2" in human.stdout
+    shell.json("volume", "create", "images/copy", "--size", "1GiB", "--format", "raw",
+               "--clone-from", "base.qcow2", "--wait")
+    resized = shell.run("volume", "resize", "images/base.qcow2", "--size", "2GiB", "--wait")
+    assert resized.returncode == 1 and "NotSupported" in resized.stderr
+
+    vm = shell.json("vm", "create", "db1", "--vcpus", "1", "--memory-mib", "256", "--disk",
+                    "images/copy", "--disk-size", "512MiB", "--pool", "images", "--wait")
+    assert vm["host"] == "host-1"
+    vols = {v["name"]: v for v in shell.json("volume", "list", "--pool", "images")}
+    assert set(vols) == {"base.qcow2", "copy", "db1-disk1.qcow2"}
+    assert (vols["copy"]["used_by"], vols["db1-disk1.qcow2"]["owner_vm"]) == ("db1", "db1")
+    table = shell.run("volume", "list")
+    assert table.returncode == 0 and "db1-disk1.qcow2" in table.stdout and "512MiB" in table.stdout
+
+    refused = shell.run("pool", "destroy", "images")
+    assert refused.returncode == 2 and "db1" in refused.stderr and "error: name:" in " ".join(
+        refused.stderr.split())
+    shell.json("vm", "destroy", "db1", "--wait")
+    assert sorted(v["name"] for v in shell.json("volume", "list")) == ["base.qcow2", "copy"]
+    shell.json("volume", "delete", "images/copy", "--wait")
+    shell.json("pool", "refresh", "images", "--wait")
+    gone = shell.json("pool", "destroy", "images", "--delete", "--wait")
+    assert gone["state"] is None
+    assert shell.json("pool", "list") == [] and shell.json("volume", "list") == []
+
+
+REFUSED = [
+    (["pool", "create", "p/x", "--host", "host-1", "--path", f"{ROOT}/p"], "name"),
+    (["pool", "create", "p1", "--host", "host-1", "--path", "/etc/p1"], "path"),
+    (["pool", "create", "p1", "--host", "host-1", "--path", f"{ROOT}/../p1"], "path"),
+    (["pool", "create", "p1", "--host", "host-1", "--type", "netfs", "--path", f"{ROOT}/p"],
+     "source"),
+    (["volume", "create", "nopool", "--size", "1GiB"], "volume"),
+    (["volume", "create", "p/v<1>", "--size", "1GiB"], "name"),
+    (["volume", "create", "p/v", "--size", "0"], "capacity"),
+    (["volume", "create", "p/v", "--size=-1GiB"], "capacity"),
+    (["volume", "create", "p/v", "--size", "900TiB"], "capacity"),
+    (["volume", "create", "ghost/v", "--size", "1GiB"], "pool"),
+    (["vm", "create", "x1", "--vcpus", "1", "--memory-mib", "64", "--pool", "p"], "pool"),
+    (["vm", "create", "x1", "--vcpus", "1", "--memory-mib", "64", "--disk", "ghost/v"],
+     "disks.0.volume"),
+]
+
+
+def test_refused_storage_requests_exit_2_naming_the_field(shell: Shell) -> None:  # noqa: F811
+    for args, field in REFUSED:
+        done = shell.run(*args)
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert f"error: {field}:" in " ".join(done.stderr.split()), (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    assert not {"p1", "p", "x1"} & {p["name"] for p in shell.json("pool", "list")}
+    assert "x1" not in {v["name"] for v in shell.json("vm", "list")}

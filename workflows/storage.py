@@ -1,0 +1,265 @@
+"""Storage tasks: create, destroy, refresh and autostart pools; create, delete, resize volumes.
+
+Like the VM tasks: plan (validate and reserve in the inventory), run (libvirt, each step with its
+undo registered next to it), finalize (record what libvirt reports).
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from activities.storage import StorageActivities
+    from activities.storage_records import StorageInventoryActivities
+    from taskomatic.storage import (
+        CreatePoolRequest,
+        CreateVolumeRequest,
+        DeleteVolumeRequest,
+        DestroyPoolRequest,
+        PoolAutostartInput,
+        PoolNameInput,
+        PoolPlacement,
+        PoolRecord,
+        PoolRef,
+        PoolReport,
+        PoolScan,
+        PoolSpec,
+        PoolType,
+        RecordPoolInput,
+        RecordVolumeInput,
+        RefreshPoolRequest,
+        ReservePoolInput,
+        ResizeVolumeInput,
+        ResizeVolumeRequest,
+        SetPoolAutostartRequest,
+        StorageResult,
+        StorageTaskResult,
+        VolumeNameInput,
+        VolumePlacement,
+        VolumeRecord,
+        VolumeReport,
+        VolumeSpec,
+    )
+    from taskomatic.temporal import TASK_HOST
+
+from workflows.runbook import DATABASE, Runbook, Undo
+
+Storage = StorageActivities
+StorageInventory = StorageInventoryActivities
+
+
+class StorageTask(Runbook):
+    """Steps shared by the pool and volume tasks."""
+
+    def on_host(self, host: str) -> None:
+        self.about(host=host)
+        workflow.upsert_search_attributes([TASK_HOST.value_set(host)])
+
+    async def locate_pool(self, name: str, check_unused: bool = False) -> PoolRef:
+        self.phase("plan")
+        check = StorageInventory.check_pool_unused if check_unused else StorageInventory.lookup_pool
+        placed: PoolPlacement = await self.step(
+            "check pool is unused" if check_unused else "look up pool", check,
+            PoolNameInput(name=name), options=DATABASE)
+        self.on_host(placed.pool.host)
+        return placed.ref()
+
+    async def record_scan(self, ref: PoolRef) -> PoolRecord:
+        self.phase("finalize")
+        scan: PoolScan = await self.step("scan pool", Storage.refresh_pool, ref)
+        recorded: PoolRecord = await self.step("record pool", StorageInventory.record_pool,
+                                               RecordPoolInput(scan=scan), options=DATABASE)
+        return recorded
+
+    async def record_volume(self, made: VolumeReport) -> StorageTaskResult:
+        self.phase("finalize")
+        assert made.volume is not None
+        vol: VolumeRecord = await self.step(
+            "record volume", StorageInventory.record_volume,
+            RecordVolumeInput(pool=made.pool, volume=made.volume), options=DATABASE)
+        return self.result(made.pool, "present", [made.detail], volume=vol.name)
+
+    def result(self, pool: str, state: str | None, notes: list[str],
+               volume: str | None = None) -> StorageTaskResult:
+        return StorageTaskResult(task_id=workflow.info().workflow_id, kind=self.KIND, pool=pool,
+                                 volume=volume, host=self._state.host, state=state, notes=notes)
+
+
+@workflow.defn(name="CreateStoragePool")
+class CreateStoragePool(StorageTask):
+    KIND = "CreateStoragePool"
+
+    @workflow.run
+    async def run(self, req: CreatePoolRequest) -> StorageTaskResult:
+        return await self.perform(req, lambda: self._create(req))
+
+    async def _create(self, req: CreatePoolRequest) -> StorageTaskResult:
+        task_id = workflow.info().workflow_id
+        self.about(host=req.host)
+        placed: PoolPlacement = await self.step(
+            "reserve pool name", StorageInventory.reserve_pool,
+            ReservePoolInput(task_id=task_id, request=req), options=DATABASE,
+            undo=Undo("release pool name", StorageInventory.release_pool,
+                      PoolNameInput(name=req.name, task_id=task_id), DATABASE))
+        self.on_host(placed.pool.host)
+
+        self.phase("run")
+        ref = placed.ref(uuid=str(workflow.uuid4()))
+        spec = PoolSpec(**ref.model_dump(), type=req.type, path=str(req.path), source=req.source)
+        notes: list[str] = []
+        defined: PoolReport = await self.step(
+            "define pool", Storage.define_pool, spec,
+            undo=Undo("undefine pool", Storage.undefine_pool, ref))
+        notes.append(defined.detail)
+        if req.build:
+            # A volume group is never removed by an undo: it may hold what it held before.
+            undo = (None if req.type is PoolType.LOGICAL
+                    else Undo("delete pool storage", Storage.delete_pool, ref))
+            built: PoolReport = await self.step("build pool", Storage.build_pool, ref, undo=undo)
+            notes.append(built.detail)
+        started: PoolReport = await self.step(
+            "start pool", Storage.start_pool, ref,
+            undo=Undo("stop pool", Storage.stop_pool, ref))
+        notes.append(started.detail)
+        if req.autostart:
+            auto: PoolReport = await self.step(
+                "set autostart", Storage.set_pool_autostart,
+                PoolAutostartInput(**ref.model_dump(), autostart=True),
+                undo=Undo("clear autostart", Storage.set_pool_autostart,
+                          PoolAutostartInput(**ref.model_dump(), autostart=False)))
+            notes.append(auto.detail)
+
+        recorded = await self.record_scan(ref)
+        return self.result(req.name, recorded.state, notes)
+
+
+@workflow.defn(name="DestroyStoragePool")
+class DestroyStoragePool(StorageTask):
+    KIND = "DestroyStoragePool"
+
+    @workflow.run
+    async def run(self, req: DestroyPoolRequest) -> StorageTaskResult:
+        return await self.perform(req, lambda: self._destroy(req))
+
+    async def _destroy(self, req: DestroyPoolRequest) -> StorageTaskResult:
+        ref = await self.locate_pool(req.name, check_unused=True)
+        self.phase("run")
+        reports: list[PoolReport] = []
+        if req.delete:
+            reports.append(await self.step("delete volumes", Storage.delete_pool_volumes, ref))
+        reports.append(await self.step("stop pool", Storage.stop_pool, ref))
+        if req.delete:
+            reports.append(await self.step("delete pool storage", Storage.delete_pool, ref))
+        reports.append(await self.step("undefine pool", Storage.undefine_pool, ref))
+        self.phase("finalize")
+        removed: StorageResult = await self.step(
+            "remove from inventory", StorageInventory.remove_pool, PoolNameInput(name=req.name),
+            options=DATABASE)
+        return self.result(req.name, None, [r.detail for r in reports] + [removed.detail])
+
+
+@workflow.defn(name="RefreshStoragePool")
+class RefreshStoragePool(StorageTask):
+    KIND = "RefreshStoragePool"
+
+    @workflow.run
+    async def run(self, req: RefreshPoolRequest) -> StorageTaskResult:
+        return await self.perform(req, lambda: self._refresh(req))
+
+    async def _refresh(self, req: RefreshPoolRequest) -> StorageTaskResult:
+        ref = await self.locate_pool(req.name)
+        recorded = await self.record_scan(ref)
+        return self.result(req.name, recorded.state, [recorded.detail])
+
+
+@workflow.defn(name="SetPoolAutostart")
+class SetPoolAutostart(StorageTask):
+    KIND = "SetPoolAutostart"
+
+    @workflow.run
+    async def run(self, req: SetPoolAutostartRequest) -> StorageTaskResult:
+        return await self.perform(req, lambda: self._set(req))
+
+    async def _set(self, req: SetPoolAutostartRequest) -> StorageTaskResult:
+        ref = await self.locate_pool(req.name)
+        self.phase("run")
+        inp = PoolAutostartInput(**ref.model_dump(), autostart=req.autostart)
+        done: PoolReport = await self.step("set autostart", Storage.set_pool_autostart, inp)
+        self.phase("finalize")
+        await self.step("record autostart", StorageInventory.record_pool_autostart, inp,
+                        options=DATABASE)
+        return self.result(req.name, "active" if done.active else "inactive", [done.detail])
+
+
+@workflow.defn(name="CreateVolume")
+class CreateVolume(StorageTask):
+    KIND = "CreateVolume"
+
+    @workflow.run
+    async def run(self, req: CreateVolumeRequest) -> StorageTaskResult:
+        return await self.perform(req, lambda: self._create(req))
+
+    async def _create(self, req: CreateVolumeRequest) -> StorageTaskResult:
+        self.phase("plan")
+        placed: PoolPlacement = await self.step(
+            "check volume name", StorageInventory.check_new_volume,
+            VolumeNameInput(pool=req.pool, name=req.name, clone_from=req.clone_from),
+            options=DATABASE)
+        self.on_host(placed.pool.host)
+        self.phase("run")
+        spec = VolumeSpec(host=placed.pool.host, uri=placed.host_uri, pool=req.pool,
+                          name=req.name, capacity=req.capacity, format=req.format,
+                          clone_from=req.clone_from)
+        made: VolumeReport = await self.step(
+            "create volume", Storage.create_volume, spec,
+            undo=Undo("delete volume", Storage.delete_volume, spec.ref()))
+        return await self.record_volume(made)
+
+
+@workflow.defn(name="DeleteVolume")
+class DeleteVolume(StorageTask):
+    KIND = "DeleteVolume"
+
+    @workflow.run
+    async def run(self, req: DeleteVolumeRequest) -> StorageTaskResult:
+        return await self.perform(req, lambda: self._delete(req))
+
+    async def _delete(self, req: DeleteVolumeRequest) -> StorageTaskResult:
+        self.phase("plan")
+        placed: VolumePlacement = await self.step(
+            "check volume is unattached", StorageInventory.check_volume_unused,
+            VolumeNameInput(pool=req.pool, name=req.name), options=DATABASE)
+        self.on_host(placed.volume.host)
+        self.phase("run")
+        gone: VolumeReport = await self.step("delete volume", Storage.delete_volume,
+                                             placed.ref())
+        self.phase("finalize")
+        removed: StorageResult = await self.step(
+            "remove from inventory", StorageInventory.remove_volume,
+            VolumeNameInput(pool=req.pool, name=req.name), options=DATABASE)
+        return self.result(req.pool, None, [gone.detail, removed.detail], volume=req.name)
+
+
+@workflow.defn(name="ResizeVolume")
+class ResizeVolume(StorageTask):
+    KIND = "ResizeVolume"
+
+    @workflow.run
+    async def run(self, req: ResizeVolumeRequest) -> StorageTaskResult:
+        return await self.perform(req, lambda: self._resize(req))
+
+    async def _resize(self, req: ResizeVolumeRequest) -> StorageTaskResult:
+        self.phase("plan")
+        placed: VolumePlacement = await self.step(
+            "look up volume", StorageInventory.lookup_volume,
+            VolumeNameInput(pool=req.pool, name=req.name), options=DATABASE)
+        self.on_host(placed.volume.host)
+        self.phase("run")
+        resized: VolumeReport = await self.step(
+            "resize volume", Storage.resize_volume,
+            ResizeVolumeInput(**placed.ref().model_dump(), capacity=req.capacity))
+        return await self.record_volume(resized)
+
+
+STORAGE_WORKFLOWS = [CreateStoragePool, DestroyStoragePool, RefreshStoragePool, SetPoolAutostart,
+                     CreateVolume, DeleteVolume, ResizeVolume]
