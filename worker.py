@@ -20,33 +20,45 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.db import get_database
 from activities.domains import DomainActivities
+from activities.host_records import HostActivities
 from activities.hypervisor import Hypervisors
+from activities.migration import MigrationActivities
 from activities.records import InventoryActivities
 from taskomatic.logs import configure_logging, get_logger
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import connect_temporal, ensure_search_attributes
-from workflows.vm_lifecycle import WORKFLOWS
+from workflows.clear_host import WORKFLOWS as HOST_WORKFLOWS
+from workflows.vm_lifecycle import WORKFLOWS as VM_WORKFLOWS
 
 log = get_logger(component="worker")
+WORKFLOWS = [*VM_WORKFLOWS, *HOST_WORKFLOWS]
 
 
-def activity_list(settings: Settings, hypervisors: Hypervisors) -> Sequence[Any]:
+def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
+                  ) -> Sequence[Any]:
     # One connection per activity thread, so no inventory step waits for another's connection.
-    inventory = InventoryActivities(get_database(settings.database_url,
-                                                 max_connections=settings.activity_threads))
+    db = get_database(settings.database_url, max_connections=settings.activity_threads)
+    inventory = InventoryActivities(db)
     domains = DomainActivities(hypervisors)
+    hosts = HostActivities(db)
+    moves = MigrationActivities(hypervisors, db, settings, client)
     return [
         inventory.reserve_capacity, inventory.release_capacity, inventory.lookup_vm,
         inventory.record_vm, inventory.set_vm_state, inventory.remove_vm,
         domains.define_domain, domains.undefine_domain, domains.start_domain,
         domains.shutdown_domain, domains.wait_domain_shutoff, domains.destroy_domain,
+        hosts.reserve_destination, hosts.host_ref, hosts.begin_maintenance, hosts.set_host_state,
+        hosts.record_move, hosts.vms_with_origin, hosts.plan_moves,
+        moves.migrate_domain, moves.confirm_move, moves.locate_domain, moves.list_host_domains,
+        moves.wait_for_tasks,
     ]
 
 
 # The runbook holds no state of its own, so it is shared by all workflow runs instead of being
 # re-imported into every sandbox (measured: ~2 ms of CPU per task saved).
 WORKFLOW_RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows.runbook"))
+    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows.runbook",
+                                                                      "workflows.moves"))
 
 
 def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
@@ -56,7 +68,7 @@ def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
         task_queue=settings.task_queue,
         workflows=WORKFLOWS,
         workflow_runner=WORKFLOW_RUNNER,
-        activities=activity_list(settings, hypervisors),
+        activities=activity_list(settings, hypervisors, client),
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,

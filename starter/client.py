@@ -31,7 +31,9 @@ from temporalio.service import RPCError
 from activities import inventory
 from activities.db import Database, get_database
 from activities.hypervisor import Hypervisors
+from starter.client_hosts import HOST_SLUGS, HostTasks
 from taskomatic.errors import error_info
+from taskomatic.migration import HostTaskResult
 from taskomatic.models import (
     CreateVmRequest,
     DestroyVmRequest,
@@ -48,6 +50,8 @@ from taskomatic.models import (
 )
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import TASK_HOST, TASK_KIND, TASK_VM, connect_temporal
+from workflows.clear_host import ActivateHost, ClearHost, RestoreHost
+from workflows.migration import MigrateVm
 from workflows.vm_lifecycle import CreateVm, DestroyVm, StartVm, StopVm
 
 TaskState = Literal["running", "complete", "error", "cancelled", "terminated", "timed_out"]
@@ -61,9 +65,12 @@ _STATES: dict[WorkflowExecutionStatus | None, TaskState] = {
     WorkflowExecutionStatus.CONTINUED_AS_NEW: "running",
 }
 _WORKFLOWS: dict[str, Any] = {"CreateVm": CreateVm, "StartVm": StartVm, "StopVm": StopVm,
-                              "DestroyVm": DestroyVm}
+                              "DestroyVm": DestroyVm, "MigrateVm": MigrateVm,
+                              "ClearHost": ClearHost, "ActivateHost": ActivateHost,
+                              "RestoreHost": RestoreHost}
 _SLUGS = {"CreateVm": "vm-create", "StartVm": "vm-start", "StopVm": "vm-stop",
-          "DestroyVm": "vm-destroy"}
+          "DestroyVm": "vm-destroy", "MigrateVm": "vm-migrate", **HOST_SLUGS}
+_RESULT_TYPES: dict[str, type[Model]] = {kind: HostTaskResult for kind in HOST_SLUGS}
 
 
 class RequestError(ValueError):
@@ -107,7 +114,7 @@ class TaskStatus(Model):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     progress: TaskProgress | None = None
-    result: VmTaskResult | None = None
+    result: VmTaskResult | HostTaskResult | None = None
     error: TaskFailure | None = None
 
 
@@ -158,6 +165,9 @@ class TaskHandle:
 
     async def describe(self) -> TaskStatus:
         desc = await self._handle.describe()
+        if desc.workflow_type in _RESULT_TYPES:  # not a VM task: read its own result type
+            self._handle = self._handle._client.get_workflow_handle(
+                self.id, result_type=_RESULT_TYPES[desc.workflow_type])
         attrs = desc.typed_search_attributes
         status = TaskStatus(
             id=self.id, kind=desc.workflow_type, state=_STATES.get(desc.status, "running"),
@@ -180,7 +190,7 @@ class TaskHandle:
         await self._handle.cancel()
 
 
-class TaskomaticClient:
+class TaskomaticClient(HostTasks):
     def __init__(self, temporal: Client, settings: Settings, db: Database) -> None:
         self.temporal = temporal
         self.settings = settings
@@ -225,7 +235,8 @@ class TaskomaticClient:
         return await self._submit_for_existing("DestroyVm", req, req.name, task_id)
 
     def task(self, task_id: str, kind: str = "") -> TaskHandle:
-        handle = self.temporal.get_workflow_handle(task_id, result_type=VmTaskResult)
+        handle = self.temporal.get_workflow_handle(
+            task_id, result_type=_RESULT_TYPES.get(kind, VmTaskResult))
         return TaskHandle(handle, kind)
 
     async def tasks(self, *, kind: str | None = None, vm: str | None = None,

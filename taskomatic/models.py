@@ -45,8 +45,21 @@ def _check_uri(value: str) -> str:
     return value
 
 
+_MIGRATION_SCHEMES = re.compile(r"tcp|rdma|unix")
+
+
+def _check_migration_uri(value: str) -> str:
+    parts = urlsplit(value)
+    if not _MIGRATION_SCHEMES.fullmatch(parts.scheme) or not (parts.netloc or parts.path):
+        raise ValueError(f"must be a migration URI such as tcp://10.0.0.2 (got {value!r})")
+    if any(ch in value for ch in "<>\"'\n\r\t "):
+        raise ValueError(f"must not contain spaces, quotes or angle brackets (got {value!r})")
+    return value
+
+
 Name = Annotated[str, AfterValidator(_check_name)]
 LibvirtUri = Annotated[str, AfterValidator(_check_uri)]
+MigrationUri = Annotated[str, AfterValidator(_check_migration_uri)]
 Vcpus = Annotated[int, Field(ge=1, le=MAX_VCPUS)]
 MemoryMib = Annotated[int, Field(ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB)]
 
@@ -86,12 +99,15 @@ class HostSpec(Model):
     uri: LibvirtUri
     vcpus: Annotated[int, Field(ge=1, le=65_536)] = 16
     memory_mib: Annotated[int, Field(ge=64, le=64 * 1024 * 1024)] = 32_768
+    migration_uri: MigrationUri | None = Field(
+        None, description="where this host receives live migrations, e.g. tcp://10.0.0.2")
 
 
 class HostRecord(Model):
     name: str
     uri: str
     state: HostState
+    migration_uri: str | None = None
     vcpus: int
     memory_mib: int
     used_vcpus: int = 0
@@ -108,6 +124,7 @@ class VmRecord(Model):
     vcpus: int
     memory_mib: int
     state: VmState
+    origin_host: str | None = Field(None, description="the host it was moved off while clearing")
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -121,6 +138,8 @@ class VmPlacement(Model):
 
     vm: VmRecord
     host_uri: str
+    host_state: HostState | None = None
+    host_migration_uri: str | None = None
 
     @property
     def detail(self) -> str:
@@ -215,6 +234,8 @@ class ReserveCapacityInput(Model):
     vcpus: int
     memory_mib: int
     host: str | None = None
+    exclude: list[str] = Field(default_factory=list, description="hosts never to pick")
+    host_field: str = Field("host", description="the request field that pinned ``host``")
 
 
 class Reservation(Model):
@@ -324,6 +345,7 @@ class TaskProgress(Model):
     steps: list[StepRecord] = []
     vm: str | None = None
     host: str | None = None
+    percent: float | None = Field(None, description="how far the task's long step is, 0-100")
 
 
 class TaskFailure(Model):

@@ -52,7 +52,7 @@ async def _faulty_client(temporal_env: WorkflowEnvironment, settings: Settings,
                          start_domain: Callable[[DomainRef], DomainReport]
                          ) -> AsyncIterator[TaskomaticClient]:
     queue_settings = settings.model_copy(update={"task_queue": f"faulty-{uuid.uuid4().hex[:6]}"})
-    acts = [a for a in activity_list(queue_settings, hypervisors)
+    acts = [a for a in activity_list(queue_settings, hypervisors, temporal_env.client)
             if getattr(a, "__name__", "") != "start_domain"]
     with ThreadPoolExecutor(max_workers=8) as executor:
         async with Worker(temporal_env.client, task_queue=queue_settings.task_queue,
