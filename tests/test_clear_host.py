@@ -1,0 +1,288 @@
+"""ClearHost, ActivateHost and RestoreHost on libvirt test-driver hosts (cold moves), with real
+Temporal and PostgreSQL; creates and starts race the clear, and a worker dies in the middle."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from temporalio import activity
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from activities import inventory
+from activities.db import Database
+from activities.hypervisor import Hypervisors
+from conftest import Lab
+from helpers import only_hosts_up
+from starter.client import TaskHandle, TaskomaticClient
+from taskomatic.migration import (
+    ActivateHostRequest,
+    ClearHostRequest,
+    HostTaskResult,
+    MigrateDomainInput,
+    MigrationReport,
+    RestoreHostRequest,
+)
+from taskomatic.models import CreateVmRequest, HostSpec, HostState, StartVmRequest
+from taskomatic.settings import Settings
+from test_migration import reservations
+from worker import WORKFLOWS, activity_list
+
+pytestmark = pytest.mark.asyncio
+
+
+async def fill(client: TaskomaticClient, lab: Lab, host: HostSpec, count: int, label: str,
+               start: bool = True, vcpus: int = 1) -> list[str]:
+    names = [lab.vm_name(f"{label}{i}") for i in range(count)]
+    handles = [await client.create_vm(CreateVmRequest(name=n, host=host.name, start=start,
+                                                      vcpus=vcpus, memory_mib=256))
+               for n in names]
+    await asyncio.gather(*(h.result() for h in handles))
+    return names
+
+
+def placement(lab: Lab, db: Database) -> dict[str, list[str]]:
+    """VM → hosts libvirt has it on, for every lab VM; checked against the inventory."""
+    seen: dict[str, list[str]] = {}
+    for host in lab.hosts:
+        for name in lab.domains(host):
+            seen.setdefault(name, []).append(host.name)
+    for name, hosts in seen.items():
+        vm = inventory.get_vm(db, name)
+        assert vm is not None, f"{name} in libvirt on {hosts} but not in the inventory"
+        assert hosts == [vm.vm.host], f"{name}: libvirt {hosts}, inventory {vm.vm.host}"
+    lab_hosts = {h.name for h in lab.hosts}
+    recorded = {vm.name for vm in inventory.list_vms(db) if vm.host in lab_hosts}
+    assert recorded == set(seen), f"inventory only: {recorded - set(seen)}"
+    for host in lab.hosts:
+        h = inventory.get_host(db, host.name)
+        assert h is not None
+        assert h.used_vcpus + h.reserved_vcpus <= h.vcpus, f"{host.name} over its vCPUs"
+        assert h.used_memory_mib + h.reserved_memory_mib <= h.memory_mib, f"{host.name} memory"
+    return seen
+
+
+async def host_result(client: TaskomaticClient, handle: TaskHandle) -> HostTaskResult:
+    return await client.host_result(handle)
+
+
+def state(db: Database, host: str) -> HostState:
+    h = inventory.get_host(db, host)
+    assert h is not None
+    return h.state
+
+
+async def test_clear_host_while_creates_and_starts_race_it(client: TaskomaticClient, lab: Lab,
+                                                           db: Database) -> None:
+    src = lab.host(1, vcpus=16, memory_mib=16384)
+    others = [lab.host(i, vcpus=16, memory_mib=16384) for i in (2, 3, 4)]
+    with only_hosts_up(db, [h.name for h in lab.hosts]):
+        on_src = await fill(client, lab, src, 12, "src")
+        parked = await fill(client, lab, others[0], 6, "parked", start=False)
+        clear = await client.clear_host(ClearHostRequest(host=src.name, batch=5))
+        racing = [await client.create_vm(CreateVmRequest(name=lab.vm_name(f"new{i}"),
+                                                         memory_mib=256, start=True))
+                  for i in range(14)]
+        racing += [await client.start_vm(StartVmRequest(name=n)) for n in parked]
+        result = await host_result(client, clear)
+        created = await asyncio.gather(*(h.result() for h in racing))
+    assert result.state == HostState.MAINTENANCE and result.failed == []
+    assert sorted(o.vm for o in result.outcomes) == sorted(on_src)
+    assert result.runs == 3  # 12 VMs, 5 per run: the history restarted twice
+    assert all(res.host != src.name for res in created)
+    seen = placement(lab, db)
+    assert not [n for n, hosts in seen.items() if src.name in hosts]
+    assert set(on_src) | set(parked) | {r.vm for r in created} == set(seen)
+    assert reservations(db) == []
+    assert state(db, src.name) == HostState.MAINTENANCE
+    for name in on_src:
+        vm = inventory.get_vm(db, name)
+        assert vm is not None and vm.vm.origin_host == src.name and vm.vm.state == "running"
+
+
+async def test_dry_run_plans_without_changing_anything(client: TaskomaticClient, lab: Lab,
+                                                       db: Database) -> None:
+    src, dst = lab.host(1), lab.host(2, vcpus=2, memory_mib=8192)
+    with only_hosts_up(db, [src.name, dst.name]):
+        names = await fill(client, lab, src, 3, "dry")
+        before = placement(lab, db)
+        result = await host_result(client, await client.clear_host(ClearHostRequest(
+            host=src.name, dry_run=True)))
+        assert result.dry_run and result.state == HostState.UP
+        plan = {m.vm: m for m in result.plan}
+        assert sorted(plan) == sorted(names)
+        assert [plan[n].destination for n in names] == [dst.name, dst.name, None]
+        assert "no host in service has room" in (plan[names[2]].reason or "")
+        assert placement(lab, db) == before
+        assert state(db, src.name) == HostState.UP and reservations(db) == []
+
+
+async def test_unmigratable_vm_is_reported_then_stopped(client: TaskomaticClient, lab: Lab,
+                                                        db: Database) -> None:
+    src, dst = lab.host(1), lab.host(2, vcpus=2)
+    with only_hosts_up(db, [src.name, dst.name]):
+        small = await fill(client, lab, src, 2, "small")
+        big = await fill(client, lab, src, 1, "big", vcpus=4)
+        first = await host_result(client, await client.clear_host(ClearHostRequest(
+            host=src.name)))
+        assert first.state == HostState.MAINTENANCE_FAILED
+        assert [(o.vm, o.outcome) for o in first.failed] == [(big[0], "failed")]
+        assert "lacks room" in (first.failed[0].reason or "")
+        assert state(db, src.name) == HostState.MAINTENANCE_FAILED
+        assert lab.domains(src) == {big[0]: True}
+        assert {n for n, h in placement(lab, db).items() if h == [dst.name]} == set(small)
+
+        again = await host_result(client, await client.clear_host(ClearHostRequest(
+            host=src.name, stop_unmigratable=True)))
+    assert again.state == HostState.MAINTENANCE
+    assert [(o.vm, o.outcome) for o in again.outcomes] == [(big[0], "stopped")]
+    assert lab.domains(src) == {big[0]: False}
+    vm = inventory.get_vm(db, big[0])
+    assert vm is not None and vm.vm.state == "shutoff"
+    assert reservations(db) == []
+
+
+async def test_activate_then_restore_brings_vms_back(client: TaskomaticClient, lab: Lab,
+                                                     db: Database) -> None:
+    src, dst = lab.host(1), lab.host(2)
+    with only_hosts_up(db, [src.name, dst.name]):
+        names = await fill(client, lab, src, 4, "home")
+        cleared = await host_result(client, await client.clear_host(ClearHostRequest(
+            host=src.name)))
+        assert cleared.state == HostState.MAINTENANCE and lab.domains(src) == {}
+        activated = await host_result(client, await client.activate_host(ActivateHostRequest(
+            host=src.name)))
+        assert activated.state == HostState.UP
+        for name in names:  # origins are kept while the host is back in service
+            vm = inventory.get_vm(db, name)
+            assert vm is not None and (vm.vm.host, vm.vm.origin_host) == (dst.name, src.name)
+        restored = await host_result(client, await client.restore_host(RestoreHostRequest(
+            host=src.name)))
+    assert sorted(o.vm for o in restored.outcomes if o.outcome == "moved") == sorted(names)
+    assert set(lab.domains(src)) == set(names) and lab.domains(dst) == {}
+    for name in names:
+        vm = inventory.get_vm(db, name)
+        assert vm is not None and (vm.vm.host, vm.vm.origin_host) == (src.name, None)
+    placement(lab, db)
+    assert reservations(db) == []
+
+
+# --- a worker of our own: slow migrations, concurrency counted, killed mid-clear ---------------
+
+
+@dataclass
+class Meter:
+    delay: float
+    running: int = 0
+    peak: int = 0
+    calls: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class OwnWorker:
+    client: TaskomaticClient
+    meter: Meter
+    start: Callable[[], Any]
+    stop: Callable[[], Any]
+
+
+@pytest.fixture
+async def own_worker(temporal_env: WorkflowEnvironment, settings: Settings,
+                     hypervisors: Hypervisors, db: Database) -> AsyncIterator[OwnWorker]:
+    queue = settings.model_copy(update={"task_queue": f"clear-{uuid.uuid4().hex[:6]}"})
+    meter = Meter(delay=0.4)
+    acts = list(activity_list(queue, hypervisors, temporal_env.client))
+    real = next(a for a in acts if getattr(a, "__name__", "") == "migrate_domain")
+
+    @activity.defn(name="migrate_domain")
+    async def migrate_domain(inp: MigrateDomainInput) -> MigrationReport:
+        """The real migration, made to take a while so that moves overlap."""
+        with meter.lock:
+            meter.running += 1
+            meter.peak = max(meter.peak, meter.running)
+            meter.calls.append(inp.name)
+        try:
+            await asyncio.sleep(meter.delay)
+            report: MigrationReport = await real(inp)
+            return report
+        finally:
+            with meter.lock:
+                meter.running -= 1
+
+    acts = [a for a in acts if getattr(a, "__name__", "") != "migrate_domain"]
+    executor = ThreadPoolExecutor(max_workers=16)
+    current: list[Worker] = []
+
+    async def start() -> None:
+        w = Worker(temporal_env.client, task_queue=queue.task_queue, workflows=WORKFLOWS,
+                   activities=[*acts, migrate_domain], activity_executor=executor,
+                   max_cached_workflows=0)
+        current.append(w)
+        asyncio.ensure_future(w.run())
+        await asyncio.sleep(0.1)
+
+    async def stop() -> None:
+        await current.pop().shutdown()
+
+    await start()
+    try:
+        yield OwnWorker(TaskomaticClient(temporal_env.client, queue, db), meter, start, stop)
+    finally:
+        while current:
+            await stop()
+        executor.shutdown(wait=False)
+
+
+async def test_clear_host_bounds_its_migrations_in_flight(own_worker: OwnWorker, lab: Lab,
+                                                          db: Database) -> None:
+    client = own_worker.client
+    src, dst = lab.host(1, vcpus=16, memory_mib=16384), lab.host(2, vcpus=16, memory_mib=16384)
+    with only_hosts_up(db, [src.name, dst.name]):
+        names = await fill(client, lab, src, 9, "bound")
+        clear = await client.clear_host(ClearHostRequest(host=src.name, parallel=3))
+        views = []
+        waiter = asyncio.ensure_future(host_result(client, clear))
+        while not waiter.done():
+            views.append(await client.host_moves(clear.id))
+            await asyncio.sleep(0.1)
+        result = waiter.result()
+    assert result.state == HostState.MAINTENANCE and len(result.outcomes) == len(names)
+    assert own_worker.meter.peak == 3
+    seen = [v for v in views if v is not None]
+    assert max(v.in_flight for v in seen) <= 3
+    assert any(v.eta_seconds and v.moved for v in seen), "an ETA once some VMs moved"
+    assert all(v.moved + v.in_flight + v.remaining + v.failed == len(names) for v in seen
+               if v.moved or v.in_flight)
+    assert set(lab.domains(dst)) == set(names)
+
+
+async def test_worker_killed_mid_clear_host_then_replaced(own_worker: OwnWorker, lab: Lab,
+                                                          db: Database) -> None:
+    client = own_worker.client
+    src, dst = lab.host(1, vcpus=16, memory_mib=16384), lab.host(2, vcpus=16, memory_mib=16384)
+    with only_hosts_up(db, [src.name, dst.name]):
+        names = await fill(client, lab, src, 10, "kill")
+        clear = await client.clear_host(ClearHostRequest(host=src.name, parallel=2, batch=4))
+        for _ in range(200):
+            view = await client.host_moves(clear.id)
+            if view is not None and view.moved >= 3:
+                break
+            await asyncio.sleep(0.05)
+        await own_worker.stop()  # in-flight migrations are cut off mid-way
+        moved_before = len(lab.domains(dst))
+        assert 0 < moved_before < len(names)
+        await own_worker.start()
+        result = await host_result(client, clear)
+    assert result.state == HostState.MAINTENANCE
+    assert sorted(o.vm for o in result.outcomes) == sorted(names)
+    assert lab.domains(src) == {} and set(lab.domains(dst)) == set(names)
+    placement(lab, db)
+    assert reservations(db) == []
