@@ -102,8 +102,11 @@ class MigrationActivities:
     def _beat_from_thread(self) -> Callable[[dict[str, Any]], None]:
         """A heartbeat callable for a worker thread (an async activity heartbeats on its loop)."""
         loop, ctx = asyncio.get_running_loop(), contextvars.copy_context()
-        return lambda details: loop.call_soon_threadsafe(activity.heartbeat, details,
-                                                         context=ctx) and None
+
+        def beat(details: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(activity.heartbeat, details, context=ctx)
+
+        return beat
 
     def _where(self, inp: MigrateDomainInput, op: str
                ) -> tuple[libvirt.virDomain | None, libvirt.virDomain | None]:
