@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -257,7 +258,12 @@ def main(argv: list[str] | None = None) -> None:
     settings = get_settings()
     # The CLI reports problems itself; its own log lines would only repeat them.
     configure_logging(settings.log_format, settings.log_level if args.noun == "worker" else "error")
-    sys.exit(run(args))
+    code = run(args)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Leave without interpreter teardown: the SDK's runtime threads can trip over it
+    # ("PyGILState_Release" at exit, see shared/notes).
+    os._exit(code)
 
 
 def run(args: argparse.Namespace) -> int:

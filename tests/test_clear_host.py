@@ -21,12 +21,13 @@ from activities.db import Database
 from activities.hypervisor import Hypervisors
 from conftest import Lab
 from helpers import only_hosts_up
-from starter.client import TaskHandle, TaskomaticClient
+from starter.client import TaskError, TaskHandle, TaskomaticClient
 from taskomatic.migration import (
     ActivateHostRequest,
     ClearHostRequest,
     HostTaskResult,
     MigrateDomainInput,
+    MigrateVmRequest,
     MigrationReport,
     RestoreHostRequest,
 )
@@ -210,7 +211,9 @@ async def own_worker(temporal_env: WorkflowEnvironment, settings: Settings,
             meter.peak = max(meter.peak, meter.running)
             meter.calls.append(inp.name)
         try:
-            await asyncio.sleep(meter.delay)
+            for _ in range(int(meter.delay / 0.05)):  # heartbeats deliver a cancellation
+                activity.heartbeat()
+                await asyncio.sleep(0.05)
             report: MigrationReport = await real(inp)
             return report
         finally:
@@ -285,4 +288,30 @@ async def test_worker_killed_mid_clear_host_then_replaced(own_worker: OwnWorker,
     assert sorted(o.vm for o in result.outcomes) == sorted(names)
     assert lab.domains(src) == {} and set(lab.domains(dst)) == set(names)
     placement(lab, db)
+    assert reservations(db) == []
+
+
+async def test_cancelled_migration_leaves_the_vm_on_its_source(own_worker: OwnWorker, lab: Lab,
+                                                               db: Database) -> None:
+    client = own_worker.client
+    own_worker.meter.delay = 30.0
+    src, dst = lab.host(1), lab.host(2)
+    with only_hosts_up(db, [src.name, dst.name]):
+        [name] = await fill(client, lab, src, 1, "cancel")
+        handle = await client.migrate_vm(MigrateVmRequest(name=name, to=dst.name))
+        for _ in range(200):
+            if own_worker.meter.running:
+                break
+            await asyncio.sleep(0.05)
+        assert own_worker.meter.running == 1
+        await handle.cancel()
+        with pytest.raises(TaskError):
+            await handle.result()
+    progress = await handle.progress()
+    assert progress is not None
+    assert [s.name for s in progress.steps if s.state == "compensated"] == [
+        "confirm where the VM runs", "release destination"]
+    assert lab.domains(src) == {name: True} and lab.domains(dst) == {}
+    vm = inventory.get_vm(db, name)
+    assert vm is not None and vm.vm.host == src.name
     assert reservations(db) == []
