@@ -207,7 +207,7 @@ class MigrationActivities:
                 processed, last_moved = stats.get("data_processed", 0), now
             percent = _percent(stats, percent)
             detail = (f"{percent:.0f}% ({stats.get('data_remaining', 0) >> 20} MiB left)"
-                      if stats else "starting")
+                      if stats else f"{percent:.0f}%")
             activity.heartbeat({"percent": percent, "detail": detail})
             if percent - signalled >= 1.0:
                 signalled = percent
@@ -216,6 +216,8 @@ class MigrationActivities:
             late = now - start > lim.completion_timeout_seconds
             if stalled or late:
                 await self._abort(dom, job)
+                if job is not None and job.done() and job.exception() is None:
+                    return  # it finished before the abort took: a completed migration
                 if stalled:
                     kind = ErrorType.MIGRATION_STALLED
                     why = f"no progress for {lim.progress_timeout_seconds:g}s"
