@@ -31,7 +31,14 @@ from taskomatic.migration import (
     MigrationReport,
     RestoreHostRequest,
 )
-from taskomatic.models import CreateVmRequest, HostSpec, HostState, StartVmRequest
+from taskomatic.models import (
+    CreateVmRequest,
+    DomainRef,
+    DomainReport,
+    HostSpec,
+    HostState,
+    StartVmRequest,
+)
 from taskomatic.settings import Settings
 from test_migration import reservations
 from worker import WORKFLOWS, activity_list
@@ -181,6 +188,7 @@ async def test_activate_then_restore_brings_vms_back(client: TaskomaticClient, l
 @dataclass
 class Meter:
     delay: float
+    starts_open: threading.Event = field(default_factory=threading.Event)
     running: int = 0
     peak: int = 0
     calls: list[str] = field(default_factory=list)
@@ -220,13 +228,26 @@ async def own_worker(temporal_env: WorkflowEnvironment, settings: Settings,
             with meter.lock:
                 meter.running -= 1
 
-    acts = [a for a in acts if getattr(a, "__name__", "") != "migrate_domain"]
+    real_start = next(a for a in acts if getattr(a, "__name__", "") == "start_domain")
+    meter.starts_open.set()
+
+    @activity.defn(name="start_domain")
+    def start_domain(ref: DomainRef) -> DomainReport:
+        """The real start, held while the test keeps ``starts_open`` cleared."""
+        while not meter.starts_open.wait(0.05):
+            activity.heartbeat()
+        report: DomainReport = real_start(ref)
+        return report
+
+    acts = [a for a in acts if getattr(a, "__name__", "") not in ("migrate_domain",
+                                                                   "start_domain")]
     executor = ThreadPoolExecutor(max_workers=16)
     current: list[Worker] = []
 
     async def start() -> None:
         w = Worker(temporal_env.client, task_queue=queue.task_queue, workflows=WORKFLOWS,
-                   activities=[*acts, migrate_domain], activity_executor=executor,
+                   activities=[*acts, migrate_domain, start_domain],
+                   activity_executor=executor,
                    max_cached_workflows=0)
         current.append(w)
         asyncio.ensure_future(w.run())
@@ -314,4 +335,38 @@ async def test_cancelled_migration_leaves_the_vm_on_its_source(own_worker: OwnWo
     assert lab.domains(src) == {name: True} and lab.domains(dst) == {}
     vm = inventory.get_vm(db, name)
     assert vm is not None and vm.vm.host == src.name
+    assert reservations(db) == []
+
+
+async def test_clear_host_waits_for_tasks_placed_before_maintenance(
+        own_worker: OwnWorker, lab: Lab, db: Database) -> None:
+    client = own_worker.client
+    src, dst = lab.host(1), lab.host(2)
+    with only_hosts_up(db, [src.name, dst.name]):
+        await fill(client, lab, src, 2, "old")
+        own_worker.meter.starts_open.clear()
+        late = lab.vm_name("late")  # placed on src before maintenance, still starting
+        create = await client.create_vm(CreateVmRequest(name=late, host=src.name, start=True))
+        for _ in range(200):
+            if late in reservations(db):
+                break
+            await asyncio.sleep(0.05)
+        clear = await client.clear_host(ClearHostRequest(host=src.name))
+        waiting = None
+        for _ in range(200):
+            waiting = await clear.progress()
+            if waiting is not None and waiting.current_step == (
+                    "wait for tasks placed before maintenance"):
+                break
+            await asyncio.sleep(0.05)
+        assert waiting is not None and waiting.current_step == (
+            "wait for tasks placed before maintenance")
+        assert state(db, src.name) == HostState.MAINTENANCE
+        own_worker.meter.starts_open.set()
+        assert (await create.result()).host == src.name
+        result = await host_result(client, clear)
+    assert result.state == HostState.MAINTENANCE
+    assert late in {o.vm for o in result.outcomes if o.outcome == "moved"}
+    assert lab.domains(src) == {} and len(lab.domains(dst)) == 3
+    placement(lab, db)
     assert reservations(db) == []

@@ -197,6 +197,7 @@ class ClearHost(HostTask):
             name=name, from_host=req.host, limits=req.limits, requested_by=req.requested_by))
         if len(todo) > req.batch:
             self.continue_later(req)
+        await self._check_empty(req, carry.source)
         if req.stop_unmigratable:
             await self._stop_unmigratable(req)
         self.phase("finalize")
@@ -205,6 +206,19 @@ class ClearHost(HostTask):
         await self.step(f"end in {final.value}", Hosts.set_host_state, SetHostStateInput(
             host=req.host, state=final, allowed_from=_MAINTENANCE), options=DATABASE)
         return self.result(req.host, final)
+
+    async def _check_empty(self, req: ClearHostRequest, source: HostRef) -> None:
+        """List the host again: a VM that appeared meanwhile gets a run of its own; one said
+        to have moved but still there is reported, never hidden."""
+        listed = await self.step("check the host is empty", Moves.list_host_domains, source)
+        left = {d.name for d in listed.domains}
+        if left - self.handled():
+            self.continue_later(req)
+        for outcome in self._carry.outcomes:
+            if outcome.vm in left and outcome.outcome in _DONE:
+                outcome.outcome, outcome.reason = "failed", (
+                    f"still on {req.host} after it was moved to {outcome.destination}")
+        self._count()
 
     async def _stop_unmigratable(self, req: ClearHostRequest) -> None:
         for outcome in self._carry.outcomes:
