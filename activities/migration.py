@@ -89,10 +89,13 @@ class MigrationActivities:
         if src.name == dst.name:
             raise task_error(ErrorType.INVALID_REQUEST, f"{inp.name} is already on {src.name}",
                              field="to", host=dst.name, vm=inp.name)
-        if can_migrate_live(src.uri) and can_migrate_live(dst.uri):
-            report = await self._migrate(inp)
-        else:
-            report = await self._blocking(self._cold_move, inp, self._beat_from_thread())
+        try:
+            if can_migrate_live(src.uri) and can_migrate_live(dst.uri):
+                report = await self._migrate(inp)
+            else:
+                report = await self._blocking(self._cold_move, inp, self._beat_from_thread())
+        except libvirt.libvirtError as err:  # a call on a domain object, outside hv.call
+            raise self._failed(inp, err) from err
         report.seconds = round(time.monotonic() - started, 3)
         get_logger(vm=inp.name, host=src.name).info("migration", destination=dst.name,
                                                     mode=report.mode, detail=report.detail,
@@ -179,8 +182,6 @@ class MigrationActivities:
         except asyncio.CancelledError:  # the task was cancelled: stop the job, VM stays put
             await asyncio.shield(self._abort(src, job))
             raise
-        except libvirt.libvirtError as err:
-            raise self._failed(inp, err) from err
         return self._report(inp, mode, True, f"{mode} migration to {inp.destination.name}"
                             + (" (resumed watching a running job)" if busy else ""))
 
@@ -294,6 +295,14 @@ class MigrationActivities:
         With ``recover_on``: a domain left saved there by a cold move cut short is restored, and
         stale inactive copies on the other hosts are undefined, so it runs exactly once.
         """
+        try:
+            return self._locate(inp)
+        except libvirt.libvirtError as err:  # a call on a domain object, outside hv.call
+            first = inp.hosts[0]
+            raise self.hv.translate(err, op="locate", uri=first.uri, host=first.name,
+                                    vm=inp.name) from err
+
+    def _locate(self, inp: LocateDomainInput) -> DomainWhereabouts:
         found: dict[str, libvirt.virDomain] = {}
         for host in inp.hosts:
             with self.hv.call("locate", host.uri, host.name, inp.name) as conn:
@@ -305,8 +314,9 @@ class MigrationActivities:
             self._resume_saved(inp, found[inp.recover_on])
             active = [inp.recover_on]
         if inp.recover_on and active == [inp.recover_on]:
+            uuid = found[inp.recover_on].UUIDString()
             for name, dom in list(found.items()):
-                if name != inp.recover_on and not dom.isActive():
+                if name != inp.recover_on and not dom.isActive() and dom.UUIDString() == uuid:
                     self._undefine_stale(inp, name, dom)
                     del found[name]
         where = active[0] if active else next(iter(found), None)

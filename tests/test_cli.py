@@ -111,6 +111,12 @@ def test_refused_requests_exit_2_naming_the_field(shell: Shell) -> None:
         (["vm", "start", "ghost"], "name"),
         (["host", "add", "h9", "--uri", "qemu+tcp://127.0.0.1:1/system"], "uri"),
         (["host", "add", "h9", "--uri", "http://example"], "uri"),
+        (["host", "add", "h9", "--uri", "test:///default", "--migration-uri", "ftp://x"],
+         "migration_uri"),
+        (["vm", "migrate", "ghost"], "name"),
+        (["vm", "migrate", "ghost", "--to", "bad name"], "to"),
+        (["host", "clear", "nope"], "host"),
+        (["host", "restore", "nope", "--wait"], "host"),
     ]
     for args, field in cases:
         done = shell.run(*args)
