@@ -303,6 +303,7 @@ class HostTaskState(Model):
     run: int = 1
     outcomes: list[VmMoveOutcome] = Field(default_factory=list)
     busy_seconds: float = Field(0.0, description="sum of finished migrations' durations")
+    remaining: int = Field(0, description="VMs left when the previous run handed over")
 
 
 class HostTaskResult(Model):

@@ -84,7 +84,7 @@ class HostTask(Runbook):
     def begin(self, host: str, state: HostTaskState | None, parallel: int) -> None:
         self._carry = state or HostTaskState()
         self._parallel = parallel
-        self._moves = HostTaskProgress(host=host)
+        self._moves = HostTaskProgress(host=host, remaining=self._carry.remaining)
         self.about(host=host)
         workflow.upsert_search_attributes([TASK_HOST.value_set(host)])
         self._count()
@@ -102,11 +102,12 @@ class HostTask(Runbook):
     def handled(self) -> set[str]:
         return {o.vm for o in self._carry.outcomes}
 
-    async def migrate_each(self, names: list[str],
-                           request: Callable[[str], MigrateVmRequest]) -> None:
-        """Run one child MigrateVm per VM, at most ``parallel`` at once; record each outcome."""
+    async def migrate_each(self, names: list[str], request: Callable[[str], MigrateVmRequest],
+                           backlog: int = 0) -> None:
+        """Run one child MigrateVm per VM, at most ``parallel`` at once; record each outcome.
+        ``backlog``: VMs left for the next runs, counted as remaining meanwhile."""
         slots = asyncio.Semaphore(self._parallel)
-        self._count(remaining=len(names))
+        self._count(remaining=len(names) + backlog)
 
         async def one(name: str) -> None:
             async with slots:
@@ -152,6 +153,7 @@ class HostTask(Runbook):
 
     def continue_later(self, req: ClearHostRequest | RestoreHostRequest) -> None:
         self._carry.run += 1
+        self._carry.remaining = self._moves.remaining
         self.log("continuing as new", run=self._carry.run, handled=len(self._carry.outcomes))
         workflow.continue_as_new(req.model_copy(update={"resume": self._carry}))
 
@@ -194,7 +196,8 @@ class ClearHost(HostTask):
         listed = await self.step("list VMs on the host", Moves.list_host_domains, carry.source)
         todo = [d.name for d in listed.domains if d.name not in self.handled()]
         await self.migrate_each(todo[:req.batch], lambda name: MigrateVmRequest(
-            name=name, from_host=req.host, limits=req.limits, requested_by=req.requested_by))
+            name=name, from_host=req.host, limits=req.limits, requested_by=req.requested_by),
+            backlog=max(0, len(todo) - req.batch))
         if len(todo) > req.batch:
             self.continue_later(req)
         await self._check_empty(req, carry.source)
@@ -276,7 +279,8 @@ class RestoreHost(HostTask):
                                 OriginVmsInput(host=req.host, exclude=sorted(self.handled())),
                                 options=DATABASE)
         await self.migrate_each(found.names[:req.batch], lambda name: MigrateVmRequest(
-            name=name, to=req.host, limits=req.limits, requested_by=req.requested_by))
+            name=name, to=req.host, limits=req.limits, requested_by=req.requested_by),
+            backlog=max(0, len(found.names) - req.batch))
         if len(found.names) > req.batch:
             self.continue_later(req)
         return self.result(req.host, HostState.UP)
