@@ -24,6 +24,7 @@ from activities.host_records import HostActivities
 from activities.hypervisor import Hypervisors
 from activities.migration import MigrationActivities
 from activities.records import InventoryActivities
+from activities.task_waits import TaskWaitActivities
 from taskomatic.logs import configure_logging, get_logger
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import connect_temporal, ensure_search_attributes
@@ -50,7 +51,7 @@ def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
         hosts.reserve_destination, hosts.host_ref, hosts.begin_maintenance, hosts.set_host_state,
         hosts.record_move, hosts.vms_with_origin, hosts.plan_moves,
         moves.migrate_domain, moves.confirm_move, moves.locate_domain, moves.list_host_domains,
-        moves.wait_for_tasks,
+        TaskWaitActivities(client).wait_for_tasks,
     ]
 
 

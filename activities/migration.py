@@ -47,8 +47,6 @@ from taskomatic.migration import (
     MigrationReport,
     MoveConfirmation,
     RecordMoveInput,
-    WaitTasksInput,
-    WaitTasksResult,
 )
 from taskomatic.models import VmState
 from taskomatic.settings import Settings
@@ -355,34 +353,6 @@ class MigrationActivities:
                 domains.append(HostDomain(name=dom.name(), uuid=uuid, state=power_state(dom),
                                           vcpus=vcpus, memory_mib=memory))
         return HostDomains(host=host.name, domains=sorted(domains, key=lambda d: d.name))
-
-    # --- other tasks -----------------------------------------------------------------------
-
-    @activity.defn
-    async def wait_for_tasks(self, inp: WaitTasksInput) -> WaitTasksResult:
-        """Wait until every task in ``inp.task_ids`` has ended (any outcome), heartbeating."""
-        waits = [asyncio.ensure_future(self._ended(task_id)) for task_id in inp.task_ids]
-        try:
-            while True:
-                done = sum(1 for w in waits if w.done())
-                activity.heartbeat({"finished": done, "of": len(waits)})
-                if done == len(waits):
-                    break
-                await asyncio.wait(waits, timeout=5.0, return_when=asyncio.ALL_COMPLETED)
-        finally:
-            for w in waits:
-                w.cancel()
-        return WaitTasksResult(finished=len(waits),
-                               detail=f"{len(waits)} tasks placed before maintenance ended")
-
-    async def _ended(self, task_id: str) -> None:
-        try:
-            await self.client.get_workflow_handle(task_id).result()
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # failed, cancelled, terminated or unknown: ended all the same
-            return
-
 
 def save_file(directory: str, uuid: str) -> Path:
     return Path(directory) / f"{uuid}.save"

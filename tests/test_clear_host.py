@@ -12,15 +12,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from helpers import only_hosts_up
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
+from test_migration import reservations
 
 from activities import inventory
 from activities.db import Database
 from activities.hypervisor import Hypervisors
 from conftest import Lab
-from helpers import only_hosts_up
 from starter.client import TaskError, TaskHandle, TaskomaticClient
 from taskomatic.migration import (
     ActivateHostRequest,
@@ -40,7 +41,6 @@ from taskomatic.models import (
     StartVmRequest,
 )
 from taskomatic.settings import Settings
-from test_migration import reservations
 from worker import WORKFLOWS, activity_list
 
 pytestmark = pytest.mark.asyncio
@@ -243,6 +243,7 @@ async def own_worker(temporal_env: WorkflowEnvironment, settings: Settings,
                                                                    "start_domain")]
     executor = ThreadPoolExecutor(max_workers=16)
     current: list[Worker] = []
+    runs: list[asyncio.Future[None]] = []
 
     async def start() -> None:
         w = Worker(temporal_env.client, task_queue=queue.task_queue, workflows=WORKFLOWS,
@@ -250,7 +251,7 @@ async def own_worker(temporal_env: WorkflowEnvironment, settings: Settings,
                    activity_executor=executor,
                    max_cached_workflows=0)
         current.append(w)
-        asyncio.ensure_future(w.run())
+        runs.append(asyncio.ensure_future(w.run()))
         await asyncio.sleep(0.1)
 
     async def stop() -> None:

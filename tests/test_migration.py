@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from helpers import only_hosts_up
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -16,7 +17,6 @@ from activities import inventory
 from activities.db import Database
 from activities.hypervisor import Hypervisors
 from conftest import Lab
-from helpers import only_hosts_up
 from starter.client import RequestError, TaskError, TaskomaticClient
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.migration import MigrateDomainInput, MigrateVmRequest, MigrationReport

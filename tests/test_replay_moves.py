@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 
+from helpers import only_hosts_up
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
+from test_replay import HISTORIES
 
 from activities import inventory
 from activities.db import Database
 from conftest import Lab
-from helpers import only_hosts_up
 from starter.client import TaskHandle, TaskomaticClient
 from taskomatic.migration import (
     ActivateHostRequest,
@@ -25,7 +26,6 @@ from taskomatic.migration import (
     RestoreHostRequest,
 )
 from taskomatic.models import CreateVmRequest, HostState, StartVmRequest
-from test_replay import HISTORIES
 from worker import WORKFLOWS
 
 

@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError
 with workflow.unsafe.imports_passed_through():
     from activities.host_records import HostActivities
     from activities.migration import MigrationActivities
+    from activities.task_waits import TaskWaitActivities
     from taskomatic.migration import (
         ActivateHostRequest,
         ClearHostRequest,
@@ -48,6 +49,7 @@ from workflows.vm_lifecycle import StopVm
 
 Hosts = HostActivities
 Moves = MigrationActivities
+Waits = TaskWaitActivities
 
 # Waiting for other tasks has no natural bound; the heartbeat shows the waiter is alive.
 WAIT_FOR_TASKS = ActivityOptions(
@@ -187,7 +189,7 @@ class ClearHost(HostTask):
                                    migration_uri=entered.migration_uri)
             placed = [t for t in entered.placed_tasks if t != workflow.info().workflow_id]
             if placed:
-                await self.step("wait for tasks placed before maintenance", Moves.wait_for_tasks,
+                await self.step("wait for tasks placed before maintenance", Waits.wait_for_tasks,
                                 WaitTasksInput(task_ids=placed), options=WAIT_FOR_TASKS)
         self._undo.append(Undo("mark maintenance failed", Hosts.set_host_state, SetHostStateInput(
             host=req.host, state=HostState.MAINTENANCE_FAILED, allowed_from=_MAINTENANCE),
