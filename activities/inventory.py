@@ -234,8 +234,9 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
             return Reservation(task_id=inp.task_id, vm_name=inp.vm_name, host=host["name"],
                                host_uri=host["uri"], vcpus=inp.vcpus, memory_mib=inp.memory_mib)
     except psycopg2.errors.UniqueViolation as err:
+        doing = "moved" if moving else "created"
         raise task_error(ErrorType.DUPLICATE_VM,
-                         f"VM {inp.vm_name!r} is already being created by another task",
+                         f"VM {inp.vm_name!r} is already being {doing} by another task",
                          field="name", vm=inp.vm_name) from err
 
 

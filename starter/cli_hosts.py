@@ -7,7 +7,8 @@
 
 With ``--wait`` a clear or restore shows moved / in flight / remaining / failed and the time
 left, live, then the per-VM report; ``--dry-run`` always prints the plan and changes nothing.
-Exit status as for every write verb, and 1 when a clear ends in ``maintenance_failed``.
+Exit status as for every write verb, and 1 when a VM could not move (a clear then ends in
+``maintenance_failed``).
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ async def _host_task(args: argparse.Namespace, start: Any, always_wait: bool = F
         moved = sum(1 for o in result.outcomes if o.outcome in ("moved", "already moved"))
         console.print(f"{result.kind} {result.host}: [bold]{result.state or '-'}[/] "
                       f"({moved} moved, {len(result.failed)} could not move, {result.runs} runs)")
-    return 1 if result.failed and result.kind == "ClearHost" else 0
+    return 1 if result.failed else 0
 
 
 async def vm_migrate(args: argparse.Namespace) -> int:

@@ -193,3 +193,24 @@ async def test_start_moves_a_vm_off_a_host_in_maintenance(client: TaskomaticClie
     assert where(lab, name) == {b.name: True}
     vm = inventory.get_vm(db, name)
     assert vm is not None and (vm.vm.host, vm.vm.origin_host) == (b.name, a.name)
+
+
+async def test_racing_migrations_of_one_vm_leave_it_exactly_once(client: TaskomaticClient,
+                                                                 lab: Lab, db: Database) -> None:
+    hosts = [lab.host(i) for i in (1, 2, 3)]
+    name = lab.vm_name("race")
+    await create(client, name, hosts[0])
+    with only_hosts_up(db, [h.name for h in hosts]):
+        handles = [await client.migrate_vm(MigrateVmRequest(name=name)) for _ in range(4)]
+        outcomes = []
+        for handle in handles:
+            try:
+                outcomes.append((await handle.result()).host)
+            except TaskError as err:  # refused: another task is moving it
+                assert err.failure.error_type == ErrorType.DUPLICATE_VM.value
+                assert "already being moved" in err.failure.message
+    assert any(outcomes)
+    found = where(lab, name)
+    vm = inventory.get_vm(db, name)
+    assert vm is not None and found == {vm.vm.host: True}
+    assert name not in reservations(db)
