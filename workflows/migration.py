@@ -37,17 +37,22 @@ class MigrateVm(VmTask):
             return self.result(vm.name, vm.host, vm.state, [f"already off {req.from_host}"],
                                vm.uuid)
         self.phase("run")
-        source = HostRef(name=vm.host, uri=found.host_uri, migration_uri=found.host_migration_uri)
-        there = await self.step("check the VM is on its host", Moves.locate_domain,
-                                LocateDomainInput(name=vm.name, hosts=[source],
-                                                  recover_on=source.name))
-        if there.host is None:
-            raise TaskFailed(ErrorInfo(type=ErrorType.DOMAIN_NOT_FOUND, vm=vm.name,
-                                       host=vm.host, message=f"libvirt has no {vm.name} on "
-                                                             f"{vm.host}"),
-                             "check the VM is on its host")
+        # A clear-host child skips the check: its parent has just listed the VM there in libvirt.
+        if req.from_host is None:
+            await self._check_on_source(vm.name, HostRef(
+                name=vm.host, uri=found.host_uri, migration_uri=found.host_migration_uri))
         here, report, _dest, tried = await self.move(found, to=req.to, limits=req.limits)
         notes = [report.detail, here.detail]
         if len(tried) > 1:
             notes.append(f"tried {', '.join(tried)}")
         return self.result(vm.name, here.host, here.state, notes, vm.uuid)
+
+    async def _check_on_source(self, name: str, source: HostRef) -> None:
+        there = await self.step("check the VM is on its host", Moves.locate_domain,
+                                LocateDomainInput(name=name, hosts=[source],
+                                                  recover_on=source.name))
+        if there.host is None:
+            raise TaskFailed(ErrorInfo(type=ErrorType.DOMAIN_NOT_FOUND, vm=name,
+                                       host=source.name, message=f"libvirt has no {name} on "
+                                                                 f"{source.name}"),
+                             "check the VM is on its host")
