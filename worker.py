@@ -20,7 +20,9 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.db import get_database
 from activities.domains import DomainActivities
+from activities.host_records import HostActivities
 from activities.hypervisor import Hypervisors
+from activities.migration import MigrationActivities
 from activities.ordering import OrderingActivities
 from activities.reconcile import HostReconcileActivities, QueueReconcileActivities
 from activities.records import InventoryActivities
@@ -30,12 +32,14 @@ from starter.schedule import ensure_reconcile_schedule
 from taskomatic.logs import configure_logging, get_logger
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import connect_temporal, ensure_search_attributes
+from workflows.clear_host import WORKFLOWS as HOST_WORKFLOWS
 from workflows.ordering import ordering_queue
 from workflows.reconcile import Reconcile
 from workflows.storage import STORAGE_WORKFLOWS
-from workflows.vm_lifecycle import WORKFLOWS
+from workflows.vm_lifecycle import WORKFLOWS as VM_WORKFLOWS
 
-TASK_WORKFLOWS = [*WORKFLOWS, *STORAGE_WORKFLOWS, Reconcile]
+# Every task kind this worker runs.
+TASK_WORKFLOWS = [*VM_WORKFLOWS, *HOST_WORKFLOWS, *STORAGE_WORKFLOWS, Reconcile]
 
 log = get_logger(component="worker")
 
@@ -45,19 +49,25 @@ def _database(settings: Settings) -> Any:
     return get_database(settings.database_url, max_connections=settings.activity_threads)
 
 
-def activity_list(settings: Settings, hypervisors: Hypervisors) -> Sequence[Any]:
+def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
+                  ) -> Sequence[Any]:
     db = _database(settings)
     inventory = InventoryActivities(db)
     domains = DomainActivities(hypervisors)
     reconcile = HostReconcileActivities(db, hypervisors)
     storage = [*StorageActivities(hypervisors).all(),
                *StorageInventoryActivities(db, settings.pool_roots).all()]
+    hosts = HostActivities(db)
+    moves = MigrationActivities(hypervisors, db, settings, client)
     return [
         *storage, reconcile.hosts_to_check, reconcile.compare_host,
         inventory.reserve_capacity, inventory.release_capacity, inventory.lookup_vm,
         inventory.record_vm, inventory.set_vm_state, inventory.remove_vm,
         domains.define_domain, domains.undefine_domain, domains.start_domain,
         domains.shutdown_domain, domains.wait_domain_shutoff, domains.destroy_domain,
+        hosts.reserve_destination, hosts.host_ref, hosts.begin_maintenance, hosts.set_host_state,
+        hosts.record_move, hosts.vms_with_origin, hosts.plan_moves,
+        moves.migrate_domain, moves.confirm_move, moves.locate_domain, moves.list_host_domains,
     ]
 
 
@@ -65,7 +75,8 @@ def activity_list(settings: Settings, hypervisors: Hypervisors) -> Sequence[Any]
 # re-imported into every sandbox (measured: ~2 ms of CPU per task saved).
 WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows.runbook",
-                                                                      "workflows.ordering"))
+                                                                      "workflows.ordering",
+                                                                      "workflows.moves"))
 
 
 def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
@@ -75,7 +86,7 @@ def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
         task_queue=settings.task_queue,
         workflows=TASK_WORKFLOWS,
         workflow_runner=WORKFLOW_RUNNER,
-        activities=activity_list(settings, hypervisors),
+        activities=activity_list(settings, hypervisors, client),
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,

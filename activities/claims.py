@@ -3,8 +3,12 @@
 Every operation runs in one transaction that first locks the rows of the resources it touches, in
 name order (one global lock order, so the transactions themselves cannot deadlock). Under those
 locks a new claim gets the next seq, which makes seq order the order in which tasks joined each
-line. A waiting claim is granted when, on each of its resources, the holders plus the claims ahead
-of it in line leave room: strict first-in-first-out per resource.
+line. A waiting claim is granted when every one of its resources has room:
+
+- a plain resource (capacity 1) is first-in-first-out: free, and nobody ahead of it in line;
+- a counted slot (capacity > 1, e.g. ``migrate:cluster``) only needs a free slot. Slots are not
+  served in order, so a task held up by another of its slots does not hold back the tasks behind
+  it, which would leave slots idle.
 """
 
 from __future__ import annotations
@@ -87,7 +91,8 @@ def acquire(db: Database, task_id: str, kind: str, capacities: Mapping[str, int]
 def _blockers(cur: Any, task_id: str) -> list[Blocker]:
     """Why the task's waiting claims cannot be granted yet (empty: they can).
 
-    Per blocked resource, the nearest task ahead in line comes first, then the holders.
+    Per blocked resource, the nearest task ahead in line comes first, then the holders. Only
+    holders count against a counted slot (see the module's docstring).
     """
     cur.execute(
         "SELECT c.resource, c.seq, r.capacity FROM claims c JOIN resources r ON r.name = c.resource"
@@ -97,9 +102,10 @@ def _blockers(cur: Any, task_id: str) -> list[Blocker]:
     for claim in mine:
         cur.execute(
             "SELECT task_id, granted_at IS NOT NULL AS holds FROM claims"
-            " WHERE resource = %s AND task_id <> %s AND (granted_at IS NOT NULL OR seq < %s)"
+            " WHERE resource = %s AND task_id <> %s"
+            " AND (granted_at IS NOT NULL OR (seq < %s AND %s = 1))"
             " ORDER BY (granted_at IS NOT NULL), seq DESC",
-            (claim["resource"], task_id, claim["seq"]))
+            (claim["resource"], task_id, claim["seq"], claim["capacity"]))
         ahead = cur.fetchall()
         if len(ahead) >= claim["capacity"]:
             found += [Blocker(resource=claim["resource"], task_id=row["task_id"],
@@ -108,11 +114,13 @@ def _blockers(cur: Any, task_id: str) -> list[Blocker]:
 
 
 def _heads(cur: Any, resources: Iterable[str]) -> list[str]:
-    """Waiting tasks at the front of these lines: the ones that may be able to run now."""
+    """Waiting tasks that may be able to run now: the first in line of a plain resource, every
+    waiter of a counted slot (any of them may fit)."""
     cur.execute(
         "SELECT DISTINCT w.task_id FROM resources r CROSS JOIN LATERAL ("
         "  SELECT task_id FROM claims c WHERE c.resource = r.name AND c.granted_at IS NULL"
-        "  ORDER BY c.seq LIMIT r.capacity) w WHERE r.name = ANY(%s)", (list(resources),))
+        "  ORDER BY c.seq LIMIT CASE WHEN r.capacity = 1 THEN 1 END) w"
+        " WHERE r.name = ANY(%s)", (list(resources),))
     return sorted(row["task_id"] for row in cur.fetchall())
 
 

@@ -26,7 +26,7 @@ from taskomatic.models import (
 )
 
 _HOST_USAGE = """
-    SELECT h.name, h.uri, h.state, h.vcpus, h.memory_mib,
+    SELECT h.name, h.uri, h.state, h.migration_uri, h.vcpus, h.memory_mib,
            COALESCE(v.vcpus, 0) AS used_vcpus, COALESCE(v.memory_mib, 0) AS used_memory_mib,
            COALESCE(v.n, 0) AS vm_count,
            COALESCE(r.vcpus, 0) AS reserved_vcpus, COALESCE(r.memory_mib, 0) AS reserved_memory_mib
@@ -39,13 +39,15 @@ _HOST_USAGE = """
 
 _VM_COLUMNS = """
     SELECT v.name, v.uuid::text AS uuid, h.name AS host, v.vcpus, v.memory_mib, v.state,
-           v.created_at, v.updated_at, h.uri AS host_uri
+           v.origin_host, v.created_at, v.updated_at, h.uri AS host_uri,
+           h.state AS host_state, h.migration_uri AS host_migration_uri
     FROM vms v JOIN hosts h ON h.id = v.host_id
 """
+_HOST_FIELDS = ("host_uri", "host_state", "host_migration_uri")
 
 
 def _vm(row: dict[str, Any]) -> VmRecord:
-    return VmRecord.model_validate({k: v for k, v in row.items() if k != "host_uri"})
+    return VmRecord.model_validate({k: v for k, v in row.items() if k not in _HOST_FIELDS})
 
 
 # --- hosts -----------------------------------------------------------------------------------
@@ -59,8 +61,9 @@ def add_host(db: Database, spec: HostSpec) -> tuple[HostRecord, bool]:
         clash = cur.fetchone()
         if clash is None:
             cur.execute(
-                "INSERT INTO hosts (name, uri, vcpus, memory_mib) VALUES (%s, %s, %s, %s)",
-                (spec.name, spec.uri, spec.vcpus, spec.memory_mib),
+                "INSERT INTO hosts (name, uri, vcpus, memory_mib, migration_uri)"
+                " VALUES (%s, %s, %s, %s, %s)",
+                (spec.name, spec.uri, spec.vcpus, spec.memory_mib, spec.migration_uri),
             )
             created = True
         elif clash["name"] == spec.name and clash["uri"] == spec.uri:
@@ -114,7 +117,10 @@ def get_vm(db: Database, name: str) -> VmPlacement | None:
     with db.transaction() as cur:
         cur.execute(_VM_COLUMNS + " WHERE v.name = %s", (name,))
         row = cur.fetchone()
-        return VmPlacement(vm=_vm(row), host_uri=row["host_uri"]) if row else None
+        if row is None:
+            return None
+        return VmPlacement(vm=_vm(row), host_uri=row["host_uri"], host_state=row["host_state"],
+                           host_migration_uri=row["host_migration_uri"])
 
 
 def check_new_vm(db: Database, name: str, host: str | None) -> None:
@@ -195,19 +201,22 @@ def record_vm(db: Database, inp: RecordVmInput) -> VmRecord:
 # --- capacity --------------------------------------------------------------------------------
 
 
-def reserve_capacity(db: Database, inp: ReserveCapacityInput) -> Reservation:
+def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = False
+                     ) -> Reservation:
     """Reserve a VM's vCPUs and memory on a host, in one transaction under host row locks.
 
     With ``inp.host`` set, only that host is considered; otherwise every host in service is, and
-    the least loaded one that fits wins. Idempotent: a task that already holds a reservation gets
-    it back unchanged.
+    the least loaded one that fits wins (never one in ``inp.exclude``). Idempotent: a task that
+    already holds a reservation gets it back unchanged. ``moving`` reserves room for an existing
+    VM about to move there (a migration), so its name is expected to exist.
     """
     try:
         with db.transaction() as cur:
             existing = _reservation_of(cur, inp.task_id)
             if existing is not None:
                 return existing
-            _refuse_taken_name(cur, inp.vm_name, inp.task_id)
+            if not moving:
+                _refuse_taken_name(cur, inp.vm_name, inp.task_id)
             candidates = _lock_candidates(cur, inp)
             # An overlapping attempt of this same task may have committed while we waited.
             existing = _reservation_of(cur, inp.task_id)
@@ -220,12 +229,14 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput) -> Reservation:
                 (inp.task_id, host["id"], inp.vm_name, inp.vcpus, inp.memory_mib),
             )
             # Checked again after the insert: a create that finalized meanwhile is visible now.
-            _refuse_taken_name(cur, inp.vm_name, inp.task_id)
+            if not moving:
+                _refuse_taken_name(cur, inp.vm_name, inp.task_id)
             return Reservation(task_id=inp.task_id, vm_name=inp.vm_name, host=host["name"],
                                host_uri=host["uri"], vcpus=inp.vcpus, memory_mib=inp.memory_mib)
     except psycopg2.errors.UniqueViolation as err:
+        doing = "moved" if moving else "created"
         raise task_error(ErrorType.DUPLICATE_VM,
-                         f"VM {inp.vm_name!r} is already being created by another task",
+                         f"VM {inp.vm_name!r} is already being {doing} by another task",
                          field="name", vm=inp.vm_name) from err
 
 
@@ -250,21 +261,30 @@ def _reservation_of(cur: Any, task_id: str) -> Reservation | None:
 
 def _lock_candidates(cur: Any, inp: ReserveCapacityInput) -> list[dict[str, Any]]:
     """Lock and return the hosts this request may use, in id order (a global lock order)."""
+    field = inp.host_field
     if inp.host is not None:
         cur.execute("SELECT id, name, uri, state, vcpus, memory_mib FROM hosts"
                     " WHERE name = %s FOR UPDATE", (inp.host,))
         row = cur.fetchone()
         if row is None:
-            raise task_error(ErrorType.UNKNOWN_HOST, f"no host named {inp.host!r}", field="host",
+            raise task_error(ErrorType.UNKNOWN_HOST, f"no host named {inp.host!r}", field=field,
                              host=inp.host, vm=inp.vm_name)
         if row["state"] != HostState.UP:
             raise task_error(ErrorType.HOST_NOT_AVAILABLE,
                              f"host {inp.host!r} is in state {row['state']!r}, not 'up'",
-                             field="host", host=inp.host, vm=inp.vm_name)
+                             field=field, host=inp.host, vm=inp.vm_name)
+        if inp.host in inp.exclude:
+            raise task_error(ErrorType.HOST_NOT_AVAILABLE,
+                             f"host {inp.host!r} cannot take {inp.vm_name!r} (it is the source "
+                             "or already failed)", field=field, host=inp.host, vm=inp.vm_name)
         return [row]
     cur.execute("SELECT id, name, uri, state, vcpus, memory_mib FROM hosts"
-                " WHERE state = 'up' ORDER BY id FOR UPDATE")
+                " WHERE state = 'up' AND NOT (name = ANY(%s)) ORDER BY id FOR UPDATE",
+                (list(inp.exclude),))
     rows: list[dict[str, Any]] = cur.fetchall()
+    if not rows and inp.exclude:
+        raise task_error(ErrorType.NO_CAPACITY, "no other host is in service (excluded: "
+                         f"{', '.join(inp.exclude)})", field=field, vm=inp.vm_name)
     if not rows:
         raise task_error(ErrorType.NO_CAPACITY, "no host is in service", field="host",
                          vm=inp.vm_name)
@@ -301,6 +321,6 @@ def _least_loaded_fit(cur: Any, hosts: list[dict[str, Any]], inp: ReserveCapacit
         where = f"host {inp.host!r}" if inp.host else "no host in service"
         raise task_error(ErrorType.NO_CAPACITY,
                          f"{where} lacks room for {inp.vcpus} vCPUs / {inp.memory_mib} MiB"
-                         f" ({roomiest[1]})", field="host" if inp.host else "memory_mib",
+                         f" ({roomiest[1]})", field=inp.host_field if inp.host else "memory_mib",
                          host=inp.host, vm=inp.vm_name)
     return chosen

@@ -293,6 +293,18 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["clear-host"]:  # the clear-host bench (bench/clear_host.py)
+        from bench import clear_host
+
+        try:
+            code = clear_host.main(argv[1:])
+        except Exception:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     args = parse_args(argv)
     out, err = Console(), Console(stderr=True)
 

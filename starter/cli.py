@@ -125,7 +125,7 @@ async def vm_destroy(args: argparse.Namespace) -> int:
 
 async def host_add(args: argparse.Namespace) -> int:
     spec = validated(HostSpec, name=args.name, uri=args.uri, vcpus=args.vcpus,
-                     memory_mib=args.memory_mib)
+                     memory_mib=args.memory_mib, migration_uri=args.migration_uri)
     client = await _client()
     host, created = await client.add_host(spec, probe=not args.no_probe)
     if args.json:
@@ -321,6 +321,8 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     nouns = p.add_subparsers(dest="noun", required=True)
 
+    from starter import cli_hosts  # its verbs build on this module's helpers
+
     host = nouns.add_parser("host", help="hypervisor hosts").add_subparsers(dest="verb",
                                                                             required=True)
     sp = verb(host, "add", host_add, "register a hypervisor host", read=True)
@@ -329,6 +331,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--vcpus", type=int, default=16)
     sp.add_argument("--memory-mib", type=int, default=32768)
     sp.add_argument("--no-probe", action="store_true", help="do not check that the URI answers")
+    sp.add_argument("--migration-uri", help="where it receives live migrations, e.g. tcp://h1")
     verb(host, "list", host_list, "hosts with capacity and usage", read=True)
 
     vm = nouns.add_parser("vm", help="virtual machines").add_subparsers(dest="verb", required=True)
@@ -350,6 +353,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--timeout", type=float, help="seconds to wait for a graceful shutdown")
     sp = verb(vm, "list", vm_list, "VMs from the inventory", read=True)
     sp.add_argument("--host")
+    cli_hosts.add_commands(host, vm)
 
     cli_storage.add_commands(nouns)
     tasks = nouns.add_parser("tasks", help="the task queue").add_subparsers(dest="verb",

@@ -29,6 +29,7 @@ from activities import claims, inventory, storage_inventory
 from activities.db import Database, get_database
 from activities.hypervisor import Hypervisors
 from starter.batch import BatchError, BatchItem, plan_batch
+from starter.client_hosts import HOST_KINDS, HostTasks
 from starter.client_storage import STORAGE_KINDS, StorageClientMixin
 from starter.tasks import (
     STATE_QUERIES,
@@ -75,6 +76,7 @@ KINDS: dict[str, TaskKind] = {
     "StopVm": TaskKind(StopVm, StopVmRequest, "vm-stop"),
     "DestroyVm": TaskKind(DestroyVm, DestroyVmRequest, "vm-destroy"),
     "Reconcile": TaskKind(Reconcile, ReconcileRequest, "reconcile"),
+    **HOST_KINDS,
     **STORAGE_KINDS,
 }
 # Search attributes filled from a task's resources, so the Web UI can filter by VM, host, pool.
@@ -113,7 +115,7 @@ def validated(model: type[Model], **fields: Any) -> Any:
         raise request_error(err) from None
 
 
-class TaskomaticClient(StorageClientMixin):
+class TaskomaticClient(HostTasks, StorageClientMixin):
     """``requested_by``: who asks, for requests that do not say (default: the OS user)."""
 
     def __init__(self, temporal: Client, settings: Settings, db: Database,
@@ -165,6 +167,8 @@ class TaskomaticClient(StorageClientMixin):
         checked by its task when they are done: they may create what it needs."""
         if kind == "StopVm" and req.timeout_seconds is None:
             req = req.model_copy(update={"timeout_seconds": self.settings.stop_timeout_seconds})
+        if kind in HOST_KINDS:
+            return await self.check_host_task(kind, req, inventory_checks=not req.after)
         if req.after:
             return req
         if kind == "CreateVm":

@@ -2,6 +2,8 @@
 
 Creates and starts four VMs at once (placement picks the hosts), stops one, destroys another,
 then shows hosts (usage), VMs and the tasks as tables. Every task is shown live, one line each.
+Then moves: migrates a VM to another host, clears a host (maintenance, its VMs moved away, with
+live progress), returns it to service and brings its VMs back.
 """
 
 from __future__ import annotations
@@ -15,8 +17,15 @@ from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from starter import render
+from starter.cli_hosts import follow_host_task, report_table
 from starter.client import TaskError, TaskHandle, TaskomaticClient, TaskStatus
 from taskomatic.logs import get_logger
+from taskomatic.migration import (
+    ActivateHostRequest,
+    ClearHostRequest,
+    MigrateVmRequest,
+    RestoreHostRequest,
+)
 from taskomatic.models import (
     CreateVmRequest,
     DestroyVmRequest,
@@ -71,6 +80,32 @@ async def run_demo(client: TaskomaticClient, console: Console) -> None:
     console.print(render.hosts_table(await client.hosts()))
     console.print(render.vms_table([vm for vm in await client.vms() if vm.name in names]))
     console.print(render.tasks_table(await _settled_tasks(client, names, expected=6)))
+    await _moves(client, console, names[2])
+
+
+async def _moves(client: TaskomaticClient, console: Console, vm: str) -> None:
+    """Migrate ``vm``, then clear the host it landed on and bring that host's VMs back."""
+    console.rule(f"Migrating {vm}; placement picks the destination")
+    moved = (await _track(console, {vm: client.migrate_vm(MigrateVmRequest(
+        name=vm, requested_by=REQUESTED_BY))}))[0]
+    console.print(f"  {moved.vm} is {moved.state} on {moved.host} ({'; '.join(moved.notes)})")
+    if moved.host is None:
+        return
+    host = moved.host
+    console.rule(f"Clearing {host}: maintenance, then every VM moves away")
+    plan = await client.host_result(await client.clear_host(ClearHostRequest(
+        host=host, dry_run=True, requested_by=REQUESTED_BY)))
+    console.print(report_table(plan))
+    cleared = await follow_host_task(client, await client.clear_host(ClearHostRequest(
+        host=host, requested_by=REQUESTED_BY)), console)
+    console.print(report_table(cleared))
+    console.rule(f"Returning {host} to service and restoring its VMs")
+    await client.host_result(await client.activate_host(ActivateHostRequest(
+        host=host, requested_by=REQUESTED_BY)))
+    restored = await follow_host_task(client, await client.restore_host(RestoreHostRequest(
+        host=host, requested_by=REQUESTED_BY)), console)
+    console.print(report_table(restored))
+    console.print(render.hosts_table(await client.hosts()))
 
 
 async def _track(console: Console, submissions: dict[str, Awaitable[TaskHandle]]

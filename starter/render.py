@@ -176,6 +176,8 @@ async def follow(handle: TaskHandle, console: Console) -> Any:
                 nonlocal seen
                 seen = progress
                 step = progress.current_step if progress else "queued"
+                if progress is not None and progress.percent is not None:
+                    step = f"{step} ({progress.percent:.0f}%)"
                 spinner = Spinner("dots", text=Text(f"{handle.kind} {handle.id}: {step}"))
                 live.update(Group(spinner, steps_table(progress)) if progress else spinner)
 

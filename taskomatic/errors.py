@@ -37,6 +37,10 @@ class ErrorType(StrEnum):
     STORAGE_IN_USE = "StorageInUse"
     HYPERVISOR_ERROR = "HypervisorError"
     PREREQUISITE_FAILED = "PrerequisiteFailed"
+    # Migration: the VM stays where it was (the engine checks) and the task may try another host.
+    MIGRATION_FAILED = "MigrationFailed"
+    MIGRATION_STALLED = "MigrationStalled"  # no progress for the progress timeout; aborted
+    MIGRATION_TIMED_OUT = "MigrationTimedOut"  # not done within the completion timeout; aborted
 
 
 RETRYABLE = frozenset({ErrorType.HYPERVISOR_UNAVAILABLE, ErrorType.DATABASE_UNAVAILABLE})

@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from taskomatic.units import Capacity
-from taskomatic.uris import check_uri
+from taskomatic.uris import check_migration_uri, check_uri
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 MAX_VCPUS = 256
@@ -58,6 +58,7 @@ VolumeName = Annotated[str, AfterValidator(_check_volume_name)]
 VolumePath = Annotated[str, AfterValidator(_check_volume_path)]
 VolumeFormat = Literal["qcow2", "raw"]
 LibvirtUri = Annotated[str, AfterValidator(check_uri)]
+MigrationUri = Annotated[str, AfterValidator(check_migration_uri)]
 Vcpus = Annotated[int, Field(ge=1, le=MAX_VCPUS)]
 MemoryMib = Annotated[int, Field(ge=MIN_MEMORY_MIB, le=MAX_MEMORY_MIB)]
 
@@ -97,12 +98,15 @@ class HostSpec(Model):
     uri: LibvirtUri
     vcpus: Annotated[int, Field(ge=1, le=65_536)] = 16
     memory_mib: Annotated[int, Field(ge=64, le=64 * 1024 * 1024)] = 32_768
+    migration_uri: MigrationUri | None = Field(
+        None, description="where this host receives live migrations, e.g. tcp://10.0.0.2")
 
 
 class HostRecord(Model):
     name: str
     uri: str
     state: HostState
+    migration_uri: str | None = None
     vcpus: int
     memory_mib: int
     used_vcpus: int = 0
@@ -119,6 +123,7 @@ class VmRecord(Model):
     vcpus: int
     memory_mib: int
     state: VmState
+    origin_host: str | None = Field(None, description="the host it was moved off while clearing")
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -132,6 +137,8 @@ class VmPlacement(Model):
 
     vm: VmRecord
     host_uri: str
+    host_state: HostState | None = None
+    host_migration_uri: str | None = None
 
     @property
     def detail(self) -> str:
@@ -262,6 +269,8 @@ class ReserveCapacityInput(Model):
     vcpus: int
     memory_mib: int
     host: str | None = None
+    exclude: list[str] = Field(default_factory=list, description="hosts never to pick")
+    host_field: str = Field("host", description="the request field that pinned ``host``")
 
 
 class Reservation(Model):
@@ -390,6 +399,7 @@ class TaskProgress(Model):
     host: str | None = None
     state: TaskState = "running"
     waiting_on: list[str] = []
+    percent: float | None = Field(None, description="how far the task's long step is, 0-100")
 
 
 class TaskFailure(Model):

@@ -22,8 +22,8 @@ def capacity_of(resource: str, settings: Settings) -> int:
     """How many tasks may hold ``resource`` at once."""
     kind = resource.split(":", 1)[0]
     return {
-        "migrate-out": settings.migrations_per_source,
-        "migrate-in": settings.migrations_per_destination,
+        "migrate-out": settings.migrations_out_per_host,
+        "migrate-in": settings.migrations_in_per_host,
         "migrate": settings.migrations_in_cluster,
     }.get(kind, 1)
 

@@ -46,14 +46,28 @@ class Settings(BaseSettings):
         description="storage pool paths (dir, netfs) must lie under one of these directories",
     )
 
-    # Ordering: concurrent migrations allowed across all tasks, and how many tasks may wait on
-    # another task (prerequisites, a place in line) at once per worker.
-    migrations_per_source: int = Field(2, ge=1, le=64)
-    migrations_per_destination: int = Field(2, ge=1, le=64)
-    migrations_in_cluster: int = Field(5, ge=1, le=1024)
+    # Ordering: how many tasks may wait on another task (prerequisites, a place in line) at once
+    # per worker.
     max_waiting_tasks: int = Field(1000, ge=1, le=100_000)
     # The safety net: how often the reconciliation compares inventory, libvirt and the queue.
     reconcile_interval_seconds: float = Field(300.0, ge=5, le=86_400)
+
+    # Migration and clearing hosts.
+    migration_bandwidth_mib_s: int = Field(0, ge=0, le=100_000,
+                                           description="live migration bandwidth cap; 0 = none")
+    migration_progress_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="abort a migration that made no progress for this long")
+    migration_completion_timeout_seconds: float = Field(
+        600.0, gt=0, le=86_400, description="abort a migration that has not finished by then")
+    migration_save_dir: Path = Field(STATE_DIR / "saves",
+                                     description="save files of cold (save/restore) moves")
+    # Concurrent migrations across all tasks: the capacities of the slots migrate-out:HOST,
+    # migrate-in:HOST and migrate:cluster (see taskomatic/ordering.py).
+    migrations_out_per_host: int = Field(2, ge=1, le=64)
+    migrations_in_per_host: int = Field(2, ge=1, le=64)
+    migrations_in_cluster: int = Field(5, ge=1, le=1_000)
+    clear_host_batch: int = Field(50, ge=1, le=1_000,
+                                  description="VMs per clear-host run before continue-as-new")
 
     log_format: Literal["auto", "console", "json"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -58,3 +58,15 @@ def check_uri(value: str) -> str:
         raise ValueError(f"a +{transport} URI needs a host, e.g. qemu+{transport}://kvm1/system "
                          f"(got {value!r})")
     return value
+
+
+_MIGRATION_SCHEMES = re.compile(r"tcp|rdma|unix")
+
+
+def check_migration_uri(value: str) -> str:
+    parts = urlsplit(value)
+    if not _MIGRATION_SCHEMES.fullmatch(parts.scheme) or not (parts.netloc or parts.path):
+        raise ValueError(f"must be a migration URI such as tcp://10.0.0.2 (got {value!r})")
+    if any(ch in value for ch in "<>\"'\n\r\t "):
+        raise ValueError(f"must not contain spaces, quotes or angle brackets (got {value!r})")
+    return value

@@ -73,9 +73,10 @@ def db(database_url: str) -> Iterator[Database]:
 
 
 @pytest.fixture(scope="session")
-def settings(database_url: str) -> Settings:
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(database_url=database_url, task_queue=f"tq-{uuid.uuid4().hex[:6]}",
-                    stop_timeout_seconds=5, _env_file=None)  # type: ignore[call-arg]
+                    stop_timeout_seconds=5, migration_save_dir=tmp_path_factory.mktemp("saves"),
+                    _env_file=None)  # type: ignore[call-arg]
 
 
 @pytest.fixture(scope="session")

@@ -129,7 +129,8 @@ async def faulty_client(temporal_env: WorkflowEnvironment, settings: Settings,
     ``replaced``: fault injection with everything else real."""
     name = getattr(replaced, "__temporal_activity_definition").name
     queue = settings.model_copy(update={"task_queue": f"faulty-{uuid.uuid4().hex[:6]}"})
-    acts = [a for a in activity_list(queue, hypervisors) if getattr(a, "__name__", "") != name]
+    acts = [a for a in activity_list(queue, hypervisors, temporal_env.client)
+            if getattr(a, "__name__", "") != name]
     with ThreadPoolExecutor(max_workers=8) as executor:
         async with Worker(temporal_env.client, task_queue=queue.task_queue,
                           workflows=TASK_WORKFLOWS, workflow_runner=WORKFLOW_RUNNER,

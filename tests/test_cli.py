@@ -159,6 +159,12 @@ def test_refused_requests_exit_2_naming_the_field(shell: Shell) -> None:
         (["vm", "start", "ghost"], "name"),
         (["host", "add", "h9", "--uri", "qemu+tcp://127.0.0.1:1/system"], "uri"),
         (["host", "add", "h9", "--uri", "http://example"], "uri"),
+        (["host", "add", "h9", "--uri", "test:///default", "--migration-uri", "ftp://x"],
+         "migration_uri"),
+        (["vm", "migrate", "ghost"], "name"),
+        (["vm", "migrate", "ghost", "--to", "bad name"], "to"),
+        (["host", "clear", "nope"], "host"),
+        (["host", "restore", "nope", "--wait"], "host"),
     ]
     for args, field in cases:
         done = shell.run(*args)
@@ -228,3 +234,32 @@ def test_reconciliation_runs_now_and_on_a_schedule(shell: Shell) -> None:
     # The worker created the schedule at start-up; asking again updates it.
     again = shell.run("reconcile", "schedule", "--every", "120")
     assert again.returncode == 0 and "schedule updated: every 120 s" in again.stdout
+
+
+def test_migrate_clear_activate_restore_through_the_cli(shell: Shell) -> None:
+    for name in ("m1", "m2", "m3"):
+        shell.json("vm", "create", name, "--vcpus", "1", "--memory-mib", "256", "--host",
+                   "host-1", "--start", "--wait")
+    moved = shell.json("vm", "migrate", "m1", "--to", "host-2", "--wait")
+    assert (moved["vm"], moved["host"], moved["state"]) == ("m1", "host-2", "running")
+
+    plan = shell.json("host", "clear", "host-1", "--dry-run")
+    assert plan["dry_run"] and sorted(m["vm"] for m in plan["plan"]) == ["m2", "m3"]
+    assert {m["destination"] for m in plan["plan"]} == {"host-2"}
+    assert {h["name"]: h["state"] for h in shell.json("host", "list")}["host-1"] == "up"
+
+    cleared = shell.run("host", "clear", "host-1", "--wait")  # the live display, then a report
+    assert cleared.returncode == 0, cleared.stderr
+    assert "maintenance" in cleared.stdout and "2 moved" in cleared.stdout
+    assert {v["name"]: v["host"] for v in shell.json("vm", "list")} == {
+        "m1": "host-2", "m2": "host-2", "m3": "host-2"}
+    refused = shell.run("vm", "migrate", "m2", "--to", "host-1")
+    assert refused.returncode == 2 and "error: to:" in refused.stderr
+
+    assert shell.json("host", "activate", "host-1", "--wait")["state"] == "up"
+    restored = shell.json("host", "restore", "host-1", "--wait")
+    assert sorted(o["vm"] for o in restored["outcomes"]) == ["m2", "m3"]
+    assert {v["name"]: v["host"] for v in shell.json("vm", "list")} == {
+        "m1": "host-2", "m2": "host-1", "m3": "host-1"}
+    for name in ("m1", "m2", "m3"):
+        shell.json("vm", "destroy", name, "--wait")

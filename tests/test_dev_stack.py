@@ -51,6 +51,10 @@ def test_dev_demo_runs_twice_and_cleans_up(tmp_path: Path, scratch_database_url:
         for i in range(1, 5):
             assert f"demo-{suffix[1]}-{i}" in out
         assert re.search(rf"demo-{suffix[1]}-1[ │]+host-[12][ │]+shutoff", out), out
+        assert re.search(rf"demo-{suffix[1]}-3 is running on host-[12] \(saved, restored", out)
+        assert "Plan to clear host-" in out and re.search(r"ClearHost host-[12]: maintenance\b",
+                                                           out), out
+        assert re.search(r"RestoreHost host-[12]: up", out), out
         assert not _leftovers(tmp_path)
     env_file = (tmp_path / ".taskomatic" / "env").read_text()
     assert f'TASKOMATIC_TEMPORAL_ADDRESS="127.0.0.1:{port}"' in env_file

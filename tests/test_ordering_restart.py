@@ -63,7 +63,7 @@ async def _worker(client: Client, settings: Settings, hypervisors: Hypervisors
     with ThreadPoolExecutor(max_workers=8) as executor:
         async with Worker(client, task_queue=settings.task_queue,
                           workflows=[*WORKFLOWS, HoldResources], workflow_runner=WORKFLOW_RUNNER,
-                          activities=activity_list(settings, hypervisors),
+                          activities=activity_list(settings, hypervisors, client),
                           activity_executor=executor), build_ordering_worker(client, settings):
             yield
 

@@ -20,10 +20,11 @@ from temporalio.worker import Replayer
 from conftest import Lab
 from starter.client import TaskError, TaskHandle, TaskomaticClient
 from taskomatic.models import CreateVmRequest, DestroyVmRequest, StartVmRequest, StopVmRequest
-from workflows.vm_lifecycle import WORKFLOWS
+from worker import TASK_WORKFLOWS as WORKFLOWS
 
 HISTORIES = Path(__file__).parent / "histories"
-KINDS = {"CreateVm", "StartVm", "StopVm", "DestroyVm"}
+KINDS = {"CreateVm", "StartVm", "StopVm", "DestroyVm", "MigrateVm", "ClearHost", "ActivateHost",
+         "RestoreHost"}
 
 
 def _replayer() -> Replayer:

@@ -113,7 +113,7 @@ class InLine:
         """Take ``resources`` when the task's turn comes; until then sleep. ``on_wait`` is
         called with each new reason for waiting."""
         task_id = workflow.info().workflow_id
-        if workflow.memo_value(GRANTED_AT_SUBMIT, False, type_hint=bool):
+        if not self._claimed and workflow.memo_value(GRANTED_AT_SUBMIT, False, type_hint=bool):
             # The starter found the resources free and took them in the transaction that put
             # the task in line: nothing to wait for, no round trip to make.
             self._claimed = True

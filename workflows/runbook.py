@@ -204,15 +204,35 @@ class Runbook(InLine):
                 raise TaskFailed(problem, record.name)
         resources = sorted(set(request.resources()))
         if resources and request.ordered:
-            record = self.begin("wait for " + ", ".join(resources))
+            await self.hold("wait for " + ", ".join(resources), resources)
 
-            def waiting(result: ClaimResult) -> None:
-                record.detail = result.detail
-                self._set_state("waiting", [b.describe() for b in result.blockers])
+    async def hold(self, name: str, resources: list[str]) -> None:
+        """A step that takes more resources (counted slots such as ``migrate:cluster``) when
+        their turn comes; ``unhold`` gives them back. A task holds these only after its own
+        resources, and their holders wait for nothing else, so this cannot deadlock."""
+        if not self._ordered:  # histories from before ordering held nothing
+            return
+        record = self.begin(name)
 
-            granted = await self.claim(self.KIND, resources, on_wait=waiting)
-            record.state, record.finished_at = StepState.DONE, workflow.now()
-            record.detail = granted.detail
+        def waiting(result: ClaimResult) -> None:
+            record.detail = result.detail
+            self._set_state("waiting", [b.describe() for b in result.blockers])
+
+        granted = await self.claim(self.KIND, sorted(set(resources)), on_wait=waiting)
+        record.state, record.finished_at, record.detail = (StepState.DONE, workflow.now(),
+                                                           granted.detail)
+        self._set_state("running")
+
+    async def unhold(self, resources: list[str]) -> None:
+        if self._ordered:
+            await self.release(sorted(set(resources)))
+
+    async def wait_for_tasks(self, name: str, task_ids: list[str]) -> None:
+        """A step that waits until every one of ``task_ids`` has ended, however it ended."""
+        record = self.begin(name)
+        outcomes = await self.await_tasks(task_ids)
+        record.state, record.finished_at = StepState.DONE, workflow.now()
+        record.detail = "; ".join(o.detail for o in outcomes)
 
     def _set_state(self, state: TaskState, waiting_on: list[str] | None = None) -> None:
         self._state.state = state

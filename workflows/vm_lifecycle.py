@@ -13,12 +13,14 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.domains import DomainActivities
     from activities.records import InventoryActivities
+    from taskomatic.migration import MigrationLimits
     from taskomatic.models import (
         CreateVmRequest,
         DestroyVmRequest,
         DomainRef,
         DomainReport,
         DomainSpec,
+        HostState,
         InventoryResult,
         LookupVmInput,
         RecordVmInput,
@@ -37,6 +39,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from taskomatic.temporal import TASK_HOST
 
+from workflows.moves import Mover
 from workflows.runbook import DATABASE, HYPERVISOR, ActivityOptions, Undo
 from workflows.vm_disks import DISKS_PATCH, VmDiskSteps, disk_specs
 
@@ -45,9 +48,13 @@ Domains = DomainActivities
 
 # Default graceful-shutdown wait when neither the request nor the starter set one.
 DEFAULT_STOP_TIMEOUT_SECONDS = 60.0
+# StartVm moves a shut-off VM off a host that left service before starting it (placement at run
+# time); histories recorded before that change replay without the move.
+MOVE_OFF_UNAVAILABLE_HOST = "start-moves-off-unavailable-host"
+_STAYS = (None, HostState.UP)
 
 
-class VmTask(VmDiskSteps):
+class VmTask(Mover, VmDiskSteps):
     """Steps shared by the tasks that act on an existing VM."""
 
     async def locate(self, name: str) -> tuple[VmPlacement, DomainRef]:
@@ -131,6 +138,13 @@ class StartVm(VmTask):
 
     async def _start(self, req: StartVmRequest) -> VmTaskResult:
         found, ref = await self.locate(req.name)
+        if (found.host_state not in _STAYS and found.vm.state != VmState.RUNNING
+                and workflow.patched(MOVE_OFF_UNAVAILABLE_HOST)):
+            self.phase("run")
+            self.log("host not in service; moving first", host_state=found.host_state)
+            _here, _how, dest, _tried = await self.move(found, to=None, limits=MigrationLimits())
+            self.on_host(dest.name)
+            ref = DomainRef(host=dest.name, uri=dest.uri, name=req.name)
         self.phase("run")
         started: DomainReport = await self.step("start domain", Domains.start_domain, ref)
         state = started.state or VmState.RUNNING

@@ -1,0 +1,74 @@
+"""Inventory activities of moving VMs: one transaction each (see ``activities.hosts``)."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from activities import hosts, inventory
+from activities.db import Database
+from taskomatic.errors import ErrorType, task_error
+from taskomatic.logs import get_logger
+from taskomatic.migration import (
+    BeginMaintenanceResult,
+    HostInfo,
+    HostNameInput,
+    HostStateResult,
+    MovePlan,
+    MoveReservation,
+    OriginVmsInput,
+    PlanInput,
+    RecordMoveInput,
+    SetHostStateInput,
+    VmNames,
+)
+from taskomatic.models import ReserveCapacityInput, VmRecord
+
+
+class HostActivities:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @activity.defn
+    def reserve_destination(self, inp: ReserveCapacityInput) -> MoveReservation:
+        """Reserve room for an existing VM on the host it moves to (placement unless pinned)."""
+        res = inventory.reserve_capacity(self.db, inp, moving=True)
+        host = inventory.get_host(self.db, res.host)
+        get_logger(vm=inp.vm_name, host=res.host).info("destination reserved", vcpus=res.vcpus,
+                                                       memory_mib=res.memory_mib)
+        return MoveReservation(**res.model_dump(),
+                               migration_uri=host.migration_uri if host else None)
+
+    @activity.defn
+    def host_ref(self, inp: HostNameInput) -> HostInfo:
+        host = inventory.get_host(self.db, inp.host)
+        if host is None:
+            raise task_error(ErrorType.UNKNOWN_HOST, f"no host named {inp.host!r}", field="host",
+                             host=inp.host)
+        return HostInfo(name=host.name, uri=host.uri, migration_uri=host.migration_uri,
+                        state=host.state)
+
+    @activity.defn
+    def begin_maintenance(self, inp: HostNameInput) -> BeginMaintenanceResult:
+        res = hosts.begin_maintenance(self.db, inp.host)
+        get_logger(host=inp.host).info("maintenance", detail=res.detail)
+        return res
+
+    @activity.defn
+    def set_host_state(self, inp: SetHostStateInput) -> HostStateResult:
+        res = hosts.set_host_state(self.db, inp)
+        get_logger(host=inp.host).info("host state", detail=res.detail)
+        return res
+
+    @activity.defn
+    def record_move(self, inp: RecordMoveInput) -> VmRecord:
+        vm = hosts.record_move(self.db, inp)
+        get_logger(vm=vm.name, host=vm.host).info("move recorded", origin=vm.origin_host)
+        return vm
+
+    @activity.defn
+    def vms_with_origin(self, inp: OriginVmsInput) -> VmNames:
+        return VmNames(names=hosts.vms_with_origin(self.db, inp.host, inp.exclude))
+
+    @activity.defn
+    def plan_moves(self, inp: PlanInput) -> MovePlan:
+        return MovePlan(moves=hosts.plan_moves(self.db, inp.host, inp.vms))
