@@ -221,7 +221,7 @@ def _teardown(state: LabState) -> list[str]:
         if host.netns:
             system.delete_netns(host.netns)
         if host.link:
-            system.delete_link(host.link)
+            system.delete_link(host.link, settle_seconds=2.0)
     if state.bridge:
         system.delete_link(state.bridge)
     for host in state.hosts:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 
 from lab.models import LabError
 from taskomatic.logs import get_logger
@@ -114,6 +115,16 @@ def delete_netns(netns: str) -> None:
         run("ip", "netns", "delete", netns)
 
 
-def delete_link(name: str) -> None:
-    if link_exists(name):
-        run("ip", "link", "delete", name)
+def delete_link(name: str, settle_seconds: float = 0.0) -> None:
+    """Delete a link. A veth whose peer's namespace was deleted goes by itself, a moment later:
+    ``settle_seconds`` waits for that first."""
+    deadline = time.monotonic() + settle_seconds
+    while link_exists(name):
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    else:
+        return
+    done = run("ip", "link", "delete", name, check=False)
+    if done.returncode != 0 and link_exists(name):
+        raise LabError(f"cannot delete link {name}: {done.stderr.strip()}")

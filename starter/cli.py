@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.console import Console
 
-from starter import render
+from starter import cli_lab, render
 from starter.client import RequestError, TaskError, TaskHandle, TaskomaticClient, validated
 from taskomatic.errors import ErrorType, error_info
 from taskomatic.logs import configure_logging
@@ -236,6 +236,7 @@ def _parser() -> argparse.ArgumentParser:
     verb(tasks, "show", tasks_show, "one task: steps, progress, result or error",
          read=True).add_argument("id")
 
+    cli_lab.add_commands(nouns)
     db = nouns.add_parser("db", help="inventory database").add_subparsers(dest="verb",
                                                                          required=True)
     verb(db, "upgrade", db_upgrade, "create the database if needed and apply migrations")
