@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import time
 
 from lab.models import LabError
@@ -18,7 +19,7 @@ from taskomatic.logs import get_logger
 log = get_logger(component="lab")
 
 PACKAGES = ["libvirt-daemon", "libvirt-daemon-driver-qemu", "qemu-system-x86",
-            "libvirt-clients", "qemu-utils"]
+            "libvirt-clients", "qemu-utils", "iproute2"]
 BINARIES = {"libvirtd": "libvirt-daemon", "qemu-system-x86_64": "qemu-system-x86",
             "unshare": "util-linux", "nsenter": "util-linux", "ip": "iproute2",
             "dpkg-deb": "dpkg", "apt-get": "apt"}
@@ -128,3 +129,18 @@ def delete_link(name: str, settle_seconds: float = 0.0) -> None:
     done = run("ip", "link", "delete", name, check=False)
     if done.returncode != 0 and link_exists(name):
         raise LabError(f"cannot delete link {name}: {done.stderr.strip()}")
+
+
+def main() -> int:
+    """``python -m lab.system`` (``make lab-system``): prepare the machine, say what was done."""
+    try:
+        done = ensure_system()
+    except LabError as err:
+        print(f"lab: {err}", file=sys.stderr)
+        return 1
+    print("lab: " + ("; ".join(done) if done else "the machine is ready (nothing to install)"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -172,7 +172,7 @@ def worker(args: argparse.Namespace) -> int:
 def dev(args: argparse.Namespace) -> int:
     from starter.dev import run_dev
 
-    return run_dev(hosts=args.hosts, demo=args.demo)
+    return run_dev(hosts=args.hosts, demo=args.demo, lab=args.lab)
 
 
 # --- wiring ----------------------------------------------------------------------------------
@@ -243,8 +243,10 @@ def _parser() -> argparse.ArgumentParser:
     sp = nouns.add_parser("worker", help="run a worker")
     sp.set_defaults(fn=worker)
     sp = nouns.add_parser("dev", help="run the local dev stack (Temporal, PostgreSQL, worker)")
-    sp.add_argument("--hosts", type=int, default=3, help="libvirt test-driver hosts to create")
+    sp.add_argument("--hosts", type=int, default=3, help="hosts to create (libvirt test-driver hosts, or lab hosts with --lab)")
     sp.add_argument("--demo", action="store_true", help="run the scripted demo, then exit")
+    sp.add_argument("--lab", action="store_true",
+                    help="use `taskomatic lab` hosts (real libvirtd + QEMU; root) instead")
     sp.set_defaults(fn=dev)
     return p
 

@@ -5,6 +5,7 @@ Everything here runs against real libvirtd daemons and QEMU (TCG) guests; see la
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -19,6 +20,8 @@ from lab_fixtures import QemuLab, leftovers
 
 from activities import inventory
 from activities.db import Database
+from activities.domain_xml import build_domain_xml
+from lab.guests import seabios_spec
 from lab.models import LabState
 from lab.uris import migration_uri_of
 from starter.client import TaskomaticClient
@@ -78,9 +81,6 @@ async def test_lab_cli_up_status_down_leaves_nothing_behind(
         # A guest, so that `down` has a QEMU process to deal with; its parent is the supervisor.
         conn = libvirt.open(state.hosts[0].uri)
         try:
-            from lab.guests import seabios_spec
-            from activities.domain_xml import build_domain_xml
-
             dom = conn.defineXML(build_domain_xml(seabios_spec(state.hosts[0], "cli-guest")))
             dom.create()
             qemu_pid = int((state.hosts[0].dir / "run" / "qemu" / "cli-guest.pid").read_text())
@@ -156,5 +156,5 @@ async def test_a_live_migrated_linux_guest_keeps_running(qemu_lab: QemuLab) -> N
     ticks = guest.ticks()
     # One guest, one counter: every tick once, in order, and the uptime never went back.
     assert [n for n, _ in ticks] == list(range(1, after + 1))
-    assert all(a < b for (_, a), (_, b) in zip(ticks, ticks[1:], strict=False))
+    assert all(a < b for (_, a), (_, b) in itertools.pairwise(ticks))
     assert later > uptime
