@@ -60,7 +60,7 @@ def lab_up(lab_dir: Path | None = None, hosts: int = 2, *, network: bool = False
     directory = resolve_dir(lab_dir)
     with locked(directory):
         current = load_state(directory)
-        if current is not None and pid_alive(current.supervisor_pid):
+        if current is not None and _supervisor_alive(current):
             return LabReport(current, False, [f"the lab in {directory} is already up with "
                                               f"{len(current.hosts)} hosts"])
         notes = system.ensure_system()
@@ -118,7 +118,7 @@ def lab_status(lab_dir: Path | None = None) -> dict[str, object]:
         entry["alive"] = pid_alive(host.pid)
         entry["guests"] = guests_of(host) if entry["alive"] else {}
         hosts.append(entry)
-    return {"dir": str(directory), "up": pid_alive(state.supervisor_pid), "id": state.id,
+    return {"dir": str(directory), "up": _supervisor_alive(state), "id": state.id,
             "supervisor_pid": state.supervisor_pid, "network": state.network,
             "vcpus": state.vcpus, "memory_mib": state.memory_mib, "hosts": hosts}
 
@@ -144,6 +144,11 @@ def set_link(host: LabHost, up: bool) -> None:
 
 
 # --- internals -------------------------------------------------------------------------------
+
+
+def _supervisor_alive(state: LabState) -> bool:
+    pid = state.supervisor_pid
+    return pid is not None and pid_alive(pid) and b"lab.supervisor" in _cmdline(pid)
 
 
 def _default_cache_dir() -> Path:
@@ -253,9 +258,11 @@ def _destroy_guests(host: LabHost) -> list[str]:
 
 def _stop_supervisor(state: LabState, notes: list[str]) -> None:
     pid = state.supervisor_pid
-    if not pid_alive(pid):
+    if pid is None:
         return
-    assert pid is not None
+    if not _supervisor_alive(state):
+        reap(pid)  # if it was our child
+        return
     os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + STOP_SECONDS
     while pid_alive(pid) and time.monotonic() < deadline:

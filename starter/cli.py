@@ -243,7 +243,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = nouns.add_parser("worker", help="run a worker")
     sp.set_defaults(fn=worker)
     sp = nouns.add_parser("dev", help="run the local dev stack (Temporal, PostgreSQL, worker)")
-    sp.add_argument("--hosts", type=int, default=3, help="hosts to create (libvirt test-driver hosts, or lab hosts with --lab)")
+    sp.add_argument("--hosts", type=int, default=3,
+                    help="hosts to create (libvirt test-driver hosts, or lab hosts with --lab)")
     sp.add_argument("--demo", action="store_true", help="run the scripted demo, then exit")
     sp.add_argument("--lab", action="store_true",
                     help="use `taskomatic lab` hosts (real libvirtd + QEMU; root) instead")

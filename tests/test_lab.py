@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,11 +17,12 @@ from typing import Any
 
 import libvirt
 import pytest
-from lab_fixtures import QemuLab, leftovers
+from lab_fixtures import CACHE_DIR, QemuLab, leftovers
 
 from activities import inventory
 from activities.db import Database
 from activities.domain_xml import build_domain_xml
+from lab.control import lab_down, lab_status, lab_up
 from lab.guests import seabios_spec
 from lab.models import LabState
 from lab.uris import migration_uri_of
@@ -50,6 +52,11 @@ def _lab_cli(lab_dir: Path, database_url: str, *args: str) -> subprocess.Complet
 def _json(done: subprocess.CompletedProcess[str]) -> Any:
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
+
+
+def _host_alive(lab_dir: Path) -> bool:
+    hosts: list[dict[str, Any]] = lab_status(lab_dir)["hosts"]  # type: ignore[assignment]
+    return bool(hosts[0]["alive"])
 
 
 def _ppid(pid: int) -> int:
@@ -158,3 +165,33 @@ async def test_a_live_migrated_linux_guest_keeps_running(qemu_lab: QemuLab) -> N
     assert [n for n, _ in ticks] == list(range(1, after + 1))
     assert all(a < b for (_, a), (_, b) in itertools.pairwise(ticks))
     assert later > uptime
+
+
+async def test_a_lab_whose_supervisor_was_killed_is_cleaned_up(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    lab_dir = tmp_path_factory.mktemp("killed") / "lab"
+    first = lab_up(lab_dir, 1, cache_dir=CACHE_DIR).state
+    assert first is not None and first.supervisor_pid is not None
+    conn = libvirt.open(first.hosts[0].uri)
+    conn.defineXML(build_domain_xml(seabios_spec(first.hosts[0], "orphan"))).create()
+    conn.close()
+    qemu_pid = int((first.hosts[0].dir / "run" / "qemu" / "orphan.pid").read_text())
+
+    os.kill(first.supervisor_pid, signal.SIGKILL)  # its daemons die with it; QEMU lives on
+    deadline = time.monotonic() + 30
+    while _host_alive(lab_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lab_status(lab_dir)["up"] is False
+    assert Path(f"/proc/{qemu_pid}").exists()
+
+    again = lab_up(lab_dir, 1, cache_dir=CACHE_DIR)  # cleans up, then starts afresh
+    try:
+        assert again.changed and "cleaned up after a lab whose supervisor had died" in again.notes
+        assert f"lab-1: killed leftover QEMU {qemu_pid}" in again.notes
+        assert again.state is not None and lab_status(lab_dir)["up"] is True
+        fresh = libvirt.open(again.state.hosts[0].uri)
+        assert fresh.listAllDomains() == []  # a lab host starts empty
+        fresh.close()
+    finally:
+        lab_down(lab_dir)
+    assert leftovers(first) == []
