@@ -8,11 +8,13 @@ namespaces, links and host directories it made, and reports what it found when n
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,6 +42,7 @@ libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 READY_SECONDS = 90.0  # a cold QEMU capabilities cache costs ~10 s here, more on a busy machine
 STOP_SECONDS = 20.0
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -52,8 +55,13 @@ class LabReport:
 
 def lab_up(lab_dir: Path | None = None, hosts: int = 2, *, network: bool = False,
            vcpus: int = 8, memory_mib: int = 4096, database_url: str | None = None,
-           cache_dir: Path | None = None) -> LabReport:
-    """Start ``hosts`` lab hosts (registered in ``database_url``'s inventory when given)."""
+           cache_dir: Path | None = None, tied: bool = False) -> LabReport:
+    """Start ``hosts`` lab hosts (registered in ``database_url``'s inventory when given).
+
+    ``tied``: the lab stops by itself (guests, daemons, namespaces, links) when the calling
+    thread's process ends, even by SIGKILL — for test sessions. Call it from a thread that lives
+    as long as the lab should (Linux ties this to the thread that started the supervisor).
+    """
     if not 1 <= hosts <= 16:
         raise LabError(f"--hosts must be between 1 and 16 (got {hosts})")
     began = time.monotonic()
@@ -75,7 +83,7 @@ def lab_up(lab_dir: Path | None = None, hosts: int = 2, *, network: bool = False
                          started_at=datetime.now(UTC))
         save_state(state)  # first: whatever fails below, `down` finds what to clean up
         try:
-            _start(state)
+            _start(state, tied)
             if database_url is not None:
                 from lab.register import register_hosts
 
@@ -146,6 +154,11 @@ def set_link(host: LabHost, up: bool) -> None:
 # --- internals -------------------------------------------------------------------------------
 
 
+def _stop_with_caller() -> Callable[[], None]:
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before the fork
+    return lambda: prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _supervisor_alive(state: LabState) -> bool:
     pid = state.supervisor_pid
     return pid is not None and pid_alive(pid) and b"lab.supervisor" in _cmdline(pid)
@@ -157,7 +170,7 @@ def _default_cache_dir() -> Path:
     return get_settings().lab_cache_dir
 
 
-def _start(state: LabState) -> None:
+def _start(state: LabState, tied: bool) -> None:
     if state.bridge:
         system.create_bridge(state.bridge)
     for host in state.hosts:
@@ -167,7 +180,8 @@ def _start(state: LabState) -> None:
     log_file = (state.dir / "supervisor.log").open("ab")
     proc = subprocess.Popen([sys.executable, "-m", "lab.supervisor", str(state.dir)],
                             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True, cwd=Path(__file__).resolve().parent.parent)
+                            start_new_session=True, cwd=Path(__file__).resolve().parent.parent,
+                            preexec_fn=_stop_with_caller() if tied else None)
     log_file.close()
     state.supervisor_pid = proc.pid
     save_state(state)
@@ -223,12 +237,7 @@ def _teardown(state: LabState) -> list[str]:
         if pid_alive(host.pid) and b"libvirtd" in _cmdline(host.pid or 0):
             os.kill(host.pid or 0, signal.SIGKILL)
             notes.append(f"{host.name}: killed leftover libvirtd {host.pid}")
-        if host.netns:
-            system.delete_netns(host.netns)
-        if host.link:
-            system.delete_link(host.link, settle_seconds=2.0)
-    if state.bridge:
-        system.delete_link(state.bridge)
+    system.delete_network(state)
     for host in state.hosts:
         _remove_tree(host.dir)
     return notes

@@ -6,8 +6,9 @@ libvirt waits for a destroyed guest's process to vanish, so this makes a destroy
 take ~0.2 s instead of PID 1's ~1.6 s here.
 
 It starts one libvirtd per host (each in its own mount namespace, see ``lab.hosts``), then only
-reaps. On SIGTERM it stops the daemons, kills whatever children are left (guests), reaps them
-and exits. The daemons get SIGTERM should the supervisor die (``PR_SET_PDEATHSIG``).
+reaps. On SIGTERM it stops the daemons, kills whatever children are left (guests), reaps them,
+removes the lab's network namespaces and links, and exits. The daemons get SIGTERM should the
+supervisor die (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import sys
 import time
 from pathlib import Path
 
-from lab.models import LabHost
+from lab.models import LabError, LabHost
 from lab.state import load_state
+from lab.system import delete_network
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -159,6 +161,11 @@ def main(lab_dir: Path) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         _stop(daemons)
+        if state.network:  # also when our starter died (`lab up` with tied=True)
+            try:
+                delete_network(state)
+            except LabError as err:
+                _say(f"network clean-up failed: {err}")
         _say("stopped")
         return 0
 

@@ -11,9 +11,8 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
-from lab.models import LabError
+from lab.models import LabError, LabState
 from taskomatic.logs import get_logger
 
 log = get_logger(component="lab")
@@ -106,6 +105,17 @@ def create_host_netns(netns: str, link: str, bridge: str, address: str) -> None:
     run("ip", "-n", netns, "link", "set", "lo", "up")
 
 
+def delete_network(state: LabState) -> None:
+    """The lab's veth pairs, namespaces and bridge, whichever exist."""
+    for host in state.hosts:
+        if host.link:  # both ends of the veth pair go
+            delete_link(host.link)
+        if host.netns:
+            delete_netns(host.netns)
+    if state.bridge:
+        delete_link(state.bridge)
+
+
 def set_link(link: str, up: bool) -> None:
     run("ip", "link", "set", link, "up" if up else "down")
 
@@ -116,19 +126,12 @@ def delete_netns(netns: str) -> None:
         run("ip", "netns", "delete", netns)
 
 
-def delete_link(name: str, settle_seconds: float = 0.0) -> None:
-    """Delete a link. A veth whose peer's namespace was deleted goes by itself, a moment later:
-    ``settle_seconds`` waits for that first."""
-    deadline = time.monotonic() + settle_seconds
-    while link_exists(name):
-        if time.monotonic() >= deadline:
-            break
-        time.sleep(0.02)
-    else:
-        return
-    done = run("ip", "link", "delete", name, check=False)
-    if done.returncode != 0 and link_exists(name):
-        raise LabError(f"cannot delete link {name}: {done.stderr.strip()}")
+def delete_link(name: str) -> None:
+    """Delete a link; one that vanished meanwhile (with its namespace) is fine too."""
+    if link_exists(name):
+        done = run("ip", "link", "delete", name, check=False)
+        if done.returncode != 0 and link_exists(name):
+            raise LabError(f"cannot delete link {name}: {done.stderr.strip()}")
 
 
 def main() -> int:

@@ -32,8 +32,8 @@ from lab.system import run
 from taskomatic.models import DomainSpec, HostState, RecordVmInput, VmState
 
 LAB_HOSTS = 3
-LAB_VCPUS = 8
-LAB_MEMORY_MIB = 4096
+LAB_VCPUS = 32  # capacity registered per host: room for dozens of 64 MiB guests
+LAB_MEMORY_MIB = 8192
 CACHE_DIR = Path(__file__).resolve().parent.parent / ".taskomatic" / "lab-cache"
 
 
@@ -130,7 +130,8 @@ def qemu_lab_session(tmp_path_factory: pytest.TempPathFactory, database_url: str
                      hypervisors: Hypervisors) -> Iterator[QemuLab]:
     lab_dir = tmp_path_factory.mktemp("qlab")
     report = lab_up(lab_dir, LAB_HOSTS, network=True, vcpus=LAB_VCPUS,
-                    memory_mib=LAB_MEMORY_MIB, database_url=database_url, cache_dir=CACHE_DIR)
+                    memory_mib=LAB_MEMORY_MIB, database_url=database_url, cache_dir=CACHE_DIR,
+                    tied=True)  # a killed test run leaves no lab running
     assert report.state is not None
     the_lab = QemuLab(report.state, db, hypervisors)
     the_lab.set_in_service(False)

@@ -5,6 +5,7 @@ Everything here runs against real libvirtd daemons and QEMU (TCG) guests; see la
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -12,6 +13,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from activities.db import Database
 from activities.domain_xml import build_domain_xml
 from lab.control import lab_down, lab_status, lab_up
 from lab.guests import seabios_spec
-from lab.models import LabState
+from lab.models import LabHost, LabState
 from lab.uris import migration_uri_of
 from starter.client import TaskomaticClient
 from taskomatic.models import (
@@ -35,7 +38,7 @@ from taskomatic.models import (
     StopVmRequest,
 )
 
-pytestmark = [pytest.mark.lab, pytest.mark.asyncio]
+pytestmark = pytest.mark.lab
 
 CLI = str(Path(sys.executable).parent / "taskomatic")
 LIVE_MIGRATION = (libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PEER2PEER
@@ -63,7 +66,7 @@ def _ppid(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
 
 
-async def test_lab_cli_up_status_down_leaves_nothing_behind(
+def test_lab_cli_up_status_down_leaves_nothing_behind(
         tmp_path_factory: pytest.TempPathFactory, database_url: str, db: Database) -> None:
     lab_dir = tmp_path_factory.mktemp("clilab") / "lab"
     up = _json(_lab_cli(lab_dir, database_url, "up", "--hosts", "2", "--network", "--vcpus",
@@ -147,19 +150,63 @@ async def test_vm_lifecycle_tasks_on_a_lab_host(client: TaskomaticClient, qemu_l
     assert inventory.get_vm(db, name) is None
 
 
-async def test_a_live_migrated_linux_guest_keeps_running(qemu_lab: QemuLab) -> None:
+def _migrate(qemu_lab: QemuLab, source: LabHost, dest: LabHost, name: str,
+             bandwidth_mib: int = 0) -> None:
+    params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_URI: dest.migration_uri}
+    if bandwidth_mib:
+        params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib
+    qemu_lab.conn(source).lookupByName(name).migrateToURI3(dest.uri, params, LIVE_MIGRATION)
+
+
+def _processed(dom: libvirt.virDomain) -> int:
+    return int(dom.jobStats().get("data_processed", 0))
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.2)
+
+
+def test_a_linux_guest_survives_a_stalled_migration_and_then_migrates_live(
+        qemu_lab: QemuLab) -> None:
     source, dest = qemu_lab.host(1), qemu_lab.host(2)
     guest = qemu_lab.start_linux_guest(source, "linux")
-    tick, uptime = guest.wait_for_tick(beyond=2)  # booted and counting
-
+    tick, uptime = guest.wait_for_tick(beyond=1)  # booted and counting
     dom = qemu_lab.conn(source).lookupByName(guest.name)
-    dom.migrateToURI3(dest.uri, {libvirt.VIR_MIGRATE_PARAM_URI: dest.migration_uri},
-                      LIVE_MIGRATION)
 
+    # A slow migration whose link is cut midway stalls without an error; abortJob ends it.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        slow = pool.submit(_migrate, qemu_lab, source, dest, guest.name, 1)  # 1 MiB/s
+        try:
+            _wait("the migration moves data", lambda: _processed(dom) > 0)
+            qemu_lab.cut_link(dest)
+            samples = [_processed(dom)]
+
+            def stalled() -> bool:  # no progress for 2 s (what the socket buffers took is sent)
+                samples.append(_processed(dom))
+                return len(samples) > 10 and len(set(samples[-11:])) == 1
+
+            _wait("the migration stalls", stalled, timeout=30)
+            time.sleep(1.0)
+            assert _processed(dom) == samples[-1] and not slow.done()  # stuck, and no error
+        finally:
+            with contextlib.suppress(libvirt.libvirtError):  # never leave the thread hanging
+                dom.abortJob()
+        with pytest.raises(libvirt.libvirtError):
+            slow.result(timeout=60)
+    assert qemu_lab.domains(source) == {guest.name: True}
+    assert qemu_lab.domains(dest) == {}
+    tick, uptime = guest.wait_for_tick(beyond=guest.ticks()[-1][0])  # still counting
+
+    # With the link back, the live migration goes through and the guest keeps counting.
+    qemu_lab.restore_link(dest)
+    _migrate(qemu_lab, source, dest, guest.name)
     assert qemu_lab.domains(source) == {}
     assert qemu_lab.domains(dest) == {guest.name: True}
     assert qemu_lab.conn(dest).lookupByName(guest.name).isPersistent()
-    after, later = guest.wait_for_tick(beyond=tick + 3)
+    after, later = guest.wait_for_tick(beyond=tick + 2)
     ticks = guest.ticks()
     # One guest, one counter: every tick once, in order, and the uptime never went back.
     assert [n for n, _ in ticks] == list(range(1, after + 1))
@@ -167,7 +214,7 @@ async def test_a_live_migrated_linux_guest_keeps_running(qemu_lab: QemuLab) -> N
     assert later > uptime
 
 
-async def test_a_lab_whose_supervisor_was_killed_is_cleaned_up(
+def test_a_lab_whose_supervisor_was_killed_is_cleaned_up(
         tmp_path_factory: pytest.TempPathFactory) -> None:
     lab_dir = tmp_path_factory.mktemp("killed") / "lab"
     first = lab_up(lab_dir, 1, cache_dir=CACHE_DIR).state
