@@ -3,9 +3,10 @@
 - ``qemu_lab_session`` (session): one lab of ``LAB_HOSTS`` hosts with network namespaces,
   started the first time a lab test asks for it, registered in the session's inventory, and
   taken down at the end of the session — after which nothing of it may remain (checked).
-- ``qemu_lab`` (per test): the same lab with its hosts in service for the test only; afterwards
-  every guest left on them is destroyed and forgotten, and the hosts leave service again, so no
-  other test places VMs on them and every lab test starts with empty hosts.
+- ``qemu_lab`` (per test): the same lab with its hosts the only ones in service for the test;
+  afterwards every guest left on them is destroyed and forgotten, and they leave service again
+  (the other hosts come back), so no other test places VMs on them and every lab test starts
+  with empty hosts.
 
 Mark lab tests ``@pytest.mark.lab``. The QEMU capabilities cache and the Linux guest image are
 kept in the repository's ``.taskomatic/lab-cache`` across sessions (first build: a few seconds).
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from helpers import only_hosts_up
 
 from activities import inventory
 from activities.db import Database
@@ -145,11 +147,14 @@ def qemu_lab_session(tmp_path_factory: pytest.TempPathFactory, database_url: str
 
 
 @pytest.fixture
-def qemu_lab(qemu_lab_session: QemuLab) -> Iterator[QemuLab]:
+def qemu_lab(qemu_lab_session: QemuLab, db: Database) -> Iterator[QemuLab]:
+    """The lab's hosts are the only hosts in service during the test (placement picks among
+    them only); afterwards they are emptied and leave service, and the others come back."""
     qemu_lab_session.prefix = uuid.uuid4().hex[:6]
-    qemu_lab_session.set_in_service(True)
-    try:
-        yield qemu_lab_session
-    finally:
-        qemu_lab_session.clear()
-        qemu_lab_session.set_in_service(False)
+    with only_hosts_up(db, [h.name for h in qemu_lab_session.hosts]):
+        qemu_lab_session.set_in_service(True)
+        try:
+            yield qemu_lab_session
+        finally:
+            qemu_lab_session.clear()
+            qemu_lab_session.set_in_service(False)
