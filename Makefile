@@ -8,9 +8,9 @@ STAMP := $(VENV)/.installed
 # libvirt-python builds from source: it needs the libvirt headers, pkg-config, a C compiler and
 # Python's headers; python3-venv provides ensurepip for `python3 -m venv` on Debian.
 APT_PACKAGES := libvirt-dev pkg-config gcc python3-dev python3-venv nginx
-LINT_PATHS := taskomatic activities workflows starter worker.py
+LINT_PATHS := taskomatic activities workflows starter lab worker.py
 
-.PHONY: venv install system-packages demo test lint bench clean
+.PHONY: venv install system-packages lab-system demo test lint bench clean
 
 venv install: $(STAMP)
 
@@ -34,10 +34,15 @@ system-packages:
 	echo "installing system packages:$$missing"; \
 	apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing
 
+# The local libvirt lab (`taskomatic lab`, the lab tests): libvirtd, QEMU and iproute2 from
+# Debian (no systemd), the QEMU user and group libvirt expects. Needs root; idempotent.
+lab-system: $(STAMP)
+	$(BIN)/python -m lab.system
+
 demo: $(STAMP)
 	$(BIN)/taskomatic dev --demo
 
-test: $(STAMP)
+test: $(STAMP) lab-system
 	$(BIN)/pytest -q
 
 lint: $(STAMP)

@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 from rich.console import Console
 
-from starter import codec_server, render
+from starter import cli_lab, codec_server, render
 from starter.batch import BatchItem
 from starter.client import (
     RequestError,
@@ -285,7 +285,7 @@ def worker(args: argparse.Namespace) -> int:
 def dev(args: argparse.Namespace) -> int:
     from starter.dev import run_dev
 
-    return run_dev(hosts=args.hosts, demo=args.demo)
+    return run_dev(hosts=args.hosts, demo=args.demo, lab=args.lab)
 
 
 # --- wiring ----------------------------------------------------------------------------------
@@ -379,14 +379,18 @@ def _parser() -> argparse.ArgumentParser:
                     help="leave claims and reservations younger than this (seconds) alone")
     sp = verb(rec, "schedule", reconcile_schedule, "create or update the periodic schedule")
     sp.add_argument("--every", type=float, help="seconds between runs (default: the setting)")
+    cli_lab.add_commands(nouns)
     db = nouns.add_parser("db", help="inventory database").add_subparsers(dest="verb",
                                                                          required=True)
     verb(db, "upgrade", db_upgrade, "create the database if needed and apply migrations")
     sp = nouns.add_parser("worker", help="run a worker")
     sp.set_defaults(fn=worker)
     sp = nouns.add_parser("dev", help="run the local dev stack (Temporal, PostgreSQL, worker)")
-    sp.add_argument("--hosts", type=int, default=3, help="libvirt test-driver hosts to create")
+    sp.add_argument("--hosts", type=int, default=3,
+                    help="hosts to create (libvirt test-driver hosts, or lab hosts with --lab)")
     sp.add_argument("--demo", action="store_true", help="run the scripted demo, then exit")
+    sp.add_argument("--lab", action="store_true",
+                    help="use `taskomatic lab` hosts (real libvirtd + QEMU; root) instead")
     sp.set_defaults(fn=dev)
     codec_server.add_commands(nouns)
     return p

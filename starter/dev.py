@@ -53,6 +53,8 @@ from activities.db import (
     upgrade,
     with_dbname,
 )
+from lab.dev import DevLab
+from lab.models import LabError
 from starter import dev_security
 from starter.client import TaskomaticClient
 from starter.demo import demo_exit_status
@@ -196,6 +198,7 @@ class DevStack:
         self.children: list[Child] = []
         self.embedded_pg: Any = None
         self._lock: IO[str] | None = None
+        self.lab: DevLab | None = None  # `taskomatic dev --lab`
 
     # start-up, in order
 
@@ -323,8 +326,10 @@ class DevStack:
             ("Web UI", settings.temporal_ui_url),
             ("PostgreSQL", _display_url(settings.database_url)
              + ("  (embedded)" if self.embedded_pg else "")),
-            ("Hosts", f"{', '.join(h.name for h in hosts)}  (libvirt test driver, "
-                      f"{HOST_VCPUS} vCPUs / {HOST_MEMORY_MIB} MiB each)"),
+            ("Hosts", f"{', '.join(h.name for h in hosts)}  ("
+                      + (self.lab.describe() if self.lab else
+                         f"libvirt test driver, {HOST_VCPUS} vCPUs / {HOST_MEMORY_MIB} MiB each")
+                      + ")"),
             ("Logs", ", ".join(_shown(c.log_path) for c in self.children)),
             ("Settings", f"{_shown(self.dir / 'env')}  (used by `taskomatic` commands run here)"),
             *dev_security.summary_rows(settings),
@@ -351,6 +356,8 @@ class DevStack:
         """Worker, then server, then the embedded PostgreSQL; the state directory stays."""
         for child in reversed(self.children):
             child.stop()
+        if self.lab is not None:
+            self.lab.stop()
         if self.embedded_pg is not None:
             self.embedded_pg.cleanup()
             log.info("embedded PostgreSQL stopped", pgdata=str(self.dir / "pg"))
@@ -397,7 +404,7 @@ def _reset_dev_hosts(db: Database, specs: list[HostSpec], uri_prefix: str) -> tu
 # --- entry point -----------------------------------------------------------------------------
 
 
-async def _run(stack: DevStack, hosts: int, demo: bool) -> int:
+async def _run(stack: DevStack, hosts: int, demo: bool, lab: bool = False) -> int:
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
@@ -410,7 +417,12 @@ async def _run(stack: DevStack, hosts: int, demo: bool) -> int:
     settings, client = await stack.start_temporal(base)
     url = await asyncio.to_thread(stack.start_postgres, settings.database_url)
     settings = settings.model_copy(update={"database_url": url})
-    specs = await asyncio.to_thread(stack.prepare_hosts, url, hosts)
+    if lab:
+        stack.lab = DevLab(settings.lab_dir, settings.lab_cache_dir, stack.console)
+        specs = await asyncio.to_thread(stack.lab.prepare_hosts, url, hosts, HOST_VCPUS,
+                                        HOST_MEMORY_MIB)
+    else:
+        specs = await asyncio.to_thread(stack.prepare_hosts, url, hosts)
     stack.write_env(settings)
     await stack.start_worker(settings, client)
     await dev_security.start_codec_server(stack, settings)
@@ -424,7 +436,8 @@ async def _run(stack: DevStack, hosts: int, demo: bool) -> int:
         db.close()
 
 
-def run_dev(hosts: int = 3, demo: bool = False, state_dir: Path = Path(".taskomatic")) -> int:
+def run_dev(hosts: int = 3, demo: bool = False, state_dir: Path = Path(".taskomatic"),
+            lab: bool = False) -> int:
     """Run the dev stack until Ctrl-C/SIGTERM (or, with ``demo``, until the demo is done).
 
     Exit status: 0 on a requested stop or a successful demo; 1 if start-up, a child process or
@@ -435,8 +448,8 @@ def run_dev(hosts: int = 3, demo: bool = False, state_dir: Path = Path(".taskoma
     try:
         if hosts < 1:
             raise DevError(f"--hosts must be at least 1 (got {hosts})")
-        return asyncio.run(_run(stack, hosts, demo))
-    except DevError as err:
+        return asyncio.run(_run(stack, hosts, demo, lab))
+    except (DevError, LabError) as err:
         console.print(f"[bold red]taskomatic dev:[/] {escape(str(err))}", highlight=False)
         return 1
     except (KeyboardInterrupt, asyncio.CancelledError):

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
         description="libpq URL of the inventory database",
     )
     state_dir: Path = STATE_DIR
+    # `taskomatic lab`: where a lab's hosts live, and its cache (kept across runs).
+    lab_dir: Path = STATE_DIR / "lab"
+    lab_cache_dir: Path = STATE_DIR / "lab-cache"
 
     # Worker sizing: bounded parallelism (the seed's "bounded number of workers").
     max_concurrent_activities: int = Field(64, ge=1, le=10_000)

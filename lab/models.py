@@ -1,0 +1,49 @@
+"""The lab's state, kept in ``<lab dir>/lab.json`` while the lab is up."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+
+class LabError(Exception):
+    """A lab problem, shown to the user without a traceback."""
+
+
+class LabHost(BaseModel):
+    """One lab host: a libvirtd in its own mount (and optionally network) namespace."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    index: int
+    dir: Path  # /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt live under it
+    uri: str  # libvirt URI: qemu+unix:///system?socket=…&migration_uri=…
+    migration_uri: str  # where QEMU migration streams to this host go: tcp://<address>
+    host_uuid: str
+    migration_ports: tuple[int, int]
+    netns: str | None = None  # network namespace name, when the lab has its own network
+    address: str | None = None  # this host's address inside its namespace
+    link: str | None = None  # the host's veth end on the lab bridge (down = link cut)
+    pid: int | None = None  # libvirtd
+
+    @property
+    def socket(self) -> Path:
+        return self.dir / "run" / "libvirt-sock"
+
+
+class LabState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str  # short, unique per lab directory: names of namespaces and links derive from it
+    dir: Path
+    cache_dir: Path  # QEMU capabilities and guest images, kept across runs
+    hosts: list[LabHost]
+    vcpus: int
+    memory_mib: int
+    network: bool = False
+    bridge: str | None = None
+    supervisor_pid: int | None = None
+    started_at: datetime | None = None
