@@ -81,16 +81,21 @@ async def _submit(args: argparse.Namespace, make: Callable[[TaskomaticClient],
         else:
             result = await render.follow(handle, console)
     except TaskError as err:
-        if args.json:
-            render.print_json({"id": handle.id, "error": err.failure.model_dump(mode="json")})
-        else:
-            errors.print(render.failure_text(err.failure))
-        return 1
+        return report_failure(args, handle, err)
     if args.json:
         render.print_json(result)
     else:
         console.print(render.result_text(handle.kind, result))
     return 0
+
+
+def report_failure(args: argparse.Namespace, handle: TaskHandle, err: TaskError) -> int:
+    """Say how a task failed (JSON or human); the exit status of a failed task."""
+    if args.json:
+        render.print_json({"id": handle.id, "error": err.failure.model_dump(mode="json")})
+    else:
+        errors.print(render.failure_text(err.failure))
+    return 1
 
 
 def _who(args: argparse.Namespace) -> str:

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from starter import render
-from starter.cli import _client, _submit, _who, console, errors, verb
+from starter.cli import _client, _submit, _who, console, report_failure, verb
 from starter.client import TaskError, TaskHandle, TaskomaticClient, validated
 from taskomatic.migration import (
     ActivateHostRequest,
@@ -97,11 +97,7 @@ async def _host_task(args: argparse.Namespace, start: Any, always_wait: bool = F
         result = (await client.host_result(handle) if args.json
                   else await follow_host_task(client, handle))
     except TaskError as err:
-        if args.json:
-            render.print_json({"id": handle.id, "error": err.failure.model_dump(mode="json")})
-        else:
-            errors.print(render.failure_text(err.failure))
-        return 1
+        return report_failure(args, handle, err)
     if args.json:
         render.print_json(result)
     else:

@@ -15,7 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import faulty_client
 from lab_fixtures import QemuLab, qemu_lab, qemu_lab_session  # noqa: F401  (lab test fixtures)
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -33,7 +35,8 @@ from activities.db import (
 from activities.hypervisor import Hypervisors
 from starter.client import TaskomaticClient
 from starter.devstack import embedded_postgres, temporal_binary, write_test_host
-from taskomatic.models import HostSpec, HostState
+from taskomatic.errors import ErrorType, task_error
+from taskomatic.models import DomainRef, DomainReport, HostSpec, HostState
 from taskomatic.settings import Settings
 from taskomatic.temporal import SEARCH_ATTRIBUTES
 from worker import build_ordering_worker, build_worker
@@ -162,3 +165,17 @@ def lab(db: Database, hypervisors: Hypervisors, host_dir: Path) -> Iterator[Lab]
     yield the_lab
     for spec in the_lab.hosts:
         inventory.set_host_state(db, spec.name, HostState.DOWN)
+
+
+@pytest.fixture
+async def failing_start_client(temporal_env: WorkflowEnvironment, settings: Settings,
+                               hypervisors: Hypervisors, db: Database
+                               ) -> AsyncIterator[TaskomaticClient]:
+    """A client whose tasks run where every guest fails to boot (start_domain raises)."""
+    @activity.defn(name="start_domain")
+    def start_domain(ref: DomainRef) -> DomainReport:
+        raise task_error(ErrorType.HYPERVISOR_ERROR, "injected: the guest failed to boot",
+                         host=ref.host, vm=ref.name)
+
+    async for client in faulty_client(temporal_env, settings, hypervisors, db, start_domain):
+        yield client

@@ -38,8 +38,6 @@ from taskomatic.models import (
     CreateVmRequest,
     DestroyVmRequest,
     DiskRequest,
-    DomainRef,
-    DomainReport,
     HostSpec,
 )
 from taskomatic.settings import Settings
@@ -335,19 +333,6 @@ async def test_destroy_vm_keep_disks_keeps_its_volumes(client: TaskomaticClient,
         await client.create_vm(CreateVmRequest(name=lab.vm_name("third"), disks=[
             DiskRequest(volume=f"{pool}/{kept.name}")]))
     assert taken.value.field == "disks.0.volume" and other in str(taken.value)
-
-
-@pytest.fixture
-async def failing_start_client(temporal_env: WorkflowEnvironment, settings: Settings,
-                               hypervisors: Hypervisors, db: Database
-                               ) -> AsyncIterator[TaskomaticClient]:
-    @activity.defn(name="start_domain")
-    def start_domain(ref: DomainRef) -> DomainReport:
-        raise task_error(ErrorType.HYPERVISOR_ERROR, "injected: the guest failed to boot",
-                         host=ref.host, vm=ref.name)
-
-    async for c in faulty_client(temporal_env, settings, hypervisors, db, start_domain):
-        yield c
 
 
 async def test_failed_vm_create_leaves_no_volume_behind(

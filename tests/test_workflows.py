@@ -21,7 +21,6 @@ from activities.db import Database
 from activities.hypervisor import Hypervisors
 from conftest import Lab
 from starter.client import RequestError, TaskError, TaskomaticClient
-from taskomatic.errors import ErrorType, task_error
 from taskomatic.models import (
     CreateVmRequest,
     DestroyVmRequest,
@@ -41,19 +40,6 @@ def _usage(db: Database, host: str) -> tuple[int, int, int]:
     h = inventory.get_host(db, host)
     assert h is not None
     return h.used_vcpus + h.reserved_vcpus, h.used_memory_mib + h.reserved_memory_mib, h.vm_count
-
-
-@pytest.fixture
-async def failing_start_client(temporal_env: WorkflowEnvironment, settings: Settings,
-                               hypervisors: Hypervisors, db: Database
-                               ) -> AsyncIterator[TaskomaticClient]:
-    @activity.defn(name="start_domain")
-    def start_domain(ref: DomainRef) -> DomainReport:
-        raise task_error(ErrorType.HYPERVISOR_ERROR, "injected: the guest failed to boot",
-                         host=ref.host, vm=ref.name)
-
-    async for client in faulty_client(temporal_env, settings, hypervisors, db, start_domain):
-        yield client
 
 
 class Gate:
