@@ -7,6 +7,5 @@ URI, migration URI); ``lab.control.lab_up`` / ``lab_down`` / ``lab_status`` driv
 
 from lab.models import LabError, LabHost, LabState
 from lab.state import lab_hosts, load_state
-from lab.uris import migration_uri_of
 
-__all__ = ["LabError", "LabHost", "LabState", "lab_hosts", "load_state", "migration_uri_of"]
+__all__ = ["LabError", "LabHost", "LabState", "lab_hosts", "load_state"]

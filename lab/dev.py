@@ -34,7 +34,8 @@ class DevLab:
         for note in report.notes:
             self.console.print(f"[dim]{note}[/]")
         specs = [HostSpec(name=h.name, uri=h.uri, vcpus=report.state.vcpus,
-                          memory_mib=report.state.memory_mib) for h in report.state.hosts]
+                          memory_mib=report.state.memory_mib, migration_uri=h.migration_uri)
+                 for h in report.state.hosts]
         if not report.changed:  # already up: make sure this inventory knows it (VMs kept)
             db = Database(database_url, max_connections=1)
             try:

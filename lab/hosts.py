@@ -34,7 +34,7 @@ def plan_hosts(lab_dir: Path, lab_id: str, count: int, network: bool) -> list[La
         migration_uri = f"tcp://{address or '127.0.0.1'}"
         hosts.append(LabHost(
             name=name, index=index, dir=host_dir,
-            uri=lab_host_uri(str(host_dir / "run" / "libvirt-sock"), migration_uri),
+            uri=lab_host_uri(str(host_dir / "run" / "libvirt-sock")),
             migration_uri=migration_uri, host_uuid=str(uuid.uuid4()),
             migration_ports=(low, low + PORTS_PER_HOST - 1),
             netns=f"tkl{lab_id}-{index}" if network else None, address=address,

@@ -20,7 +20,7 @@ class LabHost(BaseModel):
     name: str
     index: int
     dir: Path  # /etc/libvirt, /run/libvirt, /var/lib/libvirt, /var/log/libvirt live under it
-    uri: str  # libvirt URI: qemu+unix:///system?socket=…&migration_uri=…
+    uri: str  # libvirt URI: qemu+unix:///system?socket=…
     migration_uri: str  # where QEMU migration streams to this host go: tcp://<address>
     host_uuid: str
     migration_ports: tuple[int, int]

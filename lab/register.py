@@ -33,11 +33,14 @@ def register_hosts(database_url: str, hosts: list[LabHost], vcpus: int, memory_m
             if cur.rowcount:
                 notes.append(f"forgot {cur.rowcount} VM rows of a previous lab")
             for host in hosts:
-                cur.execute("UPDATE hosts SET uri = %s, vcpus = %s, memory_mib = %s,"
-                            " state = 'up', updated_at = now() WHERE name = %s AND uri LIKE %s",
-                            (host.uri, vcpus, memory_mib, host.name, _LAB_URI))
+                cur.execute("UPDATE hosts SET uri = %s, migration_uri = %s, vcpus = %s,"
+                            " memory_mib = %s, state = 'up', updated_at = now()"
+                            " WHERE name = %s AND uri LIKE %s",
+                            (host.uri, host.migration_uri, vcpus, memory_mib, host.name,
+                             _LAB_URI))
         for host in hosts:
-            spec = HostSpec(name=host.name, uri=host.uri, vcpus=vcpus, memory_mib=memory_mib)
+            spec = HostSpec(name=host.name, uri=host.uri, vcpus=vcpus, memory_mib=memory_mib,
+                            migration_uri=host.migration_uri)
             try:
                 _record, created = inventory.add_host(db, spec)
             except Exception as err:  # a non-lab host of that name: say so

@@ -28,7 +28,6 @@ from activities.domain_xml import build_domain_xml
 from lab.control import lab_down, lab_status, lab_up
 from lab.guests import seabios_spec
 from lab.models import LabHost, LabState
-from lab.uris import migration_uri_of
 from starter.client import TaskomaticClient
 from taskomatic.models import (
     CreateVmRequest,
@@ -79,12 +78,12 @@ def test_lab_cli_up_status_down_leaves_nothing_behind(
         again = _json(_lab_cli(lab_dir, database_url, "up", "--hosts", "2", "--json"))
         assert again["changed"] is False and "already up" in again["notes"][0]
 
-        for host in state.hosts:  # registered, with the migration URI in the libvirt URI
+        for host in state.hosts:  # registered, with their migration URI
             record = inventory.get_host(db, host.name)
             assert record is not None
             assert (record.uri, record.state, record.vcpus, record.memory_mib) == (
                 host.uri, HostState.UP, 4, 1024)
-            assert migration_uri_of(record.uri) == host.migration_uri == f"tcp://{host.address}"
+            assert record.migration_uri == host.migration_uri == f"tcp://{host.address}"
         assert len({h.host_uuid for h in state.hosts}) == 2
         assert state.hosts[0].migration_ports != state.hosts[1].migration_ports
 
