@@ -46,6 +46,7 @@ from taskomatic.logs import configure_logging
 from taskomatic.migration import ClearHostRequest, MigrateVmRequest
 from taskomatic.models import DomainSpec, HostSpec, RecordVmInput, VmState
 from taskomatic.settings import Settings
+from worker import build_ordering_worker
 
 VM_MEMORY_MIB = 64
 
@@ -118,6 +119,7 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> dict[str,
         batch = args.batch or settings.clear_host_batch
         executor = stack.enter_context(ThreadPoolExecutor(max_workers=settings.activity_threads))
         await stack.enter_async_context(await bench_worker(env.client, settings, hv, executor))
+        await stack.enter_async_context(build_ordering_worker(env.client, settings))
         tk = TaskomaticClient(env.client, settings, db)
 
         names = [f"bench-{prefix}-vm{i}" for i in range(total)]
