@@ -167,10 +167,3 @@ def queue(db: Database, task_ids: Iterable[str] | None = None) -> list[QueuedCla
             cur.execute(query + " WHERE task_id = ANY(%s) ORDER BY resource, seq",
                         (list(task_ids),))
         return [QueuedClaim.model_validate(row) for row in cur.fetchall()]
-
-
-def claimed_tasks(db: Database) -> list[str]:
-    """Every task that holds or waits for a resource."""
-    with db.transaction() as cur:
-        cur.execute("SELECT DISTINCT task_id FROM claims ORDER BY task_id")
-        return [row["task_id"] for row in cur.fetchall()]
