@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from helpers import only_hosts_up
@@ -36,7 +36,6 @@ from taskomatic.models import (
     CreateVmRequest,
     DomainRef,
     DomainReport,
-    HostSpec,
     HostState,
     StartVmRequest,
 )
@@ -47,17 +46,28 @@ from worker import activity_list, build_ordering_worker
 pytestmark = pytest.mark.asyncio
 
 
-async def fill(client: TaskomaticClient, lab: Lab, host: HostSpec, count: int, label: str,
-               start: bool = True, vcpus: int = 1) -> list[str]:
+class Hosts(Protocol):
+    """Hosts a test placed VMs on: test-driver hosts (``Lab``) or the lab's (``QemuLab``)."""
+
+    @property
+    def hosts(self) -> Sequence[Any]: ...
+
+    def vm_name(self, label: str) -> str: ...
+
+    def domains(self, host: Any) -> dict[str, bool]: ...
+
+
+async def fill(client: TaskomaticClient, lab: Hosts, host: Any, count: int, label: str,
+               start: bool = True, vcpus: int = 1, memory_mib: int = 256) -> list[str]:
     names = [lab.vm_name(f"{label}{i}") for i in range(count)]
     handles = [await client.create_vm(CreateVmRequest(name=n, host=host.name, start=start,
-                                                      vcpus=vcpus, memory_mib=256))
+                                                      vcpus=vcpus, memory_mib=memory_mib))
                for n in names]
     await asyncio.gather(*(h.result() for h in handles))
     return names
 
 
-def placement(lab: Lab, db: Database) -> dict[str, list[str]]:
+def placement(lab: Hosts, db: Database) -> dict[str, list[str]]:
     """VM → hosts libvirt has it on, for every lab VM; checked against the inventory."""
     seen: dict[str, list[str]] = {}
     for host in lab.hosts:

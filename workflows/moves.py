@@ -41,7 +41,7 @@ Inventory = InventoryActivities
 
 # A move's own progress and completion timeouts govern it; the activity timeouts are a backstop.
 # The heartbeat timeout lets a new worker take over a move whose worker died.
-MOVE_HEARTBEAT = timedelta(seconds=20)
+MOVE_HEARTBEAT = timedelta(seconds=10)
 _NOT_RETRIED = ["MigrationFailed", "MigrationStalled", "MigrationTimedOut", "DomainNotFound",
                 "DuplicateDomain", "InvalidRequest"]
 
