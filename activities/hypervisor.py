@@ -81,6 +81,18 @@ class Hypervisors:
             self._conns[uri] = conn
             return conn
 
+    @contextmanager
+    def private(self, uri: str) -> Iterator[libvirt.virConnect]:
+        """A connection to ``uri`` of the caller's own, closed afterwards: for one call that
+        blocks for a long time (a migration) while other threads use the shared one. Not for
+        ``test:///`` hosts, whose state lives in the shared connection."""
+        conn = libvirt.open(uri)
+        try:
+            yield conn
+        finally:
+            with suppress(libvirt.libvirtError):
+                conn.close()
+
     def forget(self, uri: str) -> None:
         """Drop a connection that failed, so the next call reconnects."""
         with self._guard:

@@ -173,8 +173,7 @@ class MigrationActivities:
         job: asyncio.Future[Any] | None = None
         if not busy:  # else a previous attempt's job is still running: watch it instead
             flags, params = migration_flags(inp, live=bool(active))
-            job = asyncio.ensure_future(self._blocking(src.migrateToURI3, inp.destination.uri,
-                                                       params, flags))
+            job = asyncio.ensure_future(self._blocking(self._run_job, inp, params, flags))
         try:
             await self._watch(inp, src, job)
         except asyncio.CancelledError:  # the task was cancelled: stop the job, VM stays put
@@ -182,6 +181,14 @@ class MigrationActivities:
             raise
         return self._report(inp, mode, True, f"{mode} migration to {inp.destination.name}"
                             + (" (resumed watching a running job)" if busy else ""))
+
+    def _run_job(self, inp: MigrateDomainInput, params: dict[str, Any], flags: int) -> None:
+        """The migration call, on a connection of its own: it blocks until the job ends, and
+        meanwhile the job is watched and aborted over the shared connection. (With the call in
+        flight on the shared connection, an ``abortJob()`` on it was once seen never to reach
+        libvirtd, while one from another connection went through at once.)"""
+        with self.hv.private(inp.source.uri) as conn:
+            conn.lookupByName(inp.name).migrateToURI3(inp.destination.uri, params, flags)
 
     async def _watch(self, inp: MigrateDomainInput, dom: libvirt.virDomain,
                      job: asyncio.Future[Any] | None) -> None:

@@ -1,11 +1,15 @@
 """``python -m bench clear-host``: clearing a host of many VMs against the ideal schedule.
 
 Same private stack as the lifecycle bench (dev server on a SQLite file, fresh PostgreSQL database,
-one in-process worker built by ``build_worker``), on libvirt test-driver hosts. First a few VMs
-are migrated one at a time (``MigrateVm``) to measure a single migration, end to end, in this
-run; then one ``ClearHost`` moves N VMs off the source. The ideal makespan is
-Σ single-migration time ÷ allowed parallelism; the ratio makespan / ideal is printed, with the
-event count of the largest workflow history (every ClearHost run and every child).
+one in-process worker built by ``build_worker``), on libvirt test-driver hosts (cold moves) or,
+with ``--lab``, on a private lab of real libvirtd hosts with SeaBIOS QEMU guests (live moves;
+root). First a few VMs are migrated one at a time (``MigrateVm``) to measure a single
+migration, end to end, in this run; then one ``ClearHost`` moves N VMs off the source. The
+ideal makespan is Σ single-migration time ÷ allowed parallelism, where the allowed parallelism
+is the tightest of the limits that apply to one source host: the task's ``parallel``, the
+outgoing slots per host, the incoming slots per host times destinations and the cluster's slots.
+The ratio makespan / ideal is printed, with the event count of the largest workflow history
+(every ClearHost run and every child).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from bench.stack import (
     temporal_dev_server,
     versions,
 )
+from lab.control import lab_down, lab_up
 from starter.client import TaskomaticClient
 from taskomatic.logs import configure_logging
 from taskomatic.migration import ClearHostRequest, MigrateVmRequest
@@ -54,9 +59,13 @@ VM_MEMORY_MIB = 64
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench clear-host", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vms", type=int, default=500, help="VMs on the host to clear (500)")
-    p.add_argument("--singles", type=int, default=10,
-                   help="VMs migrated one at a time first, to time one migration (10)")
+    p.add_argument("--lab", action="store_true",
+                   help="real libvirtd hosts and QEMU guests (a private lab; needs root)")
+    p.add_argument("--vms", type=int, default=None,
+                   help="VMs on the host to clear (500; 16 with --lab)")
+    p.add_argument("--singles", type=int, default=None,
+                   help="VMs migrated one at a time first, to time one migration (10; 4 with "
+                        "--lab)")
     p.add_argument("--destinations", type=int, default=4, help="hosts that receive them (4)")
     p.add_argument("--parallel", type=int, default=None,
                    help="migrations in flight (default: the settings' cluster limit)")
@@ -67,6 +76,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    default="warning")
     args = p.parse_args(argv)
+    args.vms = args.vms or (16 if args.lab else 500)
+    args.singles = args.singles or (4 if args.lab else 10)
     if min(args.vms, args.singles, args.destinations, args.parallel or 1, args.batch or 1) < 1:
         p.error("--vms, --singles, --destinations, --parallel and --batch must be >= 1")
     return args
@@ -82,6 +93,18 @@ def populate(db: Database, hv: Hypervisors, host: HostSpec, names: list[str]) ->
         inventory.record_vm(db, RecordVmInput(task_id=f"bench-setup-{name}", name=name,
                                               uuid=spec.uuid, host=host.name, vcpus=1,
                                               memory_mib=VM_MEMORY_MIB, state=VmState.RUNNING))
+
+
+def lab_hosts(stack: AsyncExitStack, lab_dir: Path, db: Database, db_url: str, count: int,
+              vms: int) -> list[HostSpec]:
+    """A private lab of ``count`` hosts registered in ``db``, each with room for ``vms``
+    guests; taken down (nothing left behind) when ``stack`` closes."""
+    report = lab_up(lab_dir, count, vcpus=vms, memory_mib=vms * VM_MEMORY_MIB,
+                    database_url=db_url, tied=True)
+    stack.callback(lab_down, lab_dir, database_url=db_url)
+    assert report.state is not None
+    return [HostSpec(name=h.name, uri=h.uri, vcpus=vms, memory_mib=vms * VM_MEMORY_MIB)
+            for h in report.state.hosts]
 
 
 async def history_sizes(client: Client, workflow_id: str) -> list[int]:
@@ -104,18 +127,26 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> dict[str,
         db_url = stack.enter_context(fresh_database(pg_server, f"taskomatic_bench_{prefix}"))
         env = await stack.enter_async_context(
             temporal_dev_server(tmp / "temporal.sqlite", tmp / "temporal.log", ActivityProbe()))
-        hv = Hypervisors()
-        stack.callback(hv.close)
         db = get_database(db_url)
         total = args.vms + args.singles
-        source = add_hosts(db, hv, tmp / "src", f"{prefix}src", 1, vcpus=total,
-                           memory_mib=total * VM_MEMORY_MIB)[0]
-        dests = add_hosts(db, hv, tmp / "dst", prefix, args.destinations, vcpus=total,
-                          memory_mib=total * VM_MEMORY_MIB)
+        if args.lab:
+            err.print(f"starting a lab of {args.destinations + 1} libvirtd hosts ...")
+            source, *dests = lab_hosts(stack, tmp / "lab", db, db_url, args.destinations + 1,
+                                       total)
+        hv = Hypervisors()
+        stack.callback(hv.close)
+        if not args.lab:
+            source = add_hosts(db, hv, tmp / "src", f"{prefix}src", 1, vcpus=total,
+                               memory_mib=total * VM_MEMORY_MIB)[0]
+            dests = add_hosts(db, hv, tmp / "dst", prefix, args.destinations, vcpus=total,
+                              memory_mib=total * VM_MEMORY_MIB)
         settings = Settings(temporal_address=env.client.service_client.config.target_host,
                             database_url=db_url, task_queue=f"bench-{prefix}",
                             migration_save_dir=tmp / "saves", _env_file=None)
         parallel = args.parallel or settings.migrations_in_cluster
+        allowed = min(parallel, settings.migrations_out_per_host,
+                      settings.migrations_in_per_host * args.destinations,
+                      settings.migrations_in_cluster)
         batch = args.batch or settings.clear_host_batch
         executor = stack.enter_context(ThreadPoolExecutor(max_workers=settings.activity_threads))
         await stack.enter_async_context(await bench_worker(env.client, settings, hv, executor))
@@ -141,7 +172,7 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> dict[str,
                                                      batch=batch))
         result = await tk.host_result(clear)
         makespan = perf_counter() - t0
-        ideal = args.vms * single / parallel
+        ideal = args.vms * single / allowed
 
         runs = await history_sizes(env.client, clear.id)
         children = [f"{clear.id}-migrate-{n}" for n in names[args.singles:]]
@@ -164,7 +195,9 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> dict[str,
             "machine": machine(), "versions": versions(db_url),
             "config": {"vms": args.vms, "singles": args.singles, "destinations":
                        args.destinations, "parallel": parallel, "batch": batch,
-                       "postgres": pg_kind, "driver": "libvirt test driver (cold moves)"},
+                       "allowed_parallelism": allowed, "postgres": pg_kind,
+                       "driver": ("lab: libvirtd + QEMU TCG SeaBIOS guests (live moves)"
+                                  if args.lab else "libvirt test driver (cold moves)")},
             "single_migration_s": {"mean": round(single, 4),
                                    "p50": round(statistics.median(singles), 4),
                                    "max": round(max(singles), 4)},
@@ -178,7 +211,7 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> dict[str,
         out.print(f"single migration (MigrateVm end to end): mean {single * 1000:.0f} ms "
                   f"over {len(singles)}")
         out.print(f"clear-host of {args.vms} VMs: makespan {makespan:.1f} s, ideal "
-                  f"{ideal:.1f} s (Σ single ÷ {parallel}), ratio [bold]{makespan / ideal:.2f}"
+                  f"{ideal:.1f} s (Σ single ÷ {allowed}), ratio [bold]{makespan / ideal:.2f}"
                   f"[/], {len(runs)} runs")
         out.print(f"largest workflow history: {record['history_events']['largest']} events "
                   f"(ClearHost runs {runs}, children ≤ {max(child_sizes)})")

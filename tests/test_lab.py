@@ -151,10 +151,13 @@ async def test_vm_lifecycle_tasks_on_a_lab_host(client: TaskomaticClient, qemu_l
 
 def _migrate(qemu_lab: QemuLab, source: LabHost, dest: LabHost, name: str,
              bandwidth_mib: int = 0) -> None:
+    """The migration call on a connection of its own, as the worker makes it: the test watches
+    and aborts the job over the shared one meanwhile."""
     params: dict[str, Any] = {libvirt.VIR_MIGRATE_PARAM_URI: dest.migration_uri}
     if bandwidth_mib:
         params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = bandwidth_mib
-    qemu_lab.conn(source).lookupByName(name).migrateToURI3(dest.uri, params, LIVE_MIGRATION)
+    with qemu_lab.hv.private(source.uri) as conn:
+        conn.lookupByName(name).migrateToURI3(dest.uri, params, LIVE_MIGRATION)
 
 
 def _processed(dom: libvirt.virDomain) -> int:

@@ -94,7 +94,7 @@ async def test_a_linux_guest_migrated_by_the_task_keeps_running(
     assert vm is not None and vm.vm.host == dest.name and vm.vm.origin_host is None
     progress = await handle.progress()
     assert progress is not None and progress.percent == 100.0
-    assert reservations(db) == []
+    assert reservations(db, qemu_lab.vm_name("")) == []
 
 
 async def test_a_stalled_migration_is_aborted_and_the_vm_stays_on_its_source(
@@ -124,7 +124,7 @@ async def test_a_stalled_migration_is_aborted_and_the_vm_stays_on_its_source(
     assert _counted_without_gaps(guest.ticks())
     vm = inventory.get_vm(db, guest.name)
     assert vm is not None and vm.vm.host == source.name
-    assert reservations(db) == []
+    assert reservations(db, qemu_lab.vm_name("")) == []
 
 
 async def test_clear_a_lab_host_while_creates_and_starts_race_it(
@@ -148,7 +148,7 @@ async def test_clear_a_lab_host_while_creates_and_starts_race_it(
     assert qemu_lab.domains(src) == {}
     assert set(seen) == set(on_src) | set(parked) | {r.vm for r in raced}
     assert all(running for h in qemu_lab.hosts for running in qemu_lab.domains(h).values())
-    assert reservations(db) == []
+    assert reservations(db, qemu_lab.vm_name("")) == []
 
     # Back in service, then every VM that came from it goes home.
     await (await client.activate_host(ActivateHostRequest(host=src.name))).result()
@@ -158,7 +158,7 @@ async def test_clear_a_lab_host_while_creates_and_starts_race_it(
     assert restored.failed == [] and sorted(o.vm for o in restored.outcomes) == sorted(on_src)
     assert set(qemu_lab.domains(src)) == set(on_src)
     placement(qemu_lab, db)
-    assert reservations(db) == []
+    assert reservations(db, qemu_lab.vm_name("")) == []
 
 
 async def _fill(client: TaskomaticClient, qemu_lab: QemuLab, host: LabHost, count: int,
@@ -247,4 +247,4 @@ async def test_worker_killed_mid_clear_host_then_replaced(
     assert qemu_lab.domains(src) == {}
     assert qemu_lab.domains(dst) == dict.fromkeys(names, True)
     placement(qemu_lab, db)
-    assert reservations(db) == []
+    assert reservations(db, qemu_lab.vm_name("")) == []

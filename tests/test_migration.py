@@ -35,9 +35,11 @@ def where(lab: Lab, name: str) -> dict[str, bool]:
     return found
 
 
-def reservations(db: Database) -> list[str]:
+def reservations(db: Database, prefix: str = "") -> list[str]:
+    """VMs holding a reservation (only those named ``prefix…`` when given: other tests of the
+    session may leave theirs on purpose)."""
     with db.transaction() as cur:
-        cur.execute("SELECT vm_name FROM reservations")
+        cur.execute("SELECT vm_name FROM reservations WHERE vm_name LIKE %s", (f"{prefix}%",))
         return [r["vm_name"] for r in cur.fetchall()]
 
 
