@@ -20,18 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import fcntl
 import os
 import re
 import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -58,6 +54,7 @@ from lab.models import LabError
 from starter import dev_security
 from starter.client import TaskomaticClient
 from starter.demo import demo_exit_status
+from starter.dev_processes import Child, DevError, port_in_use
 from starter.devstack import embedded_postgres, temporal_dev_server_argv, write_test_host
 from taskomatic.logs import get_logger
 from taskomatic.models import HostSpec
@@ -71,63 +68,6 @@ HOST_MEMORY_MIB = 32_768
 READY_SECONDS = 20.0
 WORKER_STOP_SECONDS = 10.0
 SERVER_STOP_SECONDS = 5.0
-_PR_SET_PDEATHSIG = 1
-
-
-class DevError(Exception):
-    """A start-up problem, shown to the user without a traceback."""
-
-
-# --- child processes -------------------------------------------------------------------------
-
-
-def _parent_death_hook() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGTERM if this process dies uncleanly (Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved before fork, not in the child
-    return lambda: prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-@dataclass
-class Child:
-    """A supervised subprocess in its own session, with its output in a log file."""
-
-    name: str
-    proc: subprocess.Popen[bytes]
-    log_path: Path
-    stop_seconds: float
-
-    @classmethod
-    def spawn(cls, name: str, argv: list[str], log_path: Path, stop_seconds: float,
-              env: dict[str, str] | None = None) -> Child:
-        with log_path.open("wb") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
-                                    stderr=subprocess.STDOUT, env=env, start_new_session=True,
-                                    preexec_fn=_parent_death_hook())
-        log.info("process started", process=name, pid=proc.pid, log=str(log_path))
-        return cls(name, proc, log_path, stop_seconds)
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL if it is still there after ``stop_seconds``."""
-        if self.proc.poll() is None:
-            self._signal(signal.SIGTERM)
-            try:
-                self.proc.wait(self.stop_seconds)
-            except subprocess.TimeoutExpired:
-                log.warning("process ignored SIGTERM; killing it", process=self.name)
-                self._signal(signal.SIGKILL)
-                self.proc.wait()
-        log.info("process stopped", process=self.name, pid=self.proc.pid,
-                 exit_code=self.proc.returncode)
-
-    def _signal(self, sig: signal.Signals) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, sig)
-
-    def tail(self, lines: int = 20) -> str:
-        text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        return "\n".join(text.splitlines()[-lines:])
 
 
 # --- small helpers ---------------------------------------------------------------------------
@@ -138,16 +78,6 @@ def _split_address(address: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise DevError(f"TASKOMATIC_TEMPORAL_ADDRESS must be host:port (got {address!r})")
     return host, int(port)
-
-
-def _port_in_use(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not "in use"
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def _display_url(url: str) -> str:
@@ -223,7 +153,7 @@ class DevStack:
         host, port = _split_address(base.temporal_address)
         ui_port = port + 1000
         for what, number in (("Temporal", port), ("Temporal Web UI", ui_port)):
-            if _port_in_use(host, number):
+            if port_in_use(host, number):
                 raise DevError(
                     f"port {number} on {host} ({what}) is already in use: is another "
                     f"`taskomatic dev` or Temporal server running? Stop it, or pick another port, "

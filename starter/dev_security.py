@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starter.codec_server import CodecServerError, codec_token, split_address
+from starter.dev_processes import Child, DevError, port_in_use
 from taskomatic.codec import CodecError, key_entry, new_key
 from taskomatic.settings import Settings
 from taskomatic.temporal import key_ring
@@ -89,12 +90,12 @@ def security_env(settings: Settings) -> dict[str, str]:
 
 async def start_codec_server(stack: DevStack, settings: Settings) -> None:
     """Run ``taskomatic codec-server`` as a supervised child and wait until it listens."""
-    from starter.dev import Child, DevError, _port_in_use, _settings_env
+    from starter.dev import _settings_env
 
     if not (settings.dev_encryption and encryption_on(settings)):
         return
     host, port = split_address(settings.codec_server_address)
-    if _port_in_use(host, port):
+    if port_in_use(host, port):
         raise DevError(f"port {port} on {host} (codec server) is already in use: stop what uses "
                        "it or set TASKOMATIC_CODEC_SERVER_ADDRESS")
     env = {**os.environ, **_settings_env(settings), "TASKOMATIC_LOG_FORMAT": "json",
