@@ -39,13 +39,14 @@ Ordering = OrderingActivities
 # ordinary activities, not local ones: a local activity runs inside a workflow task, and when the
 # server rejects that task (a new event arrived meanwhile) the workflow replays while the
 # activity's effect stays; a claim taken and released by a discarded run would lose the task its
-# place in line.
-_CLAIM_TIMEOUT = timedelta(seconds=30)
+# place in line. The timeout is short so that a claim lost with its worker is retried soon.
+_CLAIM_TIMEOUT = timedelta(seconds=10)
 _CLAIM_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
                            maximum_interval=timedelta(seconds=10))
-# Waiting for another task can take as long as that task does; the heartbeat notices a lost worker.
+# Waiting for another task can take as long as that task does; the heartbeat (sent every 5 s)
+# notices a lost worker.
 _WATCH_TIMEOUT = timedelta(days=365)
-_WATCH_HEARTBEAT = timedelta(seconds=30)
+_WATCH_HEARTBEAT = timedelta(seconds=15)
 _WATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
                            maximum_interval=timedelta(seconds=30))
 
