@@ -1,5 +1,6 @@
 """Transport security for real: mTLS and an API key through a TLS-terminating nginx gRPC proxy
-in front of the dev server; PostgreSQL ssl settings reaching libpq."""
+in front of the dev server; PostgreSQL ssl settings reaching libpq, and verified TLS to a real
+PostgreSQL server that refuses anything else."""
 
 from __future__ import annotations
 
@@ -16,9 +17,15 @@ from typing import Any
 import psycopg2
 import pytest
 from temporalio.testing import WorkflowEnvironment
-from tlslab import SERVER_NAME, CertificateAuthority, GrpcTlsProxy
+from tlslab import (
+    SERVER_NAME,
+    CertificateAuthority,
+    GrpcTlsProxy,
+    postgres_binaries,
+    tls_postgres,
+)
 
-from activities.db import Database
+from activities.db import Database, ensure_database, upgrade
 from taskomatic.codec import CodecError
 from taskomatic.errors import ErrorType, error_info
 from taskomatic.models import StartVmRequest
@@ -164,3 +171,47 @@ def test_database_ssl_settings_reach_libpq(database_url: str) -> None:
     assert "sslrootcert=%2Fx%2Fca.pem" in disabled.database_url
     with psycopg2.connect(disabled.database_url) as conn:
         assert conn.get_dsn_parameters()["sslmode"] == "disable"
+
+
+def test_every_database_connection_uses_verified_tls(pki: dict[str, Any]) -> None:
+    """Admin (create database), migrations and the pool all reach a TLS-only server with the
+    certificate checked against the configured CA; a wrong CA and plain TCP are refused."""
+    bin_dir = postgres_binaries()
+    if bin_dir is None:
+        pytest.skip("no PostgreSQL server built with TLS here (Debian's postgresql package)")
+    with tls_postgres(bin_dir, pki["server"]) as port:
+        url = f"postgresql://postgres@127.0.0.1:{port}/taskomatic_tls"
+
+        def settings(**ssl: Any) -> Settings:
+            return Settings(_env_file=None, database_url=url, **ssl)  # type: ignore[call-arg]
+
+        good = settings(database_sslmode="verify-full", database_sslrootcert=pki["ca"].path)
+        assert ensure_database(good.database_url) is True  # the admin connection
+        assert upgrade(good.database_url)  # the migrations' connection
+        db = Database(good.database_url, max_connections=2)
+        try:
+            with db.transaction() as cur:  # a pool connection
+                cur.execute("SELECT ssl, version FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                row = cur.fetchone()
+                assert row is not None and row["ssl"] is True and row["version"].startswith("TLS")
+        finally:
+            db.close()
+
+        wrong_ca = settings(database_sslmode="verify-full",
+                            database_sslrootcert=pki["rogue_ca"].path)
+        with pytest.raises(psycopg2.OperationalError, match="certificate verify failed"):
+            ensure_database(wrong_ca.database_url)
+        db = Database(wrong_ca.database_url, max_connections=1)
+        try:
+            with pytest.raises(Exception) as err, db.transaction():
+                pass
+            info = error_info(err.value)
+            assert info.type is ErrorType.DATABASE_UNAVAILABLE
+            assert "certificate verify failed" in info.message
+        finally:
+            db.close()
+
+        plain = settings(database_sslmode="disable")
+        with pytest.raises(psycopg2.OperationalError, match="no encryption"):
+            upgrade(plain.database_url)
+

