@@ -55,8 +55,12 @@ class LabReport:
 
 def lab_up(lab_dir: Path | None = None, hosts: int = 2, *, network: bool = False,
            vcpus: int = 8, memory_mib: int = 4096, database_url: str | None = None,
-           cache_dir: Path | None = None, tied: bool = False) -> LabReport:
+           cache_dir: Path | None = None, tied: bool = False,
+           tls_pki: Path | None = None) -> LabReport:
     """Start ``hosts`` lab hosts (registered in ``database_url``'s inventory when given).
+
+    ``tls_pki``: every host's libvirtd also listens with TLS on 127.0.0.1 (``LabHost.tls_uri``)
+    with the CA, certificate and key in that directory, and requires client certificates.
 
     ``tied``: the lab stops by itself (guests, daemons, namespaces, links) when the calling
     thread's process ends, even by SIGKILL — for test sessions. Call it from a thread that lives
@@ -77,7 +81,8 @@ def lab_up(lab_dir: Path | None = None, hosts: int = 2, *, network: bool = False
             notes.append("cleaned up after a lab whose supervisor had died")
         state = LabState(id=lab_id(directory), dir=directory,
                          cache_dir=(cache_dir or _default_cache_dir()).resolve(),
-                         hosts=plan_hosts(directory, lab_id(directory), hosts, network),
+                         hosts=plan_hosts(directory, lab_id(directory), hosts, network,
+                                          tls_pki),
                          vcpus=vcpus, memory_mib=memory_mib, network=network,
                          bridge=f"tkl{lab_id(directory)}br" if network else None,
                          started_at=datetime.now(UTC))

@@ -28,6 +28,15 @@ class LabHost(BaseModel):
     address: str | None = None  # this host's address inside its namespace
     link: str | None = None  # the host's veth end on the lab bridge (down = link cut)
     pid: int | None = None  # libvirtd
+    # With TLS: libvirtd also listens on 127.0.0.1:tls_port, presenting tls_pki/servercert.pem
+    # and requiring client certificates signed by tls_pki/cacert.pem.
+    tls_port: int | None = None
+    tls_pki: Path | None = None
+
+    @property
+    def tls_uri(self) -> str | None:
+        """``qemu+tls://`` URI of this host (add ``?pkipath=DIR`` with the client's files)."""
+        return f"qemu+tls://127.0.0.1:{self.tls_port}/system" if self.tls_port else None
 
     @property
     def socket(self) -> Path:

@@ -40,7 +40,8 @@ def lab_up(args: argparse.Namespace) -> int:
         return 3
     try:
         report = up(_lab_dir(args), args.hosts, network=args.network, vcpus=args.vcpus,
-                    memory_mib=args.memory_mib, database_url=url)
+                    memory_mib=args.memory_mib, database_url=url,
+                    tls_pki=Path(args.tls_pki) if args.tls_pki else None)
     except LabError as err:
         errors.print(f"[red]error:[/] {err}")
         return 1
@@ -111,7 +112,10 @@ def _show(found: dict[str, Any]) -> None:
             pid += " [red](dead)[/]"
         guests = host.get("guests")
         shown = ", ".join(f"{n} ({s})" for n, s in guests.items()) if guests else "-"
-        table.add_row(host["name"], pid, host["uri"].partition("&")[0], host["migration_uri"],
+        uri = host["uri"].partition("&")[0]
+        if host.get("tls_port"):
+            uri += f"\nqemu+tls://127.0.0.1:{host['tls_port']}/system"
+        table.add_row(host["name"], pid, uri, host["migration_uri"],
                       shown if guests is not None else "")
     console.print(table)
 
@@ -127,6 +131,9 @@ def add_commands(nouns: Any) -> None:
                     help="give each host its own network namespace and address")
     sp.add_argument("--vcpus", type=int, default=8, help="capacity registered per host")
     sp.add_argument("--memory-mib", type=int, default=4096, help="capacity registered per host")
+    sp.add_argument("--tls-pki", metavar="DIR",
+                    help="also listen with TLS on 127.0.0.1 (qemu+tls://, client certificates "
+                         "required) with cacert.pem, servercert.pem, serverkey.pem from DIR")
     sp.add_argument("--no-register", action="store_true", help="leave the inventory alone")
     sp = verb(lab, "down", lab_down, "stop every guest and daemon of the lab", read=True)
     sp.add_argument("--no-register", action="store_true", help="leave the inventory alone")
