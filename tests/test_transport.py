@@ -144,6 +144,15 @@ async def test_tls_files_are_checked(tmp_path: Path, pki: dict[str, Any]) -> Non
         await connect_temporal(_settings(1, temporal_tls_ca_file=tmp_path / "none.pem"))
 
 
+def _pool_refused(db: Database) -> str:
+    """The message of the typed error a pool connection fails with (DatabaseUnavailable)."""
+    with pytest.raises(Exception) as err, db.transaction():
+        pass
+    info = error_info(err.value)
+    assert info.type is ErrorType.DATABASE_UNAVAILABLE
+    return info.message
+
+
 def test_database_ssl_settings_reach_libpq(database_url: str) -> None:
     with psycopg2.connect(database_url) as conn, conn.cursor() as cur:
         cur.execute("SHOW ssl")
@@ -159,11 +168,7 @@ def test_database_ssl_settings_reach_libpq(database_url: str) -> None:
                 cur.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
                 assert cur.fetchone() == {"ssl": True}
         else:  # this machine's server has no TLS: libpq must refuse rather than fall back
-            with pytest.raises(Exception) as err, db.transaction():
-                pass
-            info = error_info(err.value)
-            assert info.type is ErrorType.DATABASE_UNAVAILABLE
-            assert "does not support SSL" in info.message
+            assert "does not support SSL" in _pool_refused(db)
     finally:
         db.close()
     disabled = Settings(_env_file=None, database_url=database_url,  # type: ignore[call-arg]
@@ -203,11 +208,7 @@ def test_every_database_connection_uses_verified_tls(pki: dict[str, Any]) -> Non
             ensure_database(wrong_ca.database_url)
         db = Database(wrong_ca.database_url, max_connections=1)
         try:
-            with pytest.raises(Exception) as err, db.transaction():
-                pass
-            info = error_info(err.value)
-            assert info.type is ErrorType.DATABASE_UNAVAILABLE
-            assert "certificate verify failed" in info.message
+            assert "certificate verify failed" in _pool_refused(db)
         finally:
             db.close()
 
