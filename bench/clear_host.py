@@ -95,16 +95,23 @@ def populate(db: Database, hv: Hypervisors, host: HostSpec, names: list[str]) ->
                                               memory_mib=VM_MEMORY_MIB, state=VmState.RUNNING))
 
 
-def lab_hosts(stack: AsyncExitStack, lab_dir: Path, db: Database, db_url: str, count: int,
-              vms: int) -> list[HostSpec]:
-    """A private lab of ``count`` hosts registered in ``db``, each with room for ``vms``
-    guests; taken down (nothing left behind) when ``stack`` closes."""
-    report = lab_up(lab_dir, count, vcpus=vms, memory_mib=vms * VM_MEMORY_MIB,
-                    database_url=db_url, tied=True)
-    stack.callback(lab_down, lab_dir, database_url=db_url)
+def bench_hosts(stack: AsyncExitStack, args: argparse.Namespace, tmp: Path, db: Database,
+                db_url: str, hv: Hypervisors, prefix: str, room: int
+                ) -> tuple[HostSpec, list[HostSpec]]:
+    """The source host and the destinations, each with room for ``room`` VMs: test-driver
+    hosts, or with ``--lab`` a private lab taken down (nothing left) when ``stack`` closes."""
+    if not args.lab:
+        source = add_hosts(db, hv, tmp / "src", f"{prefix}src", 1, vcpus=room,
+                           memory_mib=room * VM_MEMORY_MIB)[0]
+        return source, add_hosts(db, hv, tmp / "dst", prefix, args.destinations, vcpus=room,
+                                 memory_mib=room * VM_MEMORY_MIB)
+    report = lab_up(tmp / "lab", args.destinations + 1, vcpus=room,
+                    memory_mib=room * VM_MEMORY_MIB, database_url=db_url, tied=True)
+    stack.callback(lab_down, tmp / "lab", database_url=db_url)
     assert report.state is not None
-    return [HostSpec(name=h.name, uri=h.uri, vcpus=vms, memory_mib=vms * VM_MEMORY_MIB)
-            for h in report.state.hosts]
+    source, *dests = [HostSpec(name=h.name, uri=h.uri, vcpus=room, memory_mib=room * VM_MEMORY_MIB)
+                      for h in report.state.hosts]
+    return source, dests
 
 
 async def history_sizes(client: Client, workflow_id: str) -> list[int]:
@@ -129,17 +136,11 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> dict[str,
             temporal_dev_server(tmp / "temporal.sqlite", tmp / "temporal.log", ActivityProbe()))
         db = get_database(db_url)
         total = args.vms + args.singles
+        hv = Hypervisors()
         if args.lab:
             err.print(f"starting a lab of {args.destinations + 1} libvirtd hosts ...")
-            source, *dests = lab_hosts(stack, tmp / "lab", db, db_url, args.destinations + 1,
-                                       total)
-        hv = Hypervisors()
-        stack.callback(hv.close)
-        if not args.lab:
-            source = add_hosts(db, hv, tmp / "src", f"{prefix}src", 1, vcpus=total,
-                               memory_mib=total * VM_MEMORY_MIB)[0]
-            dests = add_hosts(db, hv, tmp / "dst", prefix, args.destinations, vcpus=total,
-                              memory_mib=total * VM_MEMORY_MIB)
+        source, dests = bench_hosts(stack, args, tmp, db, db_url, hv, prefix, total)
+        stack.callback(hv.close)  # before a lab goes down
         settings = Settings(temporal_address=env.client.service_client.config.target_host,
                             database_url=db_url, task_queue=f"bench-{prefix}",
                             migration_save_dir=tmp / "saves", _env_file=None)
