@@ -23,8 +23,10 @@ log = get_logger(component="hypervisor")
 # libvirt prints every error to stderr by default; they are raised (and logged) instead.
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
+# Not VIR_ERR_SYSTEM_ERROR: libvirt uses it for "cannot connect" (no connection then, so the
+# host counts as unavailable below) and for OS errors on a reachable host alike ("Not a
+# directory"), which no retry mends.
 _UNAVAILABLE = {
-    libvirt.VIR_ERR_SYSTEM_ERROR,  # cannot connect (refused, no such socket)
     libvirt.VIR_ERR_NO_CONNECT,
     libvirt.VIR_ERR_INVALID_CONN,
     libvirt.VIR_ERR_RPC,
