@@ -70,11 +70,7 @@ async def _submit(args: argparse.Namespace, make: Callable[[TaskomaticClient],
     client = await _client()
     handle = await make(client)
     if not args.wait:
-        if args.json:
-            render.print_json({"id": handle.id, "kind": handle.kind})
-        else:
-            console.print(f"submitted {handle.kind} task [bold]{handle.id}[/]")
-        return 0
+        return report_submitted(args, handle)
     try:
         if args.json:
             result = await handle.result()
@@ -86,6 +82,15 @@ async def _submit(args: argparse.Namespace, make: Callable[[TaskomaticClient],
         render.print_json(result)
     else:
         console.print(render.result_text(handle.kind, result))
+    return 0
+
+
+def report_submitted(args: argparse.Namespace, handle: TaskHandle) -> int:
+    """Say which task was started, for a write verb run without ``--wait``; exit status 0."""
+    if args.json:
+        render.print_json({"id": handle.id, "kind": handle.kind})
+    else:
+        console.print(f"submitted {handle.kind} task [bold]{handle.id}[/]")
     return 0
 
 

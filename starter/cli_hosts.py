@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from starter import render
-from starter.cli import _client, _submit, _who, console, report_failure, verb
+from starter.cli import _client, _submit, _who, console, report_failure, report_submitted, verb
 from starter.client import TaskError, TaskHandle, TaskomaticClient, validated
 from taskomatic.migration import (
     ActivateHostRequest,
@@ -88,11 +88,7 @@ async def _host_task(args: argparse.Namespace, start: Any, always_wait: bool = F
     client = await _client()
     handle: TaskHandle = await start(client)
     if not (args.wait or always_wait):
-        if args.json:
-            render.print_json({"id": handle.id, "kind": handle.kind})
-        else:
-            console.print(f"submitted {handle.kind} task [bold]{handle.id}[/]")
-        return 0
+        return report_submitted(args, handle)
     try:
         result = (await client.host_result(handle) if args.json
                   else await follow_host_task(client, handle))
