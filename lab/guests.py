@@ -28,7 +28,7 @@ import libvirt
 from activities.domain_xml import build_domain_xml
 from lab.initramfs import TICK_PATTERN, write_initramfs
 from lab.models import LabError, LabHost
-from lab.system import run
+from lab.system import apt_get, run
 from taskomatic.models import DomainSpec
 
 SEABIOS_MEMORY_MIB = 64
@@ -69,7 +69,8 @@ def _build(image: LinuxImage) -> None:
     with tempfile.TemporaryDirectory(dir=image.kernel.parent) as tmp:
         work = Path(tmp)
         kernel_pkg = _kernel_package()
-        _download(work, kernel_pkg, "busybox-static")
+        apt_get("download", "-o", "APT::Sandbox::User=root", kernel_pkg, "busybox-static",
+                cwd=work)
         root = work / "root"
         root.mkdir()
         for deb in work.glob("*.deb"):
@@ -100,15 +101,6 @@ def _kernel_package() -> str:
         if attempt == 0:
             run("apt-get", "update")
     raise LabError(f"apt knows no {KERNEL_META}: is a Debian archive in the apt sources?")
-
-
-def _download(work: Path, *packages: str) -> None:
-    argv = ["apt-get", "download", "-o", "APT::Sandbox::User=root", *packages]
-    if subprocess.run(argv, cwd=work, capture_output=True).returncode != 0:
-        run("apt-get", "update")
-        done = subprocess.run(argv, cwd=work, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise LabError(f"apt-get download {' '.join(packages)} failed: {done.stderr}")
 
 
 def linux_domain_xml(name: str, image: LinuxImage, serial_log: Path,

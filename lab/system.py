@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from lab.models import LabError, LabState
 from taskomatic.logs import get_logger
@@ -34,6 +35,21 @@ def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def apt_get(*args: str, cwd: Path | None = None) -> None:
+    """``apt-get ARGS``, once more after ``apt-get update`` if it fails (stale or missing package
+    lists are the usual cause); a second failure is a LabError with apt's message."""
+    argv = ["apt-get", *args]
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for attempt in range(2):
+        done = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
+        if done.returncode == 0:
+            return
+        if attempt == 0:
+            run("apt-get", "update")
+    raise LabError(f"`{' '.join(argv)}` failed: {done.stderr.strip()}")
+
+
 def missing_packages() -> list[str]:
     missing = []
     for pkg in PACKAGES:
@@ -51,13 +67,7 @@ def ensure_system() -> list[str]:
     missing = missing_packages() if shutil.which("dpkg-query") else []
     if missing:
         log.info("installing packages", packages=missing)
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
-        if subprocess.run(install, env=env, capture_output=True).returncode != 0:
-            run("apt-get", "update")
-            result = subprocess.run(install, env=env, capture_output=True, text=True)
-            if result.returncode != 0:
-                raise LabError(f"cannot install {' '.join(missing)}: {result.stderr.strip()}")
+        apt_get("install", "-y", "--no-install-recommends", *missing)
         done.append(f"installed {' '.join(missing)}")
     for group in GROUPS:
         if run("getent", "group", group, check=False).returncode != 0:
