@@ -27,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -54,7 +54,7 @@ from lab.models import LabError
 from starter import dev_security
 from starter.client import TaskomaticClient
 from starter.demo import demo_exit_status
-from starter.dev_processes import Child, DevError, port_in_use
+from starter.dev_processes import Child, DevError, port_in_use, shown
 from starter.devstack import embedded_postgres, temporal_dev_server_argv, write_test_host
 from taskomatic.logs import get_logger
 from taskomatic.models import HostSpec
@@ -82,13 +82,6 @@ def _split_address(address: str) -> tuple[str, int]:
 
 def _display_url(url: str) -> str:
     return re.sub(r"(://[^:/@]+:)[^@]+@", r"\1***@", url)
-
-
-def _shown(path: Path) -> str:
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def _settings_env(settings: Settings) -> dict[str, str]:
@@ -174,18 +167,11 @@ class DevStack:
             try:
                 return await connect_temporal(settings)
             except RuntimeError as err:
-                self._check_alive(server)
+                server.check_alive()
                 if time.monotonic() > deadline:
                     raise DevError(f"Temporal did not answer at {settings.temporal_address} "
                                    f"within {READY_SECONDS:.0f} s: {err}") from None
             await asyncio.sleep(0.1)
-
-    def _check_alive(self, child: Child) -> None:
-        code = child.proc.poll()
-        if code is not None:
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
-            raise DevError(f"{child.name} {how}; last lines of {_shown(child.log_path)}:\n"
-                           f"{child.tail()}")
 
     def start_postgres(self, configured_url: str) -> str:
         """The configured server if it answers, else an embedded one; returns the database URL."""
@@ -193,7 +179,7 @@ class DevStack:
             url = configured_url
         else:
             self.console.print(f"[dim]PostgreSQL at {_display_url(configured_url)} does not "
-                               f"answer; starting an embedded server in {_shown(self.dir / 'pg')}")
+                               f"answer; starting an embedded server in {shown(self.dir / 'pg')}")
             url = with_dbname(self._start_embedded_postgres(), "taskomatic")
         created = ensure_database(url)
         applied = upgrade(url)
@@ -233,18 +219,34 @@ class DevStack:
         return path
 
     async def start_worker(self, settings: Settings, client: Client) -> None:
+        worker = self.spawn_python("worker", "worker", "worker.log", settings,
+                                   WORKER_STOP_SECONDS)
+        await self.await_ready(worker, lambda: _is_polling(client, settings, worker.proc.pid),
+                               f"the worker did not poll task queue {settings.task_queue!r}",
+                               interval=0.2)
+
+    def spawn_python(self, name: str, module: str, log_name: str, settings: Settings,
+                     stop_seconds: float) -> Child:
+        """``python -m MODULE``, supervised, with this stack's settings in its environment and
+        its output in ``<state>/LOG_NAME``."""
         env = {**os.environ, **_settings_env(settings), "TASKOMATIC_LOG_FORMAT": "json",
                "PYTHONUNBUFFERED": "1"}
-        worker = Child.spawn("worker", [sys.executable, "-m", "worker"],
-                             self.dir / "worker.log", WORKER_STOP_SECONDS, env=env)
-        self.children.append(worker)
+        child = Child.spawn(name, [sys.executable, "-m", module], self.dir / log_name,
+                            stop_seconds, env=env)
+        self.children.append(child)
+        return child
+
+    async def await_ready(self, child: Child, ready: Callable[[], Awaitable[bool]],
+                          not_ready: str, interval: float) -> None:
+        """Wait until ``ready()``; a DevError if ``child`` dies first or READY_SECONDS pass
+        (``not_ready`` says what did not happen)."""
         deadline = time.monotonic() + READY_SECONDS
-        while not await _is_polling(client, settings, worker.proc.pid):
-            self._check_alive(worker)
+        while not await ready():
+            child.check_alive()
             if time.monotonic() > deadline:
-                raise DevError(f"the worker did not poll task queue {settings.task_queue!r} "
-                               f"within {READY_SECONDS:.0f} s; see {_shown(worker.log_path)}")
-            await asyncio.sleep(0.2)
+                raise DevError(f"{not_ready} within {READY_SECONDS:.0f} s; see "
+                               f"{shown(child.log_path)}")
+            await asyncio.sleep(interval)
 
     # running and stopping
 
@@ -260,8 +262,8 @@ class DevStack:
                       + (self.lab.describe() if self.lab else
                          f"libvirt test driver, {HOST_VCPUS} vCPUs / {HOST_MEMORY_MIB} MiB each")
                       + ")"),
-            ("Logs", ", ".join(_shown(c.log_path) for c in self.children)),
-            ("Settings", f"{_shown(self.dir / 'env')}  (used by `taskomatic` commands run here)"),
+            ("Logs", ", ".join(shown(c.log_path) for c in self.children)),
+            ("Settings", f"{shown(self.dir / 'env')}  (used by `taskomatic` commands run here)"),
             *dev_security.summary_rows(settings),
         ]
         for label, value in rows:
@@ -276,7 +278,7 @@ class DevStack:
         while True:
             for child in self.children:
                 try:
-                    self._check_alive(child)
+                    child.check_alive()
                 except DevError as err:
                     self.console.print(f"[bold red]{escape(str(err))}[/]", highlight=False)
                     return 1

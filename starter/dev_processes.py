@@ -73,6 +73,22 @@ class Child:
         text = self.log_path.read_text(encoding="utf-8", errors="replace")
         return "\n".join(text.splitlines()[-lines:])
 
+    def check_alive(self) -> None:
+        """A DevError with the last lines of its log if the process has ended."""
+        code = self.proc.poll()
+        if code is not None:
+            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
+            raise DevError(f"{self.name} {how}; last lines of {shown(self.log_path)}:\n"
+                           f"{self.tail()}")
+
+
+def shown(path: Path) -> str:
+    """``path`` relative to the working directory when it lies below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
 
 def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

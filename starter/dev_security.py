@@ -15,15 +15,13 @@ import asyncio
 import os
 import secrets
 import socket
-import sys
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starter.codec_server import CodecServerError, codec_token, split_address
-from starter.dev_processes import Child, DevError, port_in_use
+from starter.dev_processes import DevError, port_in_use
 from taskomatic.codec import CodecError, key_entry, new_key
 from taskomatic.settings import Settings
 from taskomatic.temporal import key_ring
@@ -31,7 +29,6 @@ from taskomatic.temporal import key_ring
 if TYPE_CHECKING:
     from starter.dev import DevStack
 
-READY_SECONDS = 20.0
 STOP_SECONDS = 5.0
 
 
@@ -90,26 +87,20 @@ def security_env(settings: Settings) -> dict[str, str]:
 
 async def start_codec_server(stack: DevStack, settings: Settings) -> None:
     """Run ``taskomatic codec-server`` as a supervised child and wait until it listens."""
-    from starter.dev import _settings_env
-
     if not (settings.dev_encryption and encryption_on(settings)):
         return
     host, port = split_address(settings.codec_server_address)
     if port_in_use(host, port):
         raise DevError(f"port {port} on {host} (codec server) is already in use: stop what uses "
                        "it or set TASKOMATIC_CODEC_SERVER_ADDRESS")
-    env = {**os.environ, **_settings_env(settings), "TASKOMATIC_LOG_FORMAT": "json",
-           "PYTHONUNBUFFERED": "1"}
-    child = Child.spawn("codec server", [sys.executable, "-m", "starter.codec_server"],
-                        stack.dir / "codec-server.log", STOP_SECONDS, env=env)
-    stack.children.append(child)
-    deadline = time.monotonic() + READY_SECONDS
-    while not _listening(host, port):
-        stack._check_alive(child)
-        if time.monotonic() > deadline:
-            raise DevError(f"the codec server did not listen on {host}:{port} within "
-                           f"{READY_SECONDS:.0f} s")
-        await asyncio.sleep(0.1)
+    child = stack.spawn_python("codec server", "starter.codec_server", "codec-server.log",
+                               settings, STOP_SECONDS)
+
+    async def listening() -> bool:
+        return await asyncio.to_thread(_listening, host, port)
+
+    await stack.await_ready(child, listening,
+                            f"the codec server did not listen on {host}:{port}", interval=0.1)
 
 
 def _listening(host: str, port: int) -> bool:
