@@ -52,12 +52,13 @@ def plan_hosts(lab_dir: Path, lab_id: str, count: int, network: bool,
             migration_ports=(low, low + PORTS_PER_HOST - 1),
             netns=f"tkl{lab_id}-{index}" if network else None, address=address,
             link=f"tkl{lab_id}v{index}" if network else None,
-            tls_port=_free_port() if tls_pki else None,
+            tls_port=free_port() if tls_pki else None,
             tls_pki=tls_pki.resolve() if tls_pki else None))
     return hosts
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]

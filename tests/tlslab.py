@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from lab.hosts import free_port
+
 SERVER_NAME = "temporal.taskomatic.test"
 
 
@@ -73,13 +75,6 @@ class CertificateAuthority:
                                                  serialization.NoEncryption()))
         issued.key.chmod(0o600)
         return issued
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class GrpcTlsProxy:
