@@ -137,15 +137,18 @@ def lab_status(lab_dir: Path | None = None) -> dict[str, object]:
 
 
 def guests_of(host: LabHost) -> dict[str, str]:
+    """name → state of the host's guests; a daemon that dies while asked is "unreachable"."""
+    conn = None
     try:
         conn = libvirt.open(host.uri)
-    except libvirt.libvirtError as err:
-        return {"?": f"unreachable: {err.get_error_message()}"}
-    try:
         return {d.name(): "running" if d.isActive() else "shut off"
                 for d in conn.listAllDomains()}
+    except libvirt.libvirtError as err:
+        return {"?": f"unreachable: {err.get_error_message()}"}
     finally:
-        conn.close()
+        if conn is not None:
+            with contextlib.suppress(libvirt.libvirtError):
+                conn.close()
 
 
 def set_link(host: LabHost, up: bool) -> None:
