@@ -227,11 +227,15 @@ def test_a_lab_whose_supervisor_was_killed_is_cleaned_up(
     qemu_pid = int((first.hosts[0].dir / "run" / "qemu" / "orphan.pid").read_text())
 
     os.kill(first.supervisor_pid, signal.SIGKILL)  # its daemons die with it; QEMU lives on
-    deadline = time.monotonic() + 30
-    while _host_alive(lab_dir) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert lab_status(lab_dir)["up"] is False
-    assert Path(f"/proc/{qemu_pid}").exists()
+    try:
+        deadline = time.monotonic() + 30
+        while _host_alive(lab_dir) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lab_status(lab_dir)["up"] is False
+        assert Path(f"/proc/{qemu_pid}").exists()
+    except BaseException:
+        lab_down(lab_dir)  # a failure here must not leave the orphan QEMU running
+        raise
 
     again = lab_up(lab_dir, 1, cache_dir=CACHE_DIR)  # cleans up, then starts afresh
     try:
