@@ -18,25 +18,23 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities.db import get_database
-from activities.domains import DomainActivities
-from activities.host_records import HostActivities
-from activities.hypervisor import Hypervisors
+from activities.disks import DiskActivities
+from activities.hosts import HostActivities
 from activities.migration import MigrationActivities
 from activities.ordering import OrderingActivities
 from activities.reconcile import HostReconcileActivities, QueueReconcileActivities
-from activities.records import InventoryActivities
-from activities.storage import StorageActivities
-from activities.storage_records import StorageInventoryActivities
-from starter.schedule import ensure_reconcile_schedule
+from activities.storage import StorageActivities, StorageInventoryActivities
+from activities.vms import DomainActivities, InventoryActivities
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import get_database
 from taskomatic.logs import configure_logging, get_logger
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import connect_temporal, ensure_search_attributes
-from workflows.clear_host import WORKFLOWS as HOST_WORKFLOWS
+from workflows.hosts import WORKFLOWS as HOST_WORKFLOWS
 from workflows.ordering import ordering_queue
-from workflows.reconcile import Reconcile
+from workflows.reconcile import Reconcile, ensure_reconcile_schedule
 from workflows.storage import STORAGE_WORKFLOWS
-from workflows.vm_lifecycle import WORKFLOWS as VM_WORKFLOWS
+from workflows.vms import WORKFLOWS as VM_WORKFLOWS
 
 # Every task kind this worker runs.
 TASK_WORKFLOWS = [*VM_WORKFLOWS, *HOST_WORKFLOWS, *STORAGE_WORKFLOWS, Reconcile]
@@ -55,7 +53,7 @@ def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
     inventory = InventoryActivities(db)
     domains = DomainActivities(hypervisors)
     reconcile = HostReconcileActivities(db, hypervisors)
-    storage = [*StorageActivities(hypervisors).all(),
+    storage = [*StorageActivities(hypervisors).all(), *DiskActivities(db).all(),
                *StorageInventoryActivities(db, settings.pool_roots).all()]
     hosts = HostActivities(db)
     moves = MigrationActivities(hypervisors, db, settings, client)

@@ -29,13 +29,13 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
-from activities import hosts, inventory
-from activities.db import Database
-from activities.domain_xml import shape_of
-from activities.hypervisor import Hypervisors, lookup, power_state
+from taskomatic import inventory
 from taskomatic.errors import ErrorType, task_error
+from taskomatic.hypervisor import Hypervisors, lookup, power_state
+from taskomatic.hypervisor.domain_xml import shape_of
+from taskomatic.inventory.db import Database
 from taskomatic.logs import get_logger
-from taskomatic.migration import (
+from taskomatic.models import (
     ConfirmMoveInput,
     DomainWhereabouts,
     HostDomain,
@@ -47,8 +47,8 @@ from taskomatic.migration import (
     MigrationReport,
     MoveConfirmation,
     RecordMoveInput,
+    VmState,
 )
-from taskomatic.models import VmState
 from taskomatic.settings import Settings
 
 T = TypeVar("T")
@@ -283,7 +283,7 @@ class MigrationActivities:
                              f"{inp.destination.name}", host=inp.source.name, vm=inp.name)
         state = where.state or VmState.UNKNOWN
         if where.host == inp.destination.name:
-            hosts.record_move(self.db, RecordMoveInput(
+            inventory.record_move(self.db, RecordMoveInput(
                 task_id=inp.task_id, name=inp.name, source=inp.source.name,
                 destination=inp.destination.name, state=state))
             return MoveConfirmation(name=inp.name, host=where.host, state=state, moved=True,

@@ -22,15 +22,15 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities import claims
-from activities.db import Database
+from taskomatic.inventory import ordering
+from taskomatic.inventory.db import Database
 from taskomatic.logs import get_logger
-from taskomatic.ordering import (
+from taskomatic.models import (
     AwaitTaskInput,
     ClaimInput,
     ClaimResult,
+    ReleaseClaimsResult,
     ReleaseInput,
-    ReleaseResult,
     TaskOutcome,
     TaskOutcomeStatus,
     capacity_of,
@@ -61,7 +61,7 @@ class OrderingActivities:
     @activity.defn
     async def claim_resources(self, inp: ClaimInput) -> ClaimResult:
         capacities = {name: capacity_of(name, self.settings) for name in inp.resources}
-        result, woken = await asyncio.to_thread(claims.acquire, self.db, inp.task_id, inp.kind,
+        result, woken = await asyncio.to_thread(ordering.acquire, self.db, inp.task_id, inp.kind,
                                                 capacities, inp.closed)
         if result.purged:
             get_logger(task_id=inp.task_id).warning(
@@ -70,11 +70,11 @@ class OrderingActivities:
         return result
 
     @activity.defn
-    async def release_resources(self, inp: ReleaseInput) -> ReleaseResult:
-        released, woken = await asyncio.to_thread(claims.release, self.db, inp.task_id,
+    async def release_resources(self, inp: ReleaseInput) -> ReleaseClaimsResult:
+        released, woken = await asyncio.to_thread(ordering.release, self.db, inp.task_id,
                                                   inp.resources)
         await wake_tasks(self.client, woken)
-        return ReleaseResult(released=released, woken=woken)
+        return ReleaseClaimsResult(released=released, woken=woken)
 
     @activity.defn
     async def await_task_end(self, inp: AwaitTaskInput) -> TaskOutcome:

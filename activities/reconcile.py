@@ -14,13 +14,13 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities import claims, inventory
-from activities.db import Database
-from activities.hypervisor import Hypervisors, power_state
 from activities.ordering import wake_tasks
+from taskomatic import inventory
+from taskomatic.hypervisor import Hypervisors, power_state
+from taskomatic.inventory import ordering
+from taskomatic.inventory.db import Database
 from taskomatic.logs import get_logger
-from taskomatic.models import VmState
-from taskomatic.reconcile import Finding, Findings, HostCheck, ReconcileInput
+from taskomatic.models import Finding, Findings, HostCheck, ReconcileInput, VmState
 
 log = get_logger(component="reconcile")
 
@@ -36,7 +36,7 @@ class QueueReconcileActivities:
     async def drop_stale_claims(self, inp: ReconcileInput) -> Findings:
         held = await asyncio.to_thread(_claim_ages, self.db)
         ended = await self._ended(held, inp.grace_seconds)
-        dropped, woken = await asyncio.to_thread(claims.drop_closed, self.db, ended)
+        dropped, woken = await asyncio.to_thread(ordering.drop_closed, self.db, ended)
         await wake_tasks(self.client, woken)
         found = [Finding(kind="stale_claim", subject=t, repaired=True,
                          detail=f"{t} ended without releasing its resources; dropped")
@@ -90,7 +90,7 @@ class HostReconcileActivities:
         except Exception as err:  # reported, not raised: one bad host must not hide the rest
             return Findings(findings=[Finding(kind="host_unreachable", subject=inp.host,
                                               repaired=False, detail=str(err))])
-        busy = {c.resource.removeprefix("vm:") for c in claims.queue(self.db)
+        busy = {c.resource.removeprefix("vm:") for c in ordering.queue(self.db)
                 if c.resource.startswith("vm:")}
         known = {vm.name: vm for vm in inventory.list_vms(self.db, inp.host)}
         found: list[Finding] = []

@@ -1,4 +1,5 @@
-"""Storage activities: one libvirt pool or volume action each, idempotent, with typed errors.
+"""Storage activities: one libvirt pool or volume action each, idempotent, with typed errors, and
+the inventory steps of the pool and volume tasks (one transaction each).
 
 Undos carry the pool's UUID (chosen by the creating task), so compensation never stops, deletes
 or undefines a pool of the same name that some other definition made.
@@ -9,19 +10,31 @@ from __future__ import annotations
 import libvirt
 from temporalio import activity
 
-from activities.hypervisor import Hypervisors
-from activities.pool_xml import build_pool_xml, build_volume_xml, pool_shape, volume_info
+from taskomatic import inventory as inv
 from taskomatic.errors import ErrorType, task_error
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.hypervisor.pool_xml import build_pool_xml, build_volume_xml, pool_shape, volume_info
+from taskomatic.inventory.db import Database
 from taskomatic.logs import get_logger
-from taskomatic.storage import (
+from taskomatic.models import (
     PoolAutostartInput,
+    PoolNameInput,
+    PoolPlacement,
+    PoolRecord,
     PoolRef,
     PoolReport,
     PoolScan,
     PoolSpec,
     PoolType,
+    RecordPoolInput,
+    RecordVolumeInput,
+    ReservePoolInput,
     ResizeVolumeInput,
+    StorageResult,
     VolumeInfo,
+    VolumeNameInput,
+    VolumePlacement,
+    VolumeRecord,
     VolumeRef,
     VolumeReport,
     VolumeSpec,
@@ -296,3 +309,86 @@ class StorageActivities:
                 self.stop_pool, self.delete_pool, self.undefine_pool, self.refresh_pool,
                 self.delete_pool_volumes, self.create_volume, self.delete_volume,
                 self.resize_volume]
+
+
+def _result(changed: bool, detail: str, **where: str) -> StorageResult:
+    get_logger(**where).info(detail, changed=changed)
+    return StorageResult(changed=changed, detail=detail)
+
+
+
+
+class StorageInventoryActivities:
+    """The inventory steps of the pool and volume tasks, one transaction each."""
+
+    def __init__(self, db: Database, pool_roots: list[str]) -> None:
+        self.db = db
+        self.pool_roots = pool_roots
+
+    # --- pools -----------------------------------------------------------------------------
+
+    @activity.defn
+    def reserve_pool(self, inp: ReservePoolInput) -> PoolPlacement:
+        """Validate a new pool against this worker's ``pool_roots`` and hold its name."""
+        return inv.reserve_pool(self.db, inp.task_id, inp.request, self.pool_roots)
+
+    @activity.defn
+    def release_pool(self, inp: PoolNameInput) -> StorageResult:
+        released = inv.release_pool(self.db, str(inp.task_id))
+        return _result(released, "pool name released" if released else "no pool name held",
+                       pool=inp.name)
+
+    @activity.defn
+    def lookup_pool(self, inp: PoolNameInput) -> PoolPlacement:
+        return inv.require_pool(self.db, inp.name)
+
+    @activity.defn
+    def check_pool_unused(self, inp: PoolNameInput) -> PoolPlacement:
+        return inv.check_pool_unused(self.db, inp.name)
+
+    @activity.defn
+    def record_pool(self, inp: RecordPoolInput) -> PoolRecord:
+        return inv.record_pool(self.db, inp.scan)
+
+    @activity.defn
+    def record_pool_autostart(self, inp: PoolAutostartInput) -> StorageResult:
+        changed = inv.set_pool_autostart(self.db, inp.name, inp.autostart)
+        word = "on" if inp.autostart else "off"
+        return _result(changed, f"autostart {word}" if changed else f"autostart already {word}",
+                       pool=inp.name)
+
+    @activity.defn
+    def remove_pool(self, inp: PoolNameInput) -> StorageResult:
+        removed = inv.remove_pool(self.db, inp.name)
+        return _result(removed, "removed from inventory" if removed
+                       else "already absent from inventory", pool=inp.name)
+
+    # --- volumes ---------------------------------------------------------------------------
+
+    @activity.defn
+    def check_new_volume(self, inp: VolumeNameInput) -> PoolPlacement:
+        return inv.check_new_volume(self.db, inp.pool, inp.name, inp.clone_from)
+
+    @activity.defn
+    def lookup_volume(self, inp: VolumeNameInput) -> VolumePlacement:
+        return inv.require_volume(self.db, inp.pool, inp.name)
+
+    @activity.defn
+    def check_volume_unused(self, inp: VolumeNameInput) -> VolumePlacement:
+        return inv.check_volume_unused(self.db, inp.pool, inp.name)
+
+    @activity.defn
+    def record_volume(self, inp: RecordVolumeInput) -> VolumeRecord:
+        return inv.record_volume(self.db, inp.pool, inp.volume, inp.owner_vm)
+
+    @activity.defn
+    def remove_volume(self, inp: VolumeNameInput) -> StorageResult:
+        removed = inv.remove_volume(self.db, inp.pool, inp.name)
+        return _result(removed, "removed from inventory" if removed
+                       else "already absent from inventory", pool=inp.pool, volume=inp.name)
+
+    def all(self) -> list[object]:
+        return [self.reserve_pool, self.release_pool, self.lookup_pool, self.check_pool_unused,
+                self.record_pool, self.record_pool_autostart, self.remove_pool,
+                self.check_new_volume, self.lookup_volume, self.check_volume_unused,
+                self.record_volume, self.remove_volume]

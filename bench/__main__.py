@@ -29,8 +29,6 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
-from activities.db import get_database, with_dbname
-from activities.hypervisor import Hypervisors
 from bench.baseline_driver import baseline_chain
 from bench.lifecycle import (
     ACTIVITIES_PER_VM,
@@ -63,6 +61,8 @@ from bench.stack import (
     worker_settings,
 )
 from starter.client import TaskomaticClient
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import get_database, with_dbname
 from taskomatic.logs import configure_logging
 from taskomatic.settings import Settings
 from worker import build_ordering_worker

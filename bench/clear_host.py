@@ -31,10 +31,6 @@ from typing import Any
 from rich.console import Console
 from temporalio.client import Client
 
-from activities import inventory
-from activities.db import Database, get_database
-from activities.domain_xml import build_domain_xml
-from activities.hypervisor import Hypervisors
 from bench.lifecycle import add_hosts, leftovers
 from bench.probe import ActivityProbe
 from bench.stack import (
@@ -47,9 +43,19 @@ from bench.stack import (
 )
 from lab.control import lab_down, lab_up
 from starter.client import TaskomaticClient
+from taskomatic import inventory
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.hypervisor.domain_xml import build_domain_xml
+from taskomatic.inventory.db import Database, get_database
 from taskomatic.logs import configure_logging
-from taskomatic.migration import ClearHostRequest, MigrateVmRequest
-from taskomatic.models import DomainSpec, HostSpec, RecordVmInput, VmState
+from taskomatic.models import (
+    ClearHostRequest,
+    DomainSpec,
+    HostSpec,
+    MigrateVmRequest,
+    RecordVmInput,
+    VmState,
+)
 from taskomatic.settings import Settings
 from worker import build_ordering_worker
 

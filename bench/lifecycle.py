@@ -6,12 +6,12 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
-from activities import inventory
-from activities.db import Database
-from activities.hypervisor import Hypervisors
 from bench.runner import Chain, Recorder, timed
 from starter.client import TaskomaticClient
-from starter.devstack import write_test_host
+from starter.dev.parts import write_test_host
+from taskomatic import inventory
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import Database
 from taskomatic.models import (
     CreateVmRequest,
     DestroyVmRequest,

@@ -30,12 +30,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from activities.db import get_database
-from activities.hypervisor import Hypervisors
 from bench.lifecycle import add_hosts
 from bench.probe import ActivityProbe
 from bench.stack import fresh_database, machine, postgres_server, temporal_dev_server
 from starter.client import TaskError, TaskomaticClient
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import get_database
 from taskomatic.logs import configure_logging
 from taskomatic.models import CreateVmRequest, StartVmRequest, StopVmRequest, TaskRequest
 from taskomatic.settings import Settings

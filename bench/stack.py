@@ -22,7 +22,11 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import PollerBehaviorSimpleMaximum, Worker
 
-from activities.db import (
+from bench.baseline import BaselineWorkflow, noop
+from bench.probe import ActivityProbe, parent_pid
+from starter.dev.parts import embedded_postgres, temporal_binary
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import (
     drop_database,
     ensure_database,
     get_database,
@@ -30,10 +34,6 @@ from activities.db import (
     upgrade,
     with_dbname,
 )
-from activities.hypervisor import Hypervisors
-from bench.baseline import BaselineWorkflow, noop
-from bench.probe import ActivityProbe, parent_pid
-from starter.devstack import embedded_postgres, temporal_binary
 from taskomatic.settings import Settings
 from taskomatic.temporal import SEARCH_ATTRIBUTES
 from worker import build_worker

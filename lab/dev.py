@@ -10,10 +10,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from activities import inventory
-from activities.db import Database
 from lab.control import lab_down, lab_up
 from lab.models import LabError, LabState
+from taskomatic import inventory
+from taskomatic.inventory.db import Database
 from taskomatic.models import HostSpec
 
 

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import libvirt
 
-from activities.domain_xml import build_domain_xml
 from lab.initramfs import TICK_PATTERN, write_initramfs
 from lab.models import LabError, LabHost
 from lab.system import apt_get, run
+from taskomatic.hypervisor.domain_xml import build_domain_xml
 from taskomatic.models import DomainSpec
 
 SEABIOS_MEMORY_MIB = 64

@@ -6,9 +6,9 @@ run left on it; a same-named lab host of another lab directory is re-pointed to 
 
 from __future__ import annotations
 
-from activities import inventory
-from activities.db import Database, ensure_database, upgrade
 from lab.models import LabError, LabHost
+from taskomatic import inventory
+from taskomatic.inventory.db import Database, ensure_database, upgrade
 from taskomatic.models import HostSpec
 
 _LAB_URI = "qemu+unix:///system?socket=%"

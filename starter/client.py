@@ -25,12 +25,9 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities import claims, inventory, storage_inventory
-from activities.db import Database, get_database
-from activities.hypervisor import Hypervisors
 from starter.batch import BatchError, BatchItem, plan_batch
-from starter.client_hosts import HOST_KINDS, HostTasks
-from starter.client_storage import STORAGE_KINDS, StorageClientMixin
+from starter.hosts import HOST_KINDS, HostTasks
+from starter.storage import STORAGE_KINDS, StorageClientMixin
 from starter.tasks import (
     STATE_QUERIES,
     TaskError,
@@ -39,21 +36,26 @@ from starter.tasks import (
     TaskStatus,
     status_of,
 )
+from taskomatic import inventory
 from taskomatic.errors import error_info
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory import ordering
+from taskomatic.inventory.db import Database, get_database
 from taskomatic.models import (
     CreateVmRequest,
     DestroyVmRequest,
     HostRecord,
     HostSpec,
     Model,
+    PlanDisksInput,
+    ReconcileRequest,
     StartVmRequest,
     StopVmRequest,
     TaskRequest,
     TaskState,
     VmRecord,
+    capacity_of,
 )
-from taskomatic.ordering import capacity_of
-from taskomatic.reconcile import ReconcileRequest
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import (
     TASK_HOST,
@@ -65,10 +67,9 @@ from taskomatic.temporal import (
     TASK_VM,
     connect_temporal,
 )
-from taskomatic.vm_disks import PlanDisksInput
 from workflows.ordering import GRANTED_AT_SUBMIT
 from workflows.reconcile import Reconcile
-from workflows.vm_lifecycle import CreateVm, DestroyVm, StartVm, StopVm
+from workflows.vms import CreateVm, DestroyVm, StartVm, StopVm
 
 KINDS: dict[str, TaskKind] = {
     "CreateVm": TaskKind(CreateVm, CreateVmRequest, "vm-create"),
@@ -174,7 +175,7 @@ class TaskomaticClient(HostTasks, StorageClientMixin):
         if kind == "CreateVm":
             await self._inventory(inventory.check_new_vm, self.db, req.name, req.host)
             if req.disks:
-                await self._inventory(storage_inventory.plan_disks, self.db,
+                await self._inventory(inventory.plan_disks, self.db,
                                       PlanDisksInput(vm=req.name, host=req.host, disks=req.disks))
         elif kind in STORAGE_KINDS:
             await self.check_storage(kind, req)
@@ -226,7 +227,7 @@ class TaskomaticClient(HostTasks, StorageClientMixin):
                                 "requested_by": req.requested_by}
         if in_line:  # its place in line, and the resources themselves if they are free
             capacities = {r: capacity_of(r, self.settings) for r in resources}
-            claimed, _ = await asyncio.to_thread(claims.acquire, self.db, task_id, kind,
+            claimed, _ = await asyncio.to_thread(ordering.acquire, self.db, task_id, kind,
                                                  capacities)
             memo[GRANTED_AT_SUBMIT] = claimed.granted
         try:
@@ -235,7 +236,7 @@ class TaskomaticClient(HostTasks, StorageClientMixin):
                 search_attributes=self._attributes(kind, resources, req), memo=memo)
         except BaseException:
             if in_line:  # never started: give its place back
-                await asyncio.to_thread(claims.release, self.db, task_id)
+                await asyncio.to_thread(ordering.release, self.db, task_id)
             raise
         return TaskHandle(handle, kind)
 

@@ -17,28 +17,26 @@ from typing import Any, TypeVar
 
 from starter.client import TaskHandle, TaskomaticClient, TaskStatus
 from taskomatic.models import (
+    CreatePoolRequest,
     CreateVmRequest,
+    CreateVolumeRequest,
+    DeleteVolumeRequest,
+    DestroyPoolRequest,
     DestroyVmRequest,
     HostRecord,
     HostSpec,
+    PoolRecord,
+    RefreshPoolRequest,
+    ResizeVolumeRequest,
+    SetPoolAutostartRequest,
     StartVmRequest,
     StopVmRequest,
     TaskProgress,
     TaskRequest,
     VmRecord,
-)
-from taskomatic.settings import Settings
-from taskomatic.storage import (
-    CreatePoolRequest,
-    CreateVolumeRequest,
-    DeleteVolumeRequest,
-    DestroyPoolRequest,
-    PoolRecord,
-    RefreshPoolRequest,
-    ResizeVolumeRequest,
-    SetPoolAutostartRequest,
     VolumeRecord,
 )
+from taskomatic.settings import Settings
 
 T = TypeVar("T")
 

@@ -23,8 +23,12 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities import inventory
-from activities.db import (
+from starter.client import TaskomaticClient
+from starter.dev.parts import embedded_postgres, temporal_binary, write_test_host
+from taskomatic import inventory
+from taskomatic.errors import ErrorType, task_error
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import (
     Database,
     drop_database,
     ensure_database,
@@ -32,10 +36,6 @@ from activities.db import (
     upgrade,
     with_dbname,
 )
-from activities.hypervisor import Hypervisors
-from starter.client import TaskomaticClient
-from starter.devstack import embedded_postgres, temporal_binary, write_test_host
-from taskomatic.errors import ErrorType, task_error
 from taskomatic.models import DomainRef, DomainReport, HostSpec, HostState
 from taskomatic.settings import Settings
 from taskomatic.temporal import SEARCH_ATTRIBUTES

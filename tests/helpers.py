@@ -17,11 +17,11 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities import inventory
-from activities.db import Database
-from activities.hypervisor import Hypervisors
 from starter.client import TaskomaticClient
+from taskomatic import inventory
 from taskomatic.errors import ErrorInfo, error_info
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import Database
 from taskomatic.models import HostState
 from taskomatic.settings import Settings
 from worker import TASK_WORKFLOWS, WORKFLOW_RUNNER, activity_list, build_ordering_worker

@@ -23,14 +23,14 @@ import libvirt
 import pytest
 from helpers import only_hosts_up
 
-from activities import inventory
-from activities.db import Database
-from activities.hypervisor import Hypervisors
 from lab.control import lab_down, lab_up, set_link
 from lab.guests import LinuxGuest, seabios_spec, start_linux_guest
 from lab.models import LabHost, LabState
 from lab.state import pid_alive
 from lab.system import run
+from taskomatic import inventory
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import Database
 from taskomatic.models import DomainSpec, HostState, RecordVmInput, VmState
 
 LAB_HOSTS = 3

@@ -18,25 +18,23 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 from test_migration import reservations
 
-from activities import inventory
-from activities.db import Database
-from activities.hypervisor import Hypervisors
 from conftest import Lab
 from starter.client import TaskError, TaskHandle, TaskomaticClient
-from taskomatic.migration import (
+from taskomatic import inventory
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import Database
+from taskomatic.models import (
     ActivateHostRequest,
     ClearHostRequest,
+    CreateVmRequest,
+    DomainRef,
+    DomainReport,
+    HostState,
     HostTaskResult,
     MigrateDomainInput,
     MigrateVmRequest,
     MigrationReport,
     RestoreHostRequest,
-)
-from taskomatic.models import (
-    CreateVmRequest,
-    DomainRef,
-    DomainReport,
-    HostState,
     StartVmRequest,
 )
 from taskomatic.settings import Settings

@@ -27,7 +27,7 @@ from helpers import free_port_pair
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
-from activities.db import drop_database, with_dbname
+from taskomatic.inventory.db import drop_database, with_dbname
 
 CLI = str(Path(sys.executable).parent / "taskomatic")
 

@@ -17,7 +17,7 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from starter.codec_server import (
+from codec_server import (
     CodecServer,
     CodecServerError,
     allowed_origins,

@@ -6,7 +6,7 @@ import psycopg2
 import pytest
 from temporalio.exceptions import ApplicationError
 
-from activities.db import Database
+from taskomatic.inventory.db import Database
 
 
 def _backend_pid(db: Database) -> int:

@@ -18,12 +18,12 @@ import pytest
 from helpers import app_error, run_together
 from temporalio.testing import ActivityEnvironment
 
-from activities.domain_xml import build_domain_xml, shape_of
-from activities.domains import DomainActivities
-from activities.hypervisor import Hypervisors
+from activities.vms import DomainActivities
 from conftest import Lab
-from starter.devstack import write_test_host
+from starter.dev.parts import write_test_host
 from taskomatic.errors import ErrorType
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.hypervisor.domain_xml import build_domain_xml, shape_of
 from taskomatic.models import (
     DomainRef,
     DomainReport,

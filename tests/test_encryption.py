@@ -14,11 +14,11 @@ from temporalio.api.history.v1 import History
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.db import Database
-from activities.hypervisor import Hypervisors
 from conftest import Lab
 from starter.client import TaskError, TaskomaticClient
 from taskomatic.codec import ENCODING, CodecError, KeyRing, decode_payloads, key_entry, new_key
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import Database
 from taskomatic.models import CreateVmRequest
 from taskomatic.settings import Settings
 from taskomatic.temporal import data_converter, key_ring

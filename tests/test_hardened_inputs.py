@@ -16,13 +16,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from activities import inventory
-from activities.db import Database
-from activities.domain_xml import build_domain_xml, shape_of
-from activities.hypervisor import Hypervisors
 from conftest import Lab
-from starter import cli
+from starter.cli import main as cli
 from starter.client import RequestError, TaskError, TaskomaticClient, validated
+from taskomatic import inventory
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.hypervisor.domain_xml import build_domain_xml, shape_of
+from taskomatic.inventory.db import Database
 from taskomatic.logs import configure_logging
 from taskomatic.models import (
     CreateVmRequest,

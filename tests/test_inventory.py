@@ -19,8 +19,11 @@ import pytest
 from helpers import app_error, host_row_locked, only_hosts_up, run_together
 from temporalio.exceptions import ApplicationError
 
-from activities import inventory
-from activities.db import (
+from activities.vms import InventoryActivities
+from conftest import Lab
+from taskomatic import inventory
+from taskomatic.errors import ErrorType
+from taskomatic.inventory.db import (
     Database,
     drop_database,
     ensure_database,
@@ -28,9 +31,6 @@ from activities.db import (
     upgrade,
     with_dbname,
 )
-from activities.records import InventoryActivities
-from conftest import Lab
-from taskomatic.errors import ErrorType
 from taskomatic.models import (
     HostRecord,
     HostState,

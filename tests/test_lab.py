@@ -22,13 +22,13 @@ import libvirt
 import pytest
 from lab_fixtures import CACHE_DIR, QemuLab, leftovers
 
-from activities import inventory
-from activities.db import Database
-from activities.domain_xml import build_domain_xml
 from lab.control import lab_down, lab_status, lab_up
 from lab.guests import seabios_spec
 from lab.models import LabHost, LabState
 from starter.client import TaskomaticClient
+from taskomatic import inventory
+from taskomatic.hypervisor.domain_xml import build_domain_xml
+from taskomatic.inventory.db import Database
 from taskomatic.models import (
     CreateVmRequest,
     DestroyVmRequest,

@@ -30,19 +30,21 @@ from temporalio.testing import WorkflowEnvironment
 from test_clear_host import fill, placement, state
 from test_migration import reservations
 
-from activities import inventory
-from activities.db import Database
 from lab.models import LabHost
 from starter.client import TaskError, TaskomaticClient
-from taskomatic.migration import (
+from taskomatic import inventory
+from taskomatic.inventory.db import Database
+from taskomatic.models import (
     ActivateHostRequest,
     ClearHostRequest,
+    CreateVmRequest,
+    HostState,
     HostTaskResult,
     MigrateVmRequest,
     MigrationLimits,
     RestoreHostRequest,
+    StartVmRequest,
 )
-from taskomatic.models import CreateVmRequest, HostState, StartVmRequest
 from taskomatic.settings import Settings
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio]

@@ -18,15 +18,17 @@ from pathlib import Path
 import pytest
 from lab_fixtures import QemuLab
 
-from activities import storage_inventory
-from activities.db import Database
 from lab.models import LabHost
 from starter.client import RequestError, TaskError, TaskomaticClient
-from taskomatic.models import CreateVmRequest, DestroyVmRequest, DiskRequest
-from taskomatic.storage import (
+from taskomatic import inventory
+from taskomatic.inventory.db import Database
+from taskomatic.models import (
     CreatePoolRequest,
+    CreateVmRequest,
     CreateVolumeRequest,
     DestroyPoolRequest,
+    DestroyVmRequest,
+    DiskRequest,
     ResizeVolumeRequest,
 )
 
@@ -80,7 +82,7 @@ async def test_dir_pool_qcow2_volumes_and_a_guest_with_a_disk(
         await (await client.destroy_pool(DestroyPoolRequest(name=pool, delete=True))).result()
         assert not path.exists()
         assert pool not in [p.name() for p in conn.listAllStoragePools(0)]
-        assert [p.name for p in storage_inventory.list_pools(db) if p.name == pool] == []
+        assert [p.name for p in inventory.list_pools(db) if p.name == pool] == []
     finally:
         shutil.rmtree(path, ignore_errors=True)
 
@@ -109,7 +111,7 @@ async def test_a_pool_over_a_file_fails_fast_is_undone_and_leaves_the_file(
         # libvirt will not remove a file as pool storage: reported, for a look by hand.
         assert failure.compensation_failed == ["delete pool storage"]
         assert pool not in _pools(qemu_lab, host)
-        assert storage_inventory.get_pool(db, pool) is None
+        assert inventory.get_pool(db, pool) is None
         assert path.read_text() == "somebody's file, not a directory\n"
     finally:
         path.unlink(missing_ok=True)

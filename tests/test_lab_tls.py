@@ -19,12 +19,12 @@ from helpers import only_hosts_up
 from lab_fixtures import CACHE_DIR
 from tlslab import CertificateAuthority, Issued
 
-from activities import inventory
-from activities.db import Database
-from activities.hypervisor import Hypervisors
 from lab.control import lab_down, lab_up
 from lab.models import LabHost
 from starter.client import RequestError, TaskomaticClient
+from taskomatic import inventory
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import Database
 from taskomatic.models import CreateVmRequest, DestroyVmRequest, HostSpec, HostState
 
 pytestmark = pytest.mark.lab

@@ -11,14 +11,22 @@ from helpers import faulty_client, only_hosts_up
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 
-from activities import inventory
-from activities.db import Database
-from activities.hypervisor import Hypervisors
 from conftest import Lab
 from starter.client import RequestError, TaskError, TaskomaticClient
+from taskomatic import inventory
 from taskomatic.errors import ErrorType, task_error
-from taskomatic.migration import MigrateDomainInput, MigrateVmRequest, MigrationReport
-from taskomatic.models import CreateVmRequest, HostSpec, HostState, StartVmRequest, StopVmRequest
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import Database
+from taskomatic.models import (
+    CreateVmRequest,
+    HostSpec,
+    HostState,
+    MigrateDomainInput,
+    MigrateVmRequest,
+    MigrationReport,
+    StartVmRequest,
+    StopVmRequest,
+)
 from taskomatic.settings import Settings
 from worker import activity_list
 

@@ -9,18 +9,19 @@ from pathlib import Path
 import pytest
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from activities.db import Database
-from activities.domain_xml import build_domain_xml
-from activities.hypervisor import Hypervisors
 from activities.migration import MigrationActivities, save_file
 from conftest import Lab
-from taskomatic.migration import (
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.hypervisor.domain_xml import build_domain_xml
+from taskomatic.inventory.db import Database
+from taskomatic.models import (
+    DomainSpec,
     HostRef,
+    HostSpec,
     LocateDomainInput,
     MigrateDomainInput,
     MigrationLimits,
 )
-from taskomatic.models import DomainSpec, HostSpec
 from taskomatic.settings import Settings
 
 pytestmark = pytest.mark.asyncio

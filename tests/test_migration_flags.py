@@ -5,7 +5,7 @@ from __future__ import annotations
 import libvirt
 
 from activities.migration import _percent, can_migrate_live, migration_flags
-from taskomatic.migration import HostRef, MigrateDomainInput, MigrationLimits
+from taskomatic.models import HostRef, MigrateDomainInput, MigrationLimits
 
 
 def _inp(**limits: object) -> MigrateDomainInput:

@@ -20,13 +20,13 @@ from holding import HoldRequest, HoldResources
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities import claims
-from activities.db import Database
-from activities.hypervisor import Hypervisors
 from conftest import Lab
 from starter.batch import BatchItem
 from starter.client import KINDS, RequestError, TaskError, TaskHandle, TaskKind, TaskomaticClient
-from starter.devstack import temporal_binary
+from starter.dev.parts import temporal_binary
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory import ordering
+from taskomatic.inventory.db import Database
 from taskomatic.models import (
     CreateVmRequest,
     StartVmRequest,
@@ -36,7 +36,7 @@ from taskomatic.models import (
 )
 from taskomatic.settings import Settings
 from worker import WORKFLOW_RUNNER, activity_list, build_ordering_worker
-from workflows.vm_lifecycle import WORKFLOWS
+from workflows.vms import WORKFLOWS
 
 pytestmark = pytest.mark.asyncio
 
@@ -133,7 +133,7 @@ async def test_fifty_interleaved_tasks_on_five_vms_run_one_at_a_time_in_order(
     assert overlaps_across_vms > 0
     # The last task on each VM was a forced stop, so all ended shut off, as the order says.
     assert not any(lab.domains(host).values())
-    assert not [c for c in claims.queue(tasks.db) if c.resource.startswith("vm:vm-")
+    assert not [c for c in ordering.queue(tasks.db) if c.resource.startswith("vm:vm-")
                 and c.resource[3:] in vms]
 
 
@@ -241,7 +241,7 @@ async def test_a_prerequisite_that_does_not_complete_fails_its_dependents(
     with pytest.raises(TaskError) as cascaded:
         await third.result()
     assert second.id in cascaded.value.failure.message
-    assert not claims.queue(tasks.db, [first.id, second.id, third.id])
+    assert not ordering.queue(tasks.db, [first.id, second.id, third.id])
 
 
 async def test_unknown_prerequisite_is_refused_before_anything_starts(
@@ -267,7 +267,7 @@ async def test_terminated_holder_releases_and_the_next_in_line_runs(
     a, b = await asyncio.wait_for(asyncio.gather(first.result(), second.result()), 60)
     assert b.ran_at >= a.finished_at
     assert (await holder.describe()).state == "cancelled"
-    assert not claims.queue(tasks.db, [holder.id, first.id, second.id])
+    assert not ordering.queue(tasks.db, [holder.id, first.id, second.id])
 
 
 async def test_cancelled_task_releases_and_does_not_block_the_line(
@@ -280,7 +280,7 @@ async def test_cancelled_task_releases_and_does_not_block_the_line(
     await _in_state(doomed, "waiting")
     await tasks.cancel(doomed.id)
     await _in_state(doomed, "cancelled")
-    assert [c.task_id for c in claims.queue(tasks.db, [doomed.id])] == []
+    assert [c.task_id for c in ordering.queue(tasks.db, [doomed.id])] == []
     await _finish(tasks, holder)
     await after_it.result()
     status = await doomed.describe()

@@ -22,15 +22,15 @@ from holding import HoldRequest, HoldResources
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities import claims
-from activities.db import Database
-from activities.hypervisor import Hypervisors
 from starter.client import KINDS, TaskHandle, TaskKind, TaskomaticClient
-from starter.devstack import temporal_dev_server_argv
+from starter.dev.parts import temporal_dev_server_argv
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory import ordering
+from taskomatic.inventory.db import Database
 from taskomatic.settings import Settings
 from taskomatic.temporal import connect_temporal
 from worker import WORKFLOW_RUNNER, activity_list, build_ordering_worker
-from workflows.vm_lifecycle import WORKFLOWS
+from workflows.vms import WORKFLOWS
 
 pytestmark = pytest.mark.asyncio
 
@@ -111,4 +111,4 @@ async def test_worker_and_server_restarts_keep_order_and_completion(
     for i in range(1, 6):  # holder, then the line in submission order, never overlapping
         assert ran[i] >= finished[i - 1]
     assert ran[6] >= finished[5]  # the prerequisite
-    assert not claims.queue(db, [h.id for h in handles])
+    assert not ordering.queue(db, [h.id for h in handles])

@@ -7,14 +7,21 @@ import uuid
 
 import pytest
 
-from activities import claims, inventory
-from activities.db import Database
-from activities.domain_xml import build_domain_xml
-from activities.hypervisor import Hypervisors
 from conftest import Lab
 from starter.client import TaskomaticClient
-from taskomatic.models import CreateVmRequest, DomainSpec, StartVmRequest, VmState
-from taskomatic.reconcile import ReconcileReport, ReconcileRequest
+from taskomatic import inventory
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.hypervisor.domain_xml import build_domain_xml
+from taskomatic.inventory import ordering
+from taskomatic.inventory.db import Database
+from taskomatic.models import (
+    CreateVmRequest,
+    DomainSpec,
+    ReconcileReport,
+    ReconcileRequest,
+    StartVmRequest,
+    VmState,
+)
 
 pytestmark = pytest.mark.asyncio
 
@@ -36,7 +43,7 @@ async def test_reconcile_repairs_what_it_safely_can_and_reports_the_rest(
     # A task that ended long ago without releasing its place in line (or that never started),
     # with a real task queued behind it; and capacity a dead task still holds.
     ghost = f"ghost-{uuid.uuid4().hex[:6]}"
-    claims.enqueue(db, ghost, "StartVm", {f"vm:{waiting}": 1})
+    ordering.enqueue(db, ghost, "StartVm", {f"vm:{waiting}": 1})
     with db.transaction() as cur:
         cur.execute("UPDATE claims SET claimed_at = now() - interval '1 hour' WHERE task_id = %s",
                     (ghost,))

@@ -15,17 +15,19 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 from test_replay import HISTORIES
 
-from activities import inventory
-from activities.db import Database
 from conftest import Lab
 from starter.client import TaskHandle, TaskomaticClient
-from taskomatic.migration import (
+from taskomatic import inventory
+from taskomatic.inventory.db import Database
+from taskomatic.models import (
     ActivateHostRequest,
     ClearHostRequest,
+    CreateVmRequest,
+    HostState,
     MigrateVmRequest,
     RestoreHostRequest,
+    StartVmRequest,
 )
-from taskomatic.models import CreateVmRequest, HostState, StartVmRequest
 from worker import TASK_WORKFLOWS as WORKFLOWS
 
 

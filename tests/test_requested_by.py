@@ -7,7 +7,7 @@ import asyncio
 from rich.console import Console
 
 from conftest import Lab
-from starter import render
+from starter.cli import render
 from starter.client import TaskomaticClient, caller_identity
 from taskomatic.models import CreateVmRequest, DestroyVmRequest
 from taskomatic.temporal import TASK_REQUESTED_BY

@@ -27,25 +27,22 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from activities import storage_inventory as inv
-from activities.db import Database
-from activities.hypervisor import Hypervisors
 from conftest import Lab
 from starter.client import RequestError, TaskError, TaskHandle, TaskomaticClient
 from starter.sync import SyncTaskomaticClient
+from taskomatic import inventory as inv
 from taskomatic.errors import ErrorType, task_error
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import Database
 from taskomatic.models import (
-    CreateVmRequest,
-    DestroyVmRequest,
-    DiskRequest,
-    HostSpec,
-)
-from taskomatic.settings import Settings
-from taskomatic.storage import (
     CreatePoolRequest,
+    CreateVmRequest,
     CreateVolumeRequest,
     DeleteVolumeRequest,
     DestroyPoolRequest,
+    DestroyVmRequest,
+    DiskRequest,
+    HostSpec,
     PoolRef,
     PoolReport,
     PoolSource,
@@ -54,9 +51,10 @@ from taskomatic.storage import (
     ResizeVolumeRequest,
     SetPoolAutostartRequest,
 )
+from taskomatic.settings import Settings
 from taskomatic.units import GIB, MIB
 from workflows.storage import STORAGE_WORKFLOWS
-from workflows.vm_lifecycle import WORKFLOWS
+from workflows.vms import WORKFLOWS
 
 pytestmark = pytest.mark.asyncio
 

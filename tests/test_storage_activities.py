@@ -10,12 +10,12 @@ import pytest
 from helpers import app_error
 from storage_helpers import libvirt_pools, pool_path
 
-from activities.hypervisor import Hypervisors
-from activities.pool_xml import build_pool_xml, build_volume_xml
 from activities.storage import StorageActivities
 from conftest import Lab
 from taskomatic.errors import ErrorType
-from taskomatic.storage import (
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.hypervisor.pool_xml import build_pool_xml, build_volume_xml
+from taskomatic.models import (
     PoolAutostartInput,
     PoolRef,
     PoolSource,

@@ -25,9 +25,9 @@ from tlslab import (
     tls_postgres,
 )
 
-from activities.db import Database, ensure_database, upgrade
 from taskomatic.codec import CodecError
 from taskomatic.errors import ErrorType, error_info
+from taskomatic.inventory.db import Database, ensure_database, upgrade
 from taskomatic.models import StartVmRequest
 from taskomatic.settings import Settings
 from taskomatic.temporal import connect_temporal

@@ -16,11 +16,11 @@ from helpers import faulty_client
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 
-from activities import inventory
-from activities.db import Database
-from activities.hypervisor import Hypervisors
 from conftest import Lab
 from starter.client import RequestError, TaskError, TaskomaticClient
+from taskomatic import inventory
+from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import Database
 from taskomatic.models import (
     CreateVmRequest,
     DestroyVmRequest,

@@ -13,11 +13,10 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.migration import MigrationActivities
     from taskomatic.errors import ErrorInfo, ErrorType
-    from taskomatic.migration import HostRef, LocateDomainInput, MigrateVmRequest
-    from taskomatic.models import VmTaskResult
+    from taskomatic.models import HostRef, LocateDomainInput, MigrateVmRequest, VmTaskResult
 
 from workflows.runbook import TaskFailed
-from workflows.vm_lifecycle import VmTask
+from workflows.vms import VmTask
 
 Moves = MigrationActivities
 

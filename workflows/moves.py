@@ -12,11 +12,11 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.host_records import HostActivities
+    from activities.hosts import HostActivities
     from activities.migration import PROGRESS_SIGNAL, MigrationActivities
-    from activities.records import InventoryActivities
+    from activities.vms import InventoryActivities
     from taskomatic.errors import ErrorInfo, ErrorType
-    from taskomatic.migration import (
+    from taskomatic.models import (
         MAX_MIGRATION_HOSTS,
         ConfirmMoveInput,
         HostRef,
@@ -26,8 +26,6 @@ with workflow.unsafe.imports_passed_through():
         MigrationReport,
         MoveConfirmation,
         MoveReservation,
-    )
-    from taskomatic.models import (
         ReleaseCapacityInput,
         ReserveCapacityInput,
         VmPlacement,

@@ -22,14 +22,14 @@ from temporalio.common import RetryPolicy
 with workflow.unsafe.imports_passed_through():
     from activities.ordering import WAKE_SIGNAL, OrderingActivities
     from taskomatic.errors import ErrorInfo, ErrorType
-    from taskomatic.models import TaskState
-    from taskomatic.ordering import (
+    from taskomatic.models import (
         AwaitTaskInput,
         ClaimInput,
         ClaimResult,
+        ReleaseClaimsResult,
         ReleaseInput,
-        ReleaseResult,
         TaskOutcome,
+        TaskState,
     )
     from taskomatic.temporal import TASK_STATE
 
@@ -153,11 +153,11 @@ class InLine:
             return [outcome.task_id]
         return []
 
-    async def release(self, resources: list[str] | None = None) -> ReleaseResult | None:
+    async def release(self, resources: list[str] | None = None) -> ReleaseClaimsResult | None:
         """Give up claimed resources (all of them by default) and wake whoever is next."""
         if not self._claimed:
             return None
-        result: ReleaseResult = await workflow.execute_activity_method(
+        result: ReleaseClaimsResult = await workflow.execute_activity_method(
             Ordering.release_resources,
             ReleaseInput(task_id=workflow.info().workflow_id, resources=resources),
             task_queue=ordering_queue(workflow.info().task_queue),

@@ -27,6 +27,7 @@ with workflow.unsafe.imports_passed_through():
     from taskomatic.errors import ErrorInfo, error_info
     from taskomatic.logs import get_logger
     from taskomatic.models import (
+        ClaimResult,
         StepRecord,
         StepState,
         TaskFailure,
@@ -34,7 +35,6 @@ with workflow.unsafe.imports_passed_through():
         TaskRequest,
         TaskState,
     )
-    from taskomatic.ordering import ClaimResult
 
 from workflows.ordering import InLine, ordering_queue
 

@@ -11,7 +11,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.storage import StorageActivities
     from activities.storage_records import StorageInventoryActivities
-    from taskomatic.storage import (
+    from taskomatic.models import (
         CreatePoolRequest,
         CreateVolumeRequest,
         DeleteVolumeRequest,

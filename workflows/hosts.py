@@ -20,13 +20,14 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.host_records import HostActivities
+    from activities.hosts import HostActivities
     from activities.migration import MigrationActivities
-    from taskomatic.migration import (
+    from taskomatic.models import (
         ActivateHostRequest,
         ClearHostRequest,
         HostNameInput,
         HostRef,
+        HostState,
         HostTaskProgress,
         HostTaskResult,
         HostTaskState,
@@ -35,14 +36,16 @@ with workflow.unsafe.imports_passed_through():
         PlanInput,
         RestoreHostRequest,
         SetHostStateInput,
+        StopVmRequest,
+        TaskRequest,
         VmMoveOutcome,
+        VmTaskResult,
     )
-    from taskomatic.models import HostState, StopVmRequest, TaskRequest, VmTaskResult
     from taskomatic.temporal import TASK_HOST, TASK_KIND, TASK_VM
 
 from workflows.migration import MigrateVm
 from workflows.runbook import DATABASE, Runbook, Undo
-from workflows.vm_lifecycle import StopVm
+from workflows.vms import StopVm
 
 Hosts = HostActivities
 Moves = MigrationActivities

@@ -20,14 +20,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from starter.codec_server import CodecServerError, codec_token, split_address
-from starter.dev_processes import DevError, port_in_use
+from codec_server import CodecServerError, codec_token, split_address
+from starter.dev.processes import DevError, port_in_use
 from taskomatic.codec import CodecError, key_entry, new_key
 from taskomatic.settings import Settings
 from taskomatic.temporal import key_ring
 
 if TYPE_CHECKING:
-    from starter.dev import DevStack
+    from starter.dev.stack import DevStack
 
 STOP_SECONDS = 5.0
 
@@ -93,7 +93,7 @@ async def start_codec_server(stack: DevStack, settings: Settings) -> None:
     if port_in_use(host, port):
         raise DevError(f"port {port} on {host} (codec server) is already in use: stop what uses "
                        "it or set TASKOMATIC_CODEC_SERVER_ADDRESS")
-    child = stack.spawn_python("codec server", "starter.codec_server", "codec-server.log",
+    child = stack.spawn_python("codec server", "codec_server", "codec-server.log",
                                settings, STOP_SECONDS)
 
     async def listening() -> bool:

@@ -11,9 +11,7 @@ from datetime import timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.domains import DomainActivities
-    from activities.records import InventoryActivities
-    from taskomatic.migration import MigrationLimits
+    from activities.vms import DomainActivities, InventoryActivities
     from taskomatic.models import (
         CreateVmRequest,
         DestroyVmRequest,
@@ -23,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         HostState,
         InventoryResult,
         LookupVmInput,
+        MigrationLimits,
         RecordVmInput,
         ReleaseCapacityInput,
         RemoveVmInput,
@@ -39,9 +38,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from taskomatic.temporal import TASK_HOST
 
+from workflows.disks import DISKS_PATCH, VmDiskSteps, disk_specs
 from workflows.moves import Mover
 from workflows.runbook import DATABASE, HYPERVISOR, ActivityOptions, Undo
-from workflows.vm_disks import DISKS_PATCH, VmDiskSteps, disk_specs
 
 Inventory = InventoryActivities
 Domains = DomainActivities

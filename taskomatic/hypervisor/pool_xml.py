@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from taskomatic.storage import PoolSpec, PoolType, VolumeInfo, VolumeSpec
+from taskomatic.models import PoolSpec, PoolType, VolumeInfo, VolumeSpec
 
 
 def build_pool_xml(spec: PoolSpec) -> str:

@@ -11,27 +11,25 @@ from typing import Any
 import psycopg2.errors
 from psycopg2.extras import Json
 
-from activities.db import Database
 from taskomatic.errors import ErrorType, task_error
-from taskomatic.models import HostState
-from taskomatic.storage import (
+from taskomatic.inventory.db import Database
+from taskomatic.models import (
+    AttachedDisk,
     CreatePoolRequest,
+    DiskPlan,
+    HostState,
+    PlanDisksInput,
+    PlannedDisk,
     PoolPlacement,
     PoolRecord,
     PoolScan,
     PoolType,
+    RecordVmDisksInput,
+    VmDisks,
     VolumeInfo,
     VolumePlacement,
     VolumeRecord,
     check_pool_path,
-)
-from taskomatic.vm_disks import (
-    AttachedDisk,
-    DiskPlan,
-    PlanDisksInput,
-    PlannedDisk,
-    RecordVmDisksInput,
-    VmDisks,
 )
 
 _POOLS = """

@@ -9,10 +9,10 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from starter import render
-from starter.cli import _client, _submit, _who, console, verb
+from starter.cli import render
+from starter.cli.main import _client, _submit, _who, console, verb
 from starter.client import RequestError, validated
-from taskomatic.storage import (
+from taskomatic.models import (
     CreatePoolRequest,
     CreateVolumeRequest,
     DeleteVolumeRequest,

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from starter import render
+from starter.cli import render
 from taskomatic.settings import get_settings
 
 console = Console()
@@ -29,9 +29,9 @@ def _database_url(args: argparse.Namespace) -> str | None:
 
 
 def lab_up(args: argparse.Namespace) -> int:
-    from activities.db import is_reachable
     from lab.control import lab_up as up
     from lab.models import LabError
+    from taskomatic.inventory.db import is_reachable
 
     url = _database_url(args)
     if url is not None and not is_reachable(_server_url(url)):
@@ -62,7 +62,7 @@ def lab_up(args: argparse.Namespace) -> int:
 
 def _server_url(url: str) -> str:
     """The inventory may not exist yet: reachability is checked on the server's own database."""
-    from activities.db import with_dbname
+    from taskomatic.inventory.db import with_dbname
 
     return with_dbname(url, "postgres")
 
@@ -121,7 +121,7 @@ def _show(found: dict[str, Any]) -> None:
 
 
 def add_commands(nouns: Any) -> None:
-    from starter.cli import verb
+    from starter.cli.main import verb
 
     lab = nouns.add_parser("lab", help="a local multi-host libvirt lab (root)"
                            ).add_subparsers(dest="verb", required=True)

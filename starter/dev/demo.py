@@ -16,19 +16,17 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from starter import render
-from starter.cli_hosts import follow_host_task, report_table
+from starter.cli import render
+from starter.cli.hosts import follow_host_task, report_table
 from starter.client import TaskError, TaskHandle, TaskomaticClient, TaskStatus
 from taskomatic.logs import get_logger
-from taskomatic.migration import (
+from taskomatic.models import (
     ActivateHostRequest,
     ClearHostRequest,
-    MigrateVmRequest,
-    RestoreHostRequest,
-)
-from taskomatic.models import (
     CreateVmRequest,
     DestroyVmRequest,
+    MigrateVmRequest,
+    RestoreHostRequest,
     StopVmRequest,
     TaskProgress,
     VmTaskResult,

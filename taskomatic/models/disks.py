@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from taskomatic.models import DiskRequest, Model, VolumeFormat
-from taskomatic.storage import VolumeInfo, VolumeRef
+from taskomatic.models.base import DiskRequest, Model, VolumeFormat
+from taskomatic.models.storage import VolumeInfo, VolumeRef
 
 
 class PlannedDisk(Model):

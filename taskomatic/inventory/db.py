@@ -106,7 +106,7 @@ def get_database(url: str, max_connections: int = 32) -> Database:
 def migrations() -> list[tuple[int, str, str]]:
     """The bundled migrations as (version, name, sql), in order."""
     found = []
-    for entry in resources.files("activities.migrations").iterdir():
+    for entry in (resources.files("taskomatic.inventory") / "schema").iterdir():
         if entry.name.endswith(".sql"):
             version = int(entry.name.split("_", 1)[0])
             found.append((version, entry.name, entry.read_text(encoding="utf-8")))

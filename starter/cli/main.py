@@ -19,8 +19,10 @@ from typing import Any
 from pydantic import ValidationError
 from rich.console import Console
 
-from starter import cli_lab, codec_server, render
+import codec_server
 from starter.batch import BatchItem
+from starter.cli import lab as cli_lab
+from starter.cli import render
 from starter.client import (
     RequestError,
     TaskError,
@@ -37,10 +39,10 @@ from taskomatic.models import (
     CreateVmRequest,
     DestroyVmRequest,
     HostSpec,
+    ReconcileRequest,
     StartVmRequest,
     StopVmRequest,
 )
-from taskomatic.reconcile import ReconcileRequest
 from taskomatic.settings import get_settings
 
 console = Console()
@@ -108,7 +110,7 @@ def _who(args: argparse.Namespace) -> str:
 
 
 async def vm_create(args: argparse.Namespace) -> int:
-    from starter.cli_storage import disks_from_args
+    from starter.cli.storage import disks_from_args
 
     req = validated(CreateVmRequest, name=args.name, vcpus=args.vcpus, memory_mib=args.memory_mib,
                     host=args.host, start=args.start, disks=disks_from_args(args),
@@ -261,7 +263,7 @@ async def reconcile_now(args: argparse.Namespace) -> int:
 
 
 async def reconcile_schedule(args: argparse.Namespace) -> int:
-    from starter.schedule import ensure_reconcile_schedule
+    from workflows.reconcile import ensure_reconcile_schedule
 
     client = await _client()
     every = args.every or client.settings.reconcile_interval_seconds
@@ -275,7 +277,7 @@ async def reconcile_schedule(args: argparse.Namespace) -> int:
 
 
 def db_upgrade(args: argparse.Namespace) -> int:
-    from activities.db import ensure_database, upgrade
+    from taskomatic.inventory.db import ensure_database, upgrade
 
     url = get_settings().database_url
     created = ensure_database(url)
@@ -293,7 +295,7 @@ def worker(args: argparse.Namespace) -> int:
 
 
 def dev(args: argparse.Namespace) -> int:
-    from starter.dev import run_dev
+    from starter.dev.stack import run_dev
 
     return run_dev(hosts=args.hosts, demo=args.demo, lab=args.lab)
 
@@ -325,13 +327,15 @@ def _task_filters(sp: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from starter import cli_storage  # it builds on this module's verb() and _submit()
+    from starter.cli import (
+        storage as cli_storage,  # it builds on this module's verb() and _submit()
+    )
 
     p = argparse.ArgumentParser(prog="taskomatic", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     nouns = p.add_subparsers(dest="noun", required=True)
 
-    from starter import cli_hosts  # its verbs build on this module's helpers
+    from starter.cli import hosts as cli_hosts  # its verbs build on this module's helpers
 
     host = nouns.add_parser("host", help="hypervisor hosts").add_subparsers(dest="verb",
                                                                             required=True)

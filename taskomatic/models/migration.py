@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from taskomatic.models import (
+from taskomatic.models.base import (
     HostState,
     Model,
     Name,

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, Field, model_validator
 
-from taskomatic.models import (
+from taskomatic.models.base import (
     Model,
     Name,
     TaskRequest,

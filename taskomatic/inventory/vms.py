@@ -11,8 +11,8 @@ from typing import Any
 
 import psycopg2.errors
 
-from activities.db import Database
 from taskomatic.errors import ErrorType, task_error
+from taskomatic.inventory.db import Database
 from taskomatic.models import (
     HostRecord,
     HostSpec,

@@ -40,8 +40,15 @@ from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from activities import inventory
-from activities.db import (
+from lab.dev import DevLab
+from lab.models import LabError
+from starter.client import TaskomaticClient
+from starter.dev import security as dev_security
+from starter.dev.demo import demo_exit_status
+from starter.dev.parts import embedded_postgres, temporal_dev_server_argv, write_test_host
+from starter.dev.processes import Child, DevError, port_in_use, shown
+from taskomatic import inventory
+from taskomatic.inventory.db import (
     Database,
     ensure_database,
     get_database,
@@ -49,13 +56,6 @@ from activities.db import (
     upgrade,
     with_dbname,
 )
-from lab.dev import DevLab
-from lab.models import LabError
-from starter import dev_security
-from starter.client import TaskomaticClient
-from starter.demo import demo_exit_status
-from starter.dev_processes import Child, DevError, port_in_use, shown
-from starter.devstack import embedded_postgres, temporal_dev_server_argv, write_test_host
 from taskomatic.logs import get_logger
 from taskomatic.models import HostSpec
 from taskomatic.settings import Settings

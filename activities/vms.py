@@ -1,8 +1,11 @@
-"""Hypervisor activities: one libvirt action each, idempotent, with typed errors.
+"""VM activities: the inventory steps of the VM tasks (one transaction each) and the libvirt
+domain actions (one libvirt action each).
 
-Each looks at what the hypervisor has before acting, so a repeated call (Temporal runs activities
-at least once) finds the work done and says so instead of failing.
+Every one is idempotent: it looks at what the database or the hypervisor has before acting, so a
+repeated call (Temporal runs activities at least once) finds the work done and says so instead of
+failing; libvirt errors leave as typed errors.
 """
+
 
 from __future__ import annotations
 
@@ -11,11 +14,30 @@ import time
 import libvirt
 from temporalio import activity
 
-from activities.domain_xml import build_domain_xml, shape_of
-from activities.hypervisor import Hypervisors, lookup, power_state
+from taskomatic import inventory
 from taskomatic.errors import ErrorType, task_error
+from taskomatic.hypervisor import Hypervisors, lookup, power_state
+from taskomatic.hypervisor.domain_xml import build_domain_xml, shape_of
+from taskomatic.inventory.db import Database
 from taskomatic.logs import get_logger
-from taskomatic.models import DomainRef, DomainReport, DomainSpec, VmState, WaitShutoffInput
+from taskomatic.models import (
+    DomainRef,
+    DomainReport,
+    DomainSpec,
+    InventoryResult,
+    LookupVmInput,
+    RecordVmInput,
+    ReleaseCapacityInput,
+    ReleaseResult,
+    RemoveVmInput,
+    Reservation,
+    ReserveCapacityInput,
+    SetVmStateInput,
+    VmPlacement,
+    VmRecord,
+    VmState,
+    WaitShutoffInput,
+)
 
 _OFF = {VmState.SHUTOFF, VmState.CRASHED}
 
@@ -116,3 +138,51 @@ class DomainActivities:
             raise task_error(ErrorType.DOMAIN_NOT_FOUND,
                              f"no domain {ref.name!r} on {ref.host}", host=ref.host, vm=ref.name)
         return dom
+
+
+class InventoryActivities:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @activity.defn
+    def reserve_capacity(self, inp: ReserveCapacityInput) -> Reservation:
+        res = inventory.reserve_capacity(self.db, inp)
+        get_logger(vm=inp.vm_name, host=res.host).info(
+            "capacity reserved", vcpus=res.vcpus, memory_mib=res.memory_mib)
+        return res
+
+    @activity.defn
+    def release_capacity(self, inp: ReleaseCapacityInput) -> ReleaseResult:
+        res = inventory.release_capacity(self.db, inp.task_id)
+        detail = (f"released {res.vcpus} vCPUs / {res.memory_mib} MiB on {res.host}" if res
+                  else "no reservation held")
+        get_logger().info("capacity release", detail=detail)
+        return ReleaseResult(released=res is not None, detail=detail)
+
+    @activity.defn
+    def lookup_vm(self, inp: LookupVmInput) -> VmPlacement:
+        found = inventory.get_vm(self.db, inp.name)
+        if found is None:
+            raise task_error(ErrorType.UNKNOWN_VM, f"no VM named {inp.name!r}", field="name",
+                             vm=inp.name)
+        return found
+
+    @activity.defn
+    def record_vm(self, inp: RecordVmInput) -> VmRecord:
+        vm = inventory.record_vm(self.db, inp)
+        get_logger(vm=vm.name, host=vm.host).info("VM recorded", state=vm.state)
+        return vm
+
+    @activity.defn
+    def set_vm_state(self, inp: SetVmStateInput) -> InventoryResult:
+        changed = inventory.set_vm_state(self.db, inp.name, inp.state)
+        detail = f"state {inp.state}" if changed else f"state already {inp.state}"
+        get_logger(vm=inp.name).info("VM state", detail=detail)
+        return InventoryResult(changed=changed, detail=detail)
+
+    @activity.defn
+    def remove_vm(self, inp: RemoveVmInput) -> InventoryResult:
+        changed = inventory.remove_vm(self.db, inp.name)
+        detail = "removed from inventory" if changed else "already absent from inventory"
+        get_logger(vm=inp.name).info(detail)
+        return InventoryResult(changed=changed, detail=detail)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from taskomatic.models import Model, TaskRequest
+from taskomatic.models.base import Model, TaskRequest
 
 FindingKind = Literal[
     "stale_claim",          # a place in line held by a task that has ended

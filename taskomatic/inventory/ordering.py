@@ -18,8 +18,8 @@ from typing import Any
 
 import psycopg2.extras
 
-from activities.db import Database
-from taskomatic.ordering import Blocker, ClaimResult, QueuedClaim
+from taskomatic.inventory.db import Database
+from taskomatic.models import Blocker, ClaimResult, QueuedClaim
 
 
 def _lock(cur: Any, capacities: Mapping[str, int]) -> None:

@@ -16,12 +16,10 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from activities import storage_inventory as inv
-from activities.db import Database
 from starter.tasks import TaskHandle, TaskKind
-from taskomatic.models import TaskRequest
-from taskomatic.settings import Settings
-from taskomatic.storage import (
+from taskomatic import inventory as inv
+from taskomatic.inventory.db import Database
+from taskomatic.models import (
     CreatePoolRequest,
     CreateVolumeRequest,
     DeleteVolumeRequest,
@@ -30,8 +28,10 @@ from taskomatic.storage import (
     RefreshPoolRequest,
     ResizeVolumeRequest,
     SetPoolAutostartRequest,
+    TaskRequest,
     VolumeRecord,
 )
+from taskomatic.settings import Settings
 from workflows.storage import (
     CreateStoragePool,
     CreateVolume,

@@ -23,10 +23,10 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from starter import render
-from starter.cli import _client, _submit, _who, console, report_failure, report_submitted, verb
+from starter.cli import render
+from starter.cli.main import _client, _submit, _who, console, report_failure, report_submitted, verb
 from starter.client import TaskError, TaskHandle, TaskomaticClient, validated
-from taskomatic.migration import (
+from taskomatic.models import (
     ActivateHostRequest,
     ClearHostRequest,
     HostTaskProgress,

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from taskomatic.models import Model
+from taskomatic.models.base import Model
 from taskomatic.settings import Settings
 
 TaskOutcomeStatus = Literal["completed", "failed", "cancelled", "terminated", "timed_out",
@@ -69,7 +69,7 @@ class ReleaseInput(Model):
     resources: list[str] | None = None  # None: everything the task holds or waits for
 
 
-class ReleaseResult(Model):
+class ReleaseClaimsResult(Model):
     released: list[str] = Field(default_factory=list)
     woken: list[str] = Field(default_factory=list)
 

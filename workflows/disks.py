@@ -9,30 +9,29 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from activities.disks import DiskActivities
     from activities.storage import StorageActivities
-    from activities.storage_records import StorageInventoryActivities
-    from taskomatic.models import CreateVmRequest, DiskSpec
-    from taskomatic.storage import (
-        StorageResult,
-        VolumeInfo,
-        VolumeReport,
-        VolumeSpec,
-    )
-    from taskomatic.vm_disks import (
+    from taskomatic.models import (
+        CreateVmRequest,
         DiskPlan,
+        DiskSpec,
         PlanDisksInput,
         RecordVmDisksInput,
         ReleaseVmVolumesInput,
+        StorageResult,
         VmDisks,
         VmIdentity,
         VmNameInput,
+        VolumeInfo,
+        VolumeReport,
+        VolumeSpec,
     )
 
 from workflows.runbook import DATABASE, Runbook, Undo
 
 DISKS_PATCH = "vm-disks"
 Storage = StorageActivities
-StorageInventory = StorageInventoryActivities
+Disks = DiskActivities
 
 
 def disk_specs(plan: DiskPlan | None) -> list[DiskSpec]:
@@ -43,7 +42,7 @@ def disk_specs(plan: DiskPlan | None) -> list[DiskSpec]:
 class VmDiskSteps(Runbook):
     async def plan_disks(self, req: CreateVmRequest) -> DiskPlan:
         plan: DiskPlan = await self.step(
-            "plan disks", StorageInventory.plan_disks,
+            "plan disks", Disks.plan_disks,
             PlanDisksInput(vm=req.name, host=req.host, disks=req.disks), options=DATABASE)
         return plan
 
@@ -64,16 +63,16 @@ class VmDiskSteps(Runbook):
         return created
 
     def unrecord_undo(self, vm: str, uuid: str) -> Undo:
-        return Undo("remove from inventory", StorageInventory.unrecord_vm,
+        return Undo("remove from inventory", Disks.unrecord_vm,
                     VmIdentity(vm=vm, uuid=uuid), DATABASE)
 
     async def record_disks(self, vm: str, plan: DiskPlan, created: list[VolumeInfo]) -> None:
-        await self.step("record disks", StorageInventory.record_vm_disks,
+        await self.step("record disks", Disks.record_vm_disks,
                         RecordVmDisksInput(vm=vm, disks=plan.disks, created=created),
                         options=DATABASE)
 
     async def lookup_disks(self, vm: str) -> VmDisks:
-        disks: VmDisks = await self.step("look up disks", StorageInventory.lookup_vm_disks,
+        disks: VmDisks = await self.step("look up disks", Disks.lookup_vm_disks,
                                          VmNameInput(vm=vm), options=DATABASE)
         return disks
 
@@ -89,6 +88,6 @@ class VmDiskSteps(Runbook):
     async def release_volumes(self, vm: str, keep: bool) -> str:
         released: StorageResult = await self.step(
             "keep owned volumes" if keep else "forget owned volumes",
-            StorageInventory.release_vm_volumes, ReleaseVmVolumesInput(vm=vm, keep=keep),
+            Disks.release_vm_volumes, ReleaseVmVolumesInput(vm=vm, keep=keep),
             options=DATABASE)
         return released.detail

@@ -19,21 +19,21 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.service import RPCError
 
-from activities import inventory
-from activities.db import Database
 from starter.tasks import TaskHandle, TaskKind
-from taskomatic.migration import (
+from taskomatic import inventory
+from taskomatic.inventory.db import Database
+from taskomatic.models import (
     ActivateHostRequest,
     ClearHostRequest,
+    HostState,
     HostTaskProgress,
     HostTaskResult,
     MigrateVmRequest,
     MigrationLimits,
     RestoreHostRequest,
 )
-from taskomatic.models import HostState
 from taskomatic.settings import Settings
-from workflows.clear_host import ActivateHost, ClearHost, RestoreHost
+from workflows.hosts import ActivateHost, ClearHost, RestoreHost
 from workflows.migration import MigrateVm
 
 HOST_KINDS: dict[str, TaskKind] = {

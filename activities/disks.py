@@ -1,0 +1,61 @@
+"""Activities of the disks of VMs: plan a new VM's disks, record which VM uses or owns which
+volume, and forget them again; one inventory transaction each (the volumes themselves are made and
+deleted by ``activities.storage``)."""
+
+from __future__ import annotations
+
+from temporalio import activity
+
+from taskomatic import inventory as inv
+from taskomatic.inventory.db import Database
+from taskomatic.logs import get_logger
+from taskomatic.models import (
+    DiskPlan,
+    PlanDisksInput,
+    RecordVmDisksInput,
+    ReleaseVmVolumesInput,
+    StorageResult,
+    VmDisks,
+    VmIdentity,
+    VmNameInput,
+)
+
+
+def _result(changed: bool, detail: str, **where: str) -> StorageResult:
+    get_logger(**where).info(detail, changed=changed)
+    return StorageResult(changed=changed, detail=detail)
+
+
+
+
+class DiskActivities:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @activity.defn
+    def plan_disks(self, inp: PlanDisksInput) -> DiskPlan:
+        return inv.plan_disks(self.db, inp)
+
+    @activity.defn
+    def record_vm_disks(self, inp: RecordVmDisksInput) -> VmDisks:
+        return inv.record_vm_disks(self.db, inp)
+
+    @activity.defn
+    def lookup_vm_disks(self, inp: VmNameInput) -> VmDisks:
+        return inv.vm_disks(self.db, inp.vm)
+
+    @activity.defn
+    def release_vm_volumes(self, inp: ReleaseVmVolumesInput) -> StorageResult:
+        count = inv.release_vm_volumes(self.db, inp.vm, inp.keep)
+        verb = "kept (no longer owned)" if inp.keep else "forgotten"
+        return _result(count > 0, f"{count} owned volume(s) {verb}", vm=inp.vm)
+
+    @activity.defn
+    def unrecord_vm(self, inp: VmIdentity) -> StorageResult:
+        removed = inv.unrecord_vm(self.db, inp.vm, inp.uuid)
+        return _result(removed, "removed from inventory" if removed
+                       else "not recorded (or another VM of that name); left alone", vm=inp.vm)
+
+    def all(self) -> list[object]:
+        return [self.plan_disks, self.record_vm_disks, self.lookup_vm_disks,
+                self.release_vm_volumes, self.unrecord_vm]
