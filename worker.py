@@ -30,14 +30,9 @@ from taskomatic.inventory.db import get_database
 from taskomatic.logs import configure_logging, get_logger
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import connect_temporal, ensure_search_attributes
-from workflows.hosts import WORKFLOWS as HOST_WORKFLOWS
+from workflows.kinds import TASK_WORKFLOWS  # every task kind this worker runs, one per row
 from workflows.ordering import ordering_queue
-from workflows.reconcile import Reconcile, ensure_reconcile_schedule
-from workflows.storage import STORAGE_WORKFLOWS
-from workflows.vms import WORKFLOWS as VM_WORKFLOWS
-
-# Every task kind this worker runs.
-TASK_WORKFLOWS = [*VM_WORKFLOWS, *HOST_WORKFLOWS, *STORAGE_WORKFLOWS, Reconcile]
+from workflows.reconcile import ensure_reconcile_schedule
 
 log = get_logger(component="worker")
 
@@ -69,12 +64,13 @@ def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
     ]
 
 
-# The runbook holds no state of its own, so it is shared by all workflow runs instead of being
+# The runbook, the place in line and the helpers tasks make (VM steps, disk steps, the mover)
+# hold no state of their own, so they are shared by all workflow runs instead of being
 # re-imported into every sandbox (measured: ~2 ms of CPU per task saved).
 WORKFLOW_RUNNER = SandboxedWorkflowRunner(
-    restrictions=SandboxRestrictions.default.with_passthrough_modules("workflows.runbook",
-                                                                      "workflows.ordering",
-                                                                      "workflows.moves"))
+    restrictions=SandboxRestrictions.default.with_passthrough_modules(
+        "workflows.runbook", "workflows.ordering", "workflows.vm_steps", "workflows.disks",
+        "workflows.migration"))
 
 
 def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,

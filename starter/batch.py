@@ -6,7 +6,8 @@
 
 ``after`` names other items by key, or tasks that already exist by id. The whole batch is checked
 first (every request, every reference, no cycle); only then is any task submitted, in an order
-where each task's prerequisites already exist.
+where each task's prerequisites already exist. A bad batch raises ``RequestError`` naming the
+item's field.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
+from starter.errors import RequestError
 from taskomatic.models import Model, TaskRequest
+from workflows.kinds import TaskKind
 
 
 class BatchItem(Model):
@@ -35,45 +38,42 @@ class PlannedTask(Model):
     in_batch_after: list[str]  # keys of items it waits for
 
 
-class BatchError(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.reason = message
+def plan_batch(items: list[BatchItem], kinds: Mapping[str, TaskKind]) -> list[PlannedTask]:
+    """Validate a batch against the task ``kinds`` by name and order it so every task comes
+    after its prerequisites.
 
-
-def plan_batch(items: list[BatchItem], requests: Mapping[str, type[TaskRequest]],
-               slugs: Mapping[str, str]) -> list[PlannedTask]:
-    """Validate a batch and order it so every task comes after its prerequisites.
-
-    Raises ``BatchError`` naming the item's field (``items[2].request.name``) on the first
+    Raises ``RequestError`` naming the item's field (``items[2].request.name``) on the first
     problem. External prerequisites (ids not among the keys) are left for the caller to check.
     """
     keys = [item.key for item in items]
     for i, key in enumerate(keys):
         if keys.index(key) != i:
-            raise BatchError(f"items[{i}].key", f"duplicate key {key!r}")
-    ids = {item.key: f"{slugs.get(item.kind, 'task')}-{item.key}-{uuid.uuid4().hex[:8]}"
+            raise RequestError(f"items[{i}].key", f"duplicate key {key!r}")
+    ids = {item.key: f"{_slug(kinds, item.kind)}-{item.key}-{uuid.uuid4().hex[:8]}"
            for item in items}
     planned: dict[str, PlannedTask] = {}
     for i, item in enumerate(items):
-        if item.kind not in requests:
-            raise BatchError(f"items[{i}].kind", f"unknown task kind {item.kind!r} (known: "
-                             f"{', '.join(sorted(requests))})")
+        if item.kind not in kinds:
+            raise RequestError(f"items[{i}].kind", f"unknown task kind {item.kind!r} (known: "
+                               f"{', '.join(sorted(kinds))})")
         in_batch = [ref for ref in item.after if ref in ids]
         outside = [ref for ref in item.after if ref not in ids]
         try:
-            req = requests[item.kind].model_validate(
+            req = kinds[item.kind].request.model_validate(
                 {**item.request, "after": [*item.request.get("after", []), *outside,
                                            *(ids[ref] for ref in in_batch)]})
         except ValidationError as err:
             first = err.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
-            raise BatchError(f"items[{i}].request.{where}",
-                             first["msg"].removeprefix("Value error, ")) from None
+            raise RequestError(f"items[{i}].request.{where}",
+                               first["msg"].removeprefix("Value error, ")) from None
         planned[item.key] = PlannedTask(key=item.key, kind=item.kind, task_id=ids[item.key],
                                         request=req, in_batch_after=in_batch)
     return _dependency_order(planned, keys)
+
+
+def _slug(kinds: Mapping[str, TaskKind], name: str) -> str:
+    return kinds[name].slug if name in kinds else "task"
 
 
 def _dependency_order(planned: dict[str, PlannedTask], keys: list[str]) -> list[PlannedTask]:
@@ -85,7 +85,8 @@ def _dependency_order(planned: dict[str, PlannedTask], keys: list[str]) -> list[
             return
         if state.get(key) == "visiting":
             cycle = " → ".join([*path[path.index(key):], key])
-            raise BatchError(f"items[{keys.index(key)}].after", f"dependency cycle: {cycle}")
+            raise RequestError(f"items[{keys.index(key)}].after",
+                               f"dependency cycle: {cycle}")
         state[key] = "visiting"
         for ref in planned[key].in_batch_after:
             visit(ref, [*path, key])

@@ -4,6 +4,13 @@
     task = await client.create_vm(CreateVmRequest(name="web1", memory_mib=1024, start=True))
     result = await task.result()          # raises TaskError with a TaskFailure on failure
 
+Every task kind of the registry (``workflows.kinds``) has a method here, added from its row when
+this module loads: ``create_vm``, ``start_vm``, ``stop_vm``, ``destroy_vm``, ``migrate_vm``,
+``clear_host``, ``activate_host``, ``restore_host``, ``create_pool``, ``destroy_pool``,
+``refresh_pool``, ``set_pool_autostart``, ``create_volume``, ``delete_volume``,
+``resize_volume``; each is ``await client.METHOD(request, task_id=None) -> TaskHandle``.
+``start(request)`` does the same for any request, its kind following from the request's type.
+
 Requests are validated (pydantic, then an advisory inventory check) before any task exists, so a
 bad request raises ``RequestError`` naming the field and leaves nothing behind. A task without
 prerequisites takes its place in line for its resources when it is submitted, so tasks on one
@@ -15,42 +22,28 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
-import re
 import uuid
-from typing import Any
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pydantic import ValidationError
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
-from starter.batch import BatchError, BatchItem, plan_batch
-from starter.hosts import HOST_KINDS, HostTasks
-from starter.storage import STORAGE_KINDS, StorageClientMixin
-from starter.tasks import (
-    STATE_QUERIES,
-    TaskError,
-    TaskHandle,
-    TaskKind,
-    TaskStatus,
-    status_of,
-)
+from starter.batch import BatchItem, plan_batch
+from starter.errors import RequestError, refusals, request_error, validated
+from starter.hosts import HostReads
+from starter.storage import StorageReads
+from starter.tasks import STATE_QUERIES, TaskError, TaskHandle, TaskStatus, status_of
 from taskomatic import inventory
 from taskomatic.errors import error_info
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.inventory import ordering
 from taskomatic.inventory.db import Database, get_database
 from taskomatic.models import (
-    CreateVmRequest,
-    DestroyVmRequest,
     HostRecord,
     HostSpec,
-    Model,
-    PlanDisksInput,
-    ReconcileRequest,
-    StartVmRequest,
-    StopVmRequest,
     TaskRequest,
     TaskState,
     VmRecord,
@@ -67,57 +60,30 @@ from taskomatic.temporal import (
     TASK_VM,
     connect_temporal,
 )
+from workflows.kinds import KINDS, TaskKind, kind_of
 from workflows.ordering import GRANTED_AT_SUBMIT
-from workflows.reconcile import Reconcile
-from workflows.vms import CreateVm, DestroyVm, StartVm, StopVm
 
-KINDS: dict[str, TaskKind] = {
-    "CreateVm": TaskKind(CreateVm, CreateVmRequest, "vm-create"),
-    "StartVm": TaskKind(StartVm, StartVmRequest, "vm-start"),
-    "StopVm": TaskKind(StopVm, StopVmRequest, "vm-stop"),
-    "DestroyVm": TaskKind(DestroyVm, DestroyVmRequest, "vm-destroy"),
-    "Reconcile": TaskKind(Reconcile, ReconcileRequest, "reconcile"),
-    **HOST_KINDS,
-    **STORAGE_KINDS,
-}
 # Search attributes filled from a task's resources, so the Web UI can filter by VM, host, pool.
 _SUBJECTS = {"vm": TASK_VM, "host": TASK_HOST, "pool": TASK_POOL}
 
-__all__ = ["KINDS", "RequestError", "TaskError", "TaskHandle", "TaskKind", "TaskStatus",
-           "TaskomaticClient", "validated"]
+__all__ = ["RequestError", "TaskError", "TaskHandle", "TaskMethod", "TaskStatus",
+           "TaskomaticClient", "caller_identity", "request_error", "validated"]
 
 
-class RequestError(ValueError):
-    """A request refused before any task was started; ``field`` names the culprit."""
+class TaskMethod(Protocol):
+    """A per-kind task method, e.g. ``await client.create_vm(req, task_id=None)``."""
 
-    def __init__(self, field: str | None, message: str) -> None:
-        super().__init__(f"{field}: {message}" if field else message)
-        self.field = field
-        self.reason = message
+    def __call__(self, req: Any, task_id: str | None = None
+                 ) -> Coroutine[Any, Any, TaskHandle]: ...
 
 
-def request_error(err: ValidationError) -> RequestError:
-    """The first problem of a pydantic validation error, as ``field: reason``."""
-    first = err.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or None
-    message = first["msg"].removeprefix("Value error, ")
-    named = re.match(r"([a-z_][a-z_.0-9]*): (.*)", message, re.S)
-    if named:  # a check across fields names its field in the message
-        field = ".".join(filter(None, [field, named.group(1)]))
-        message = named.group(2)
-    return RequestError(field, message)
-
-
-def validated(model: type[Model], **fields: Any) -> Any:
-    """Build a request model, turning a validation error into a ``RequestError``."""
-    try:
-        return model(**fields)
-    except ValidationError as err:
-        raise request_error(err) from None
-
-
-class TaskomaticClient(HostTasks, StorageClientMixin):
+class TaskomaticClient(HostReads, StorageReads):
     """``requested_by``: who asks, for requests that do not say (default: the OS user)."""
+
+    if TYPE_CHECKING:
+        # The per-kind task methods are set from the registry below the class; a type checker
+        # sees them (and, alas, any other unknown name) as task methods through this.
+        def __getattr__(self, name: str) -> TaskMethod: ...
 
     def __init__(self, temporal: Client, settings: Settings, db: Database,
                  requested_by: str | None = None) -> None:
@@ -150,49 +116,38 @@ class TaskomaticClient(HostTasks, StorageClientMixin):
 
     # --- tasks -----------------------------------------------------------------------------
 
-    async def create_vm(self, req: CreateVmRequest, task_id: str | None = None) -> TaskHandle:
-        return await self.submit("CreateVm", await self.checked("CreateVm", req), task_id)
+    async def start(self, req: TaskRequest, task_id: str | None = None) -> TaskHandle:
+        """Check ``req`` and start the task that takes it; the kind follows from the request's
+        type (a ``CreateVmRequest`` starts a CreateVm). The per-kind methods (``create_vm``, …)
+        are this, named. Raises ``RequestError``; ``KeyError`` if no kind takes the type."""
+        kind = kind_of(req).name
+        return await self.submit(kind, await self.checked(kind, req), task_id)
 
-    async def start_vm(self, req: StartVmRequest, task_id: str | None = None) -> TaskHandle:
-        return await self.submit("StartVm", await self.checked("StartVm", req), task_id)
-
-    async def stop_vm(self, req: StopVmRequest, task_id: str | None = None) -> TaskHandle:
-        return await self.submit("StopVm", await self.checked("StopVm", req), task_id)
-
-    async def destroy_vm(self, req: DestroyVmRequest, task_id: str | None = None) -> TaskHandle:
-        return await self.submit("DestroyVm", await self.checked("DestroyVm", req), task_id)
+    def with_defaults(self, kind: str, req: Any) -> Any:
+        """``req`` with what it leaves unset filled in from the settings, by the kind's rule in
+        the registry (a StopVm's timeout, migration limits, a clear's parallelism); raises
+        ``RequestError`` for a field no request may set (``resume``)."""
+        defaults = KINDS[kind].defaults
+        if defaults is None:
+            return req
+        with refusals():
+            return defaults(self.settings, req)
 
     async def checked(self, kind: str, req: Any) -> Any:
         """The advisory checks of a request against the inventory (``RequestError`` naming the
         field), with defaults from the settings filled in. A request with prerequisites is
         checked by its task when they are done: they may create what it needs."""
-        if kind == "StopVm" and req.timeout_seconds is None:
-            req = req.model_copy(update={"timeout_seconds": self.settings.stop_timeout_seconds})
-        if kind in HOST_KINDS:
-            return await self.check_host_task(kind, req, inventory_checks=not req.after)
-        if req.after:
-            return req
-        if kind == "CreateVm":
-            await self._inventory(inventory.check_new_vm, self.db, req.name, req.host)
-            if req.disks:
-                await self._inventory(inventory.plan_disks, self.db,
-                                      PlanDisksInput(vm=req.name, host=req.host, disks=req.disks))
-        elif kind in STORAGE_KINDS:
-            await self.check_storage(kind, req)
-        elif (kind in ("StartVm", "StopVm", "DestroyVm")
-              and await asyncio.to_thread(inventory.get_vm, self.db, req.name) is None):
-            raise RequestError("name", f"no VM named {req.name!r}")
+        req = self.with_defaults(kind, req)
+        check = KINDS[kind].check
+        if check is not None and not req.after:
+            await self._inventory(check, self.db, self.settings, req)
         return req
 
     async def submit_batch(self, items: list[BatchItem]) -> list[tuple[str, TaskHandle]]:
         """Submit several tasks with dependencies among them (see ``starter.batch``); returns
         (key, handle) in submission order. Nothing is submitted unless the whole batch is valid;
         if submitting fails half-way, the tasks already submitted are cancelled."""
-        try:
-            plan = plan_batch(items, {k: v.request for k, v in KINDS.items()},
-                              {k: v.slug for k, v in KINDS.items()})
-        except BatchError as err:
-            raise RequestError(err.field, err.reason) from None
+        plan = plan_batch(items, KINDS)
         ready = []
         for task in plan:
             req = task.request if task.in_batch_after else await self.checked(task.kind,
@@ -305,13 +260,8 @@ class TaskomaticClient(HostTasks, StorageClientMixin):
         return found
 
     async def _inventory(self, fn: Any, *args: Any) -> Any:
-        try:
+        with refusals():
             return await asyncio.to_thread(fn, *args)
-        except ApplicationError as err:
-            info = error_info(err)
-            if info.retryable:  # the inventory is unreachable: not the request's fault
-                raise
-            raise RequestError(info.field, info.message.removeprefix(f"{info.field}: ")) from None
 
 
 def caller_identity() -> str:
@@ -320,6 +270,38 @@ def caller_identity() -> str:
         return getpass.getuser()
     except (KeyError, OSError):
         return f"uid:{os.getuid()}"
+
+
+def _task_method(kind: TaskKind, method: str) -> Callable[..., Coroutine[Any, Any, TaskHandle]]:
+    """The client method of ``kind``: check its request, then start its task."""
+    name, request = kind.name, kind.request
+
+    async def start_kind(self: TaskomaticClient, req: TaskRequest, task_id: str | None = None
+                         ) -> TaskHandle:
+        if not isinstance(req, request):
+            raise TypeError(f"{method} takes a {request.__name__}, not a {type(req).__name__}")
+        return await self.submit(name, await self.checked(name, req), task_id)
+
+    start_kind.__name__ = method
+    start_kind.__qualname__ = f"TaskomaticClient.{method}"
+    start_kind.__annotations__ = {"req": request, "task_id": str | None, "return": TaskHandle}
+    start_kind.__doc__ = (f"Check a ``{request.__name__}`` (``RequestError`` naming the field) "
+                          f"and start a {name} task; ``task_id`` defaults to "
+                          f"``{kind.slug}-<subject>-<random>``.")
+    return start_kind
+
+
+def _add_task_methods(cls: type[TaskomaticClient]) -> None:
+    """Give ``cls`` the method of every kind in the registry that names one."""
+    for kind in KINDS.values():
+        if kind.method is None:
+            continue
+        if hasattr(cls, kind.method):
+            raise TypeError(f"task kind {kind.name}: {cls.__name__}.{kind.method} exists")
+        setattr(cls, kind.method, _task_method(kind, kind.method))
+
+
+_add_task_methods(TaskomaticClient)
 
 
 def _result_type(kind: str) -> type[Any] | None:

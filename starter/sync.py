@@ -6,36 +6,24 @@ the Temporal client and its connections are created once and shared by all reque
     client = SyncTaskomaticClient.connect()
     task = client.create_vm(CreateVmRequest(name="web1", start=True))
     task.result(timeout=120)
+
+The facade's methods are derived from the async classes when this module loads, so it offers
+every public method of ``TaskomaticClient`` (``TaskHandle``) under the same name and arguments:
+a coroutine method blocks until done, a returned ``TaskHandle`` (alone, or in the lists and
+tuples of ``submit_batch``) becomes a ``SyncTaskHandle``, and a ``SyncTaskHandle`` passed in
+(``host_result(task)``) is handed on as its ``TaskHandle``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import threading
-from collections.abc import Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from starter.client import TaskHandle, TaskomaticClient, TaskStatus
-from taskomatic.models import (
-    CreatePoolRequest,
-    CreateVmRequest,
-    CreateVolumeRequest,
-    DeleteVolumeRequest,
-    DestroyPoolRequest,
-    DestroyVmRequest,
-    HostRecord,
-    HostSpec,
-    PoolRecord,
-    RefreshPoolRequest,
-    ResizeVolumeRequest,
-    SetPoolAutostartRequest,
-    StartVmRequest,
-    StopVmRequest,
-    TaskProgress,
-    TaskRequest,
-    VmRecord,
-    VolumeRecord,
-)
+from starter.client import TaskHandle, TaskomaticClient
 from taskomatic.settings import Settings
 
 T = TypeVar("T")
@@ -57,100 +45,87 @@ class _Loop:
 
 
 class SyncTaskHandle:
+    """One submitted task, for blocking code: ``TaskHandle``'s methods, each waited for."""
+
+    if TYPE_CHECKING:
+        # The derived methods (describe, progress, watch, cancel) are set below the class.
+        def __getattr__(self, name: str) -> Callable[..., Any]: ...
+
     def __init__(self, handle: TaskHandle, loop: _Loop) -> None:
-        self._handle, self._loop = handle, loop
+        self._inner, self._loop = handle, loop
         self.id, self.kind = handle.id, handle.kind
 
     def result(self, timeout: float | None = None) -> Any:
-        return self._loop.run(self._handle.result(), timeout)
-
-    def describe(self) -> TaskStatus:
-        return self._loop.run(self._handle.describe())
-
-    def progress(self) -> TaskProgress | None:
-        return self._loop.run(self._handle.progress())
-
-    def cancel(self) -> None:
-        self._loop.run(self._handle.cancel())
+        """The task's result, waiting at most ``timeout`` seconds (``TimeoutError`` after);
+        raises ``TaskError`` if the task failed."""
+        return self._loop.run(self._inner.result(), timeout)
 
 
 class SyncTaskomaticClient:
+    """``TaskomaticClient`` for blocking code; safe to share between threads."""
+
+    if TYPE_CHECKING:
+        # The derived methods (every public method of TaskomaticClient) are set below the class.
+        def __getattr__(self, name: str) -> Callable[..., Any]: ...
+
     def __init__(self, client: TaskomaticClient, loop: _Loop) -> None:
-        self._client, self._loop = client, loop
+        self._inner, self._loop = client, loop
 
     @classmethod
-    def connect(cls, settings: Settings | None = None) -> SyncTaskomaticClient:
+    def connect(cls, settings: Settings | None = None,
+                requested_by: str | None = None) -> SyncTaskomaticClient:
         loop = _Loop()
-        return cls(loop.run(TaskomaticClient.connect(settings)), loop)
+        return cls(loop.run(TaskomaticClient.connect(settings, requested_by)), loop)
 
     @classmethod
     def wrapping(cls, client: TaskomaticClient) -> SyncTaskomaticClient:
         """Serve an existing async client (its Temporal connection is reused)."""
         return cls(client, _Loop())
 
-    def _task(self, coro: Coroutine[Any, Any, TaskHandle]) -> SyncTaskHandle:
-        return SyncTaskHandle(self._loop.run(coro), self._loop)
-
-    def create_vm(self, req: CreateVmRequest) -> SyncTaskHandle:
-        return self._task(self._client.create_vm(req))
-
-    def start_vm(self, req: StartVmRequest) -> SyncTaskHandle:
-        return self._task(self._client.start_vm(req))
-
-    def stop_vm(self, req: StopVmRequest) -> SyncTaskHandle:
-        return self._task(self._client.stop_vm(req))
-
-    def destroy_vm(self, req: DestroyVmRequest) -> SyncTaskHandle:
-        return self._task(self._client.destroy_vm(req))
-
-    def submit(self, kind: str, req: TaskRequest) -> SyncTaskHandle:
-        return self._task(self._client.submit(kind, req))
-
-    # Storage: the same calls as ``TaskomaticClient``'s (see starter/client_storage.py).
-    def create_pool(self, req: CreatePoolRequest) -> SyncTaskHandle:
-        return self._task(self._client.create_pool(req))
-
-    def destroy_pool(self, req: DestroyPoolRequest) -> SyncTaskHandle:
-        return self._task(self._client.destroy_pool(req))
-
-    def refresh_pool(self, req: RefreshPoolRequest) -> SyncTaskHandle:
-        return self._task(self._client.refresh_pool(req))
-
-    def set_pool_autostart(self, req: SetPoolAutostartRequest) -> SyncTaskHandle:
-        return self._task(self._client.set_pool_autostart(req))
-
-    def create_volume(self, req: CreateVolumeRequest) -> SyncTaskHandle:
-        return self._task(self._client.create_volume(req))
-
-    def delete_volume(self, req: DeleteVolumeRequest) -> SyncTaskHandle:
-        return self._task(self._client.delete_volume(req))
-
-    def resize_volume(self, req: ResizeVolumeRequest) -> SyncTaskHandle:
-        return self._task(self._client.resize_volume(req))
-
-    def pools(self, host: str | None = None) -> list[PoolRecord]:
-        return self._loop.run(self._client.pools(host))
-
-    def volumes(self, pool: str | None = None) -> list[VolumeRecord]:
-        return self._loop.run(self._client.volumes(pool))
-
-    def task(self, task_id: str) -> SyncTaskHandle:
-        return SyncTaskHandle(self._client.task(task_id), self._loop)
-
-    def cancel(self, task_id: str) -> None:
-        self._loop.run(self._client.cancel(task_id))
-
-    def tasks(self, **filters: Any) -> list[TaskStatus]:
-        return self._loop.run(self._client.tasks(**filters))
-
-    def hosts(self) -> list[HostRecord]:
-        return self._loop.run(self._client.hosts())
-
-    def vms(self, host: str | None = None) -> list[VmRecord]:
-        return self._loop.run(self._client.vms(host))
-
-    def add_host(self, spec: HostSpec, probe: bool = True) -> tuple[HostRecord, bool]:
-        return self._loop.run(self._client.add_host(spec, probe))
-
     def close(self) -> None:
+        """Stop the background event loop; the facade cannot be used after."""
         self._loop.close()
+
+
+def _outward(value: Any, loop: _Loop) -> Any:
+    """A returned value for blocking code: task handles wrapped, in lists and tuples too."""
+    if isinstance(value, TaskHandle):
+        return SyncTaskHandle(value, loop)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_outward(v, loop) for v in value)
+    return value
+
+
+def _inward(value: Any) -> Any:
+    """An argument for the async object: a ``SyncTaskHandle`` unwrapped."""
+    return value._inner if isinstance(value, SyncTaskHandle) else value
+
+
+def _blocking(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
+    """The blocking twin of ``method``: called on the wrapped object in the facade's loop."""
+    waits = inspect.iscoroutinefunction(method)
+
+    @functools.wraps(method)
+    def call(self: Any, *args: Any, **kwargs: Any) -> Any:
+        bound = getattr(self._inner, name)
+        out = bound(*(_inward(a) for a in args), **{k: _inward(v) for k, v in kwargs.items()})
+        return _outward(self._loop.run(out) if waits else out, self._loop)
+
+    return call
+
+
+def _derive(facade: type, source: type) -> None:
+    """Give ``facade`` a blocking twin of every public method of ``source`` it lacks (class
+    and static methods and properties excepted)."""
+    for name, member in inspect.getmembers(source, inspect.isfunction):
+        if name.startswith("_") or name in vars(facade):
+            continue
+        if isinstance(inspect.getattr_static(source, name), (classmethod, staticmethod)):
+            continue
+        twin = _blocking(name, member)
+        twin.__qualname__ = f"{facade.__name__}.{name}"
+        setattr(facade, name, twin)
+
+
+_derive(SyncTaskHandle, TaskHandle)
+_derive(SyncTaskomaticClient, TaskomaticClient)

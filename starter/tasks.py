@@ -9,9 +9,7 @@ therefore one visibility query, with no call to each task.
 from __future__ import annotations
 
 import asyncio
-import typing
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -31,7 +29,6 @@ from taskomatic.models import (
     Model,
     TaskFailure,
     TaskProgress,
-    TaskRequest,
     TaskState,
     VmTaskResult,
 )
@@ -64,20 +61,6 @@ STATE_QUERIES: dict[TaskState, str] = {
     "running": f"ExecutionStatus = 'Running' AND ({TASK_STATE.name} = 'running'"
                f" OR {TASK_STATE.name} IS NULL)",
 }
-
-
-@dataclass(frozen=True)
-class TaskKind:
-    """A kind of task: its workflow, request model and the prefix of its task ids."""
-
-    workflow: Any
-    request: type[TaskRequest]
-    slug: str
-
-    @property
-    def result_type(self) -> type[Any] | None:
-        hint = typing.get_type_hints(self.workflow.run).get("return")
-        return hint if isinstance(hint, type) else None
 
 
 class TaskError(Exception):
@@ -205,5 +188,5 @@ class TaskHandle:
         await self._handle.cancel()
 
 
-__all__ = ["STATE_QUERIES", "TaskError", "TaskHandle", "TaskKind", "TaskStatus", "VmTaskResult",
-           "failure_of", "status_of"]
+__all__ = ["STATE_QUERIES", "TaskError", "TaskHandle", "TaskStatus", "VmTaskResult", "failure_of",
+           "status_of"]

@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from helpers import faulty_client, only_hosts_up
+from helpers import faulty_client, force_host_state, only_hosts_up
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 
@@ -93,7 +93,7 @@ async def test_migrate_refuses_bad_requests_by_field(client: TaskomaticClient, l
     with pytest.raises(RequestError) as err:
         await client.migrate_vm(MigrateVmRequest(name=name, to=a.name))
     assert err.value.field == "to" and "already on" in str(err.value)
-    inventory.set_host_state(db, b.name, HostState.MAINTENANCE)
+    force_host_state(db, b.name, HostState.MAINTENANCE)
     with pytest.raises(RequestError) as err:
         await client.migrate_vm(MigrateVmRequest(name=name, to=b.name))
     assert err.value.field == "to" and "maintenance" in str(err.value)
@@ -106,9 +106,8 @@ async def test_pinned_destination_in_maintenance_fails_clearly(client: Taskomati
     await create(client, name, a)
     # As if submitted while b was up and b entered maintenance before the task placed the VM:
     # the starter's advisory check is skipped, placement at run time refuses.
-    inventory.set_host_state(db, b.name, HostState.MAINTENANCE)
-    req = await client.check_host_task("MigrateVm", MigrateVmRequest(name=name, to=b.name),
-                                       inventory_checks=False)
+    force_host_state(db, b.name, HostState.MAINTENANCE)
+    req = client.with_defaults("MigrateVm", MigrateVmRequest(name=name, to=b.name))
     handle = await client.submit("MigrateVm", req)
     with pytest.raises(TaskError) as err:
         await handle.result()
@@ -191,7 +190,7 @@ async def test_start_moves_a_vm_off_a_host_in_maintenance(client: TaskomaticClie
     a, b = lab.host(1), lab.host(2)
     name = lab.vm_name("startmove")
     await create(client, name, a, start=False)
-    inventory.set_host_state(db, a.name, HostState.MAINTENANCE)
+    force_host_state(db, a.name, HostState.MAINTENANCE)
     with only_hosts_up(db, [b.name]):
         started = await (await client.start_vm(StartVmRequest(name=name))).result()
     assert (started.host, started.state) == (b.name, "running")

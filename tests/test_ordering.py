@@ -22,7 +22,7 @@ from temporalio.worker import Worker
 
 from conftest import Lab
 from starter.batch import BatchItem
-from starter.client import KINDS, RequestError, TaskError, TaskHandle, TaskKind, TaskomaticClient
+from starter.client import RequestError, TaskError, TaskHandle, TaskomaticClient
 from starter.dev.parts import temporal_binary
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.inventory import ordering
@@ -36,7 +36,7 @@ from taskomatic.models import (
 )
 from taskomatic.settings import Settings
 from worker import WORKFLOW_RUNNER, activity_list, build_ordering_worker
-from workflows.vms import WORKFLOWS
+from workflows.kinds import KINDS, TASK_WORKFLOWS, TaskKind
 
 pytestmark = pytest.mark.asyncio
 
@@ -46,12 +46,13 @@ async def tasks(temporal_env: WorkflowEnvironment, settings: Settings, hyperviso
                 db: Database, monkeypatch: pytest.MonkeyPatch
                 ) -> AsyncIterator[TaskomaticClient]:
     """A client and worker on a queue of their own that also know ``HoldResources``."""
-    monkeypatch.setitem(KINDS, "HoldResources", TaskKind(HoldResources, HoldRequest, "hold"))
+    monkeypatch.setitem(KINDS, "HoldResources", TaskKind(HoldResources, "hold"))
     own = settings.model_copy(update={"task_queue": f"order-{uuid.uuid4().hex[:6]}",
                                       "migrations_in_cluster": 2})
     with ThreadPoolExecutor(max_workers=16) as executor:
         async with Worker(temporal_env.client, task_queue=own.task_queue,
-                          workflows=[*WORKFLOWS, HoldResources], workflow_runner=WORKFLOW_RUNNER,
+                          workflows=[*TASK_WORKFLOWS, HoldResources],
+                          workflow_runner=WORKFLOW_RUNNER,
                           activities=activity_list(own, hypervisors, temporal_env.client),
                           activity_executor=executor), \
                 build_ordering_worker(temporal_env.client, own):

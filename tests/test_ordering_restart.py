@@ -22,7 +22,7 @@ from holding import HoldRequest, HoldResources
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from starter.client import KINDS, TaskHandle, TaskKind, TaskomaticClient
+from starter.client import TaskHandle, TaskomaticClient
 from starter.dev.parts import temporal_dev_server_argv
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.inventory import ordering
@@ -30,7 +30,7 @@ from taskomatic.inventory.db import Database
 from taskomatic.settings import Settings
 from taskomatic.temporal import connect_temporal
 from worker import WORKFLOW_RUNNER, activity_list, build_ordering_worker
-from workflows.vms import WORKFLOWS
+from workflows.kinds import KINDS, TASK_WORKFLOWS, TaskKind
 
 pytestmark = pytest.mark.asyncio
 
@@ -62,7 +62,8 @@ async def _worker(client: Client, settings: Settings, hypervisors: Hypervisors
                   ) -> AsyncIterator[None]:
     with ThreadPoolExecutor(max_workers=8) as executor:
         async with Worker(client, task_queue=settings.task_queue,
-                          workflows=[*WORKFLOWS, HoldResources], workflow_runner=WORKFLOW_RUNNER,
+                          workflows=[*TASK_WORKFLOWS, HoldResources],
+                          workflow_runner=WORKFLOW_RUNNER,
                           activities=activity_list(settings, hypervisors, client),
                           activity_executor=executor), build_ordering_worker(client, settings):
             yield
@@ -75,7 +76,7 @@ async def _states(client: TaskomaticClient, handles: list[TaskHandle]) -> list[s
 async def test_worker_and_server_restarts_keep_order_and_completion(
         tmp_path: Path, settings: Settings, db: Database, hypervisors: Hypervisors,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(KINDS, "HoldResources", TaskKind(HoldResources, HoldRequest, "hold"))
+    monkeypatch.setitem(KINDS, "HoldResources", TaskKind(HoldResources, "hold"))
     port = free_port_pair()
     own = settings.model_copy(update={"temporal_address": f"127.0.0.1:{port}",
                                       "task_queue": f"restart-{uuid.uuid4().hex[:6]}"})

@@ -3,13 +3,27 @@
 from __future__ import annotations
 
 import asyncio
+import importlib
+import inspect
+import pkgutil
 
 import pytest
+from temporalio import workflow
 
+import workflows
 from conftest import Lab
+from starter.batch import BatchItem
 from starter.client import RequestError, TaskError, TaskomaticClient
-from starter.sync import SyncTaskomaticClient
-from taskomatic.models import CreateVmRequest, DestroyVmRequest
+from starter.sync import SyncTaskHandle, SyncTaskomaticClient
+from taskomatic.models import (
+    ClearHostRequest,
+    CreateVmRequest,
+    DestroyVmRequest,
+    HostState,
+    HostTaskResult,
+)
+from worker import TASK_WORKFLOWS
+from workflows.kinds import KINDS, kind_of
 
 
 async def test_sync_facade_runs_tasks_from_plain_threads(client: TaskomaticClient,
@@ -61,3 +75,65 @@ async def test_tasks_are_listed_and_described(client: TaskomaticClient, lab: Lab
     assert done.result is not None and done.result.uuid
     assert [s.name for s in done.progress.steps] == [f"wait for vm:{name}", "reserve capacity",
                                                     "define domain", "record VM"]
+
+
+def test_the_registry_has_every_workflow_the_worker_runs_once() -> None:
+    """Every ``@workflow.defn`` class under workflows/ is one row of the registry, under the
+    name Temporal knows it by; the worker runs exactly those; names, task-id slugs, client
+    methods and request types are each unique, and each method exists on the client."""
+    defined = set()
+    for info in pkgutil.iter_modules(workflows.__path__, "workflows."):
+        for _, cls in inspect.getmembers(importlib.import_module(info.name), inspect.isclass):
+            defn = workflow._Definition.from_class(cls)  # the SDK's own record of the class
+            if defn is not None and cls.__module__ == info.name:
+                defined.add(cls)
+                assert defn.name == cls.__name__, f"{cls.__name__} runs as {defn.name}"
+    rows = list(KINDS.values())
+    assert {k.workflow for k in rows} == defined == set(TASK_WORKFLOWS)
+    assert len(TASK_WORKFLOWS) == len(rows)
+    for key in ("name", "slug", "method", "request"):
+        values = [getattr(k, key) for k in rows if getattr(k, key) is not None]
+        assert len(values) == len(set(values)), f"a {key} is shared: {values}"
+    for kind in rows:
+        assert kind_of(kind.request) is kind
+        if kind.method is not None:
+            assert inspect.iscoroutinefunction(getattr(TaskomaticClient, kind.method))
+    assert (KINDS["ClearHost"].slug, KINDS["ClearHost"].method) == ("host-clear", "clear_host")
+
+
+def test_the_sync_facade_has_every_coroutine_method_of_the_client() -> None:
+    public = {name for name, _ in inspect.getmembers(TaskomaticClient, inspect.iscoroutinefunction)
+              if not name.startswith("_")}
+    assert {"migrate_vm", "clear_host", "activate_host", "restore_host", "submit_batch",
+            "create_pool", "start", "host_result"} <= public
+    missing = {name for name in public if not callable(getattr(SyncTaskomaticClient, name, None))}
+    assert missing == set()
+    waited = {name for name, _ in inspect.getmembers(SyncTaskomaticClient,
+                                                     inspect.iscoroutinefunction)}
+    assert waited == set()
+
+
+async def test_the_sync_facade_runs_a_clear_host_dry_run(client: TaskomaticClient,
+                                                         lab: Lab) -> None:
+    host = lab.host()
+    name = lab.vm_name("dry")
+    sync = SyncTaskomaticClient.wrapping(client)
+
+    def web_request() -> tuple[HostTaskResult, list[tuple[str, SyncTaskHandle]]]:
+        sync.create_vm(CreateVmRequest(name=name, host=host.name), task_id=f"{name}-made"
+                       ).result(timeout=60)
+        task = sync.clear_host(ClearHostRequest(host=host.name, dry_run=True))
+        assert isinstance(task, SyncTaskHandle) and task.kind == "ClearHost"
+        plan = sync.host_result(task)  # a SyncTaskHandle goes in as its TaskHandle
+        gone = sync.submit_batch([BatchItem(key="gone", kind="DestroyVm",
+                                            request={"name": name})])
+        gone[0][1].result(timeout=60)
+        return plan, gone
+
+    try:
+        plan, gone = await asyncio.to_thread(web_request)
+    finally:
+        await asyncio.to_thread(sync.close)
+    assert plan.dry_run and plan.state == HostState.UP
+    assert [m.vm for m in plan.plan] == [name]
+    assert [(key, type(handle)) for key, handle in gone] == [("gone", SyncTaskHandle)]

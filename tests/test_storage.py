@@ -53,8 +53,7 @@ from taskomatic.models import (
 )
 from taskomatic.settings import Settings
 from taskomatic.units import GIB, MIB
-from workflows.storage import STORAGE_WORKFLOWS
-from workflows.vms import WORKFLOWS
+from workflows.kinds import TASK_WORKFLOWS
 
 pytestmark = pytest.mark.asyncio
 
@@ -134,8 +133,7 @@ async def test_pool_and_volume_lifecycle(client: TaskomaticClient, lab: Lab, db:
     assert inv.get_pool(db, name) is None and await client.volumes(pool=name) == []
 
     # Every storage task's fresh history replays against today's code.
-    replayer = Replayer(workflows=[*WORKFLOWS, *STORAGE_WORKFLOWS],
-                        data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=TASK_WORKFLOWS, data_converter=pydantic_data_converter)
     for label, handle in [*runs.items(), ("resize-failed", resize)]:
         result = await replayer.replay_workflow(await _history(client, handle),
                                                 raise_on_replay_failure=False)
@@ -300,7 +298,7 @@ async def test_vm_disks_are_placed_with_their_pool_and_owned_ones_deleted(
     await (await client.destroy_pool(DestroyPoolRequest(name=pool, delete=True))).result()
 
     # The VM tasks' disk steps replay; recorded, they guard the "vm-disks" patch from now on.
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    replayer = Replayer(workflows=TASK_WORKFLOWS, data_converter=pydantic_data_converter)
     for label, handle in runs.items():
         history = await _history(client, handle)
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
