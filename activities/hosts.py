@@ -56,7 +56,8 @@ class HostActivities:
 
     @activity.defn
     def set_host_state(self, inp: SetHostStateInput) -> HostStateResult:
-        res = inventory.change_host_state(self.db, inp)
+        """Apply one host transition of ``taskomatic.states`` (idempotent)."""
+        res = inventory.set_host_state(self.db, inp.host, inp.transition)
         get_logger(host=inp.host).info("host state", detail=res.detail)
         return res
 
@@ -72,4 +73,5 @@ class HostActivities:
 
     @activity.defn
     def plan_moves(self, inp: PlanInput) -> MovePlan:
+        """The clear-host dry run: ``placement.plan`` over the hosts' load now, without locks."""
         return MovePlan(moves=inventory.plan_moves(self.db, inp.host, inp.vms))

@@ -1,7 +1,8 @@
 """Lab hosts in the inventory: registered by ``lab up``, taken out of service by ``lab down``.
 
 A lab host starts empty, so (re-)registering one forgets the VM and reservation rows a previous
-run left on it; a same-named lab host of another lab directory is re-pointed to this one.
+run left on it; a same-named lab host of another lab directory is re-pointed to this one. Their
+state changes are the host transitions ``activate`` and ``mark_down`` (``taskomatic.states``).
 """
 
 from __future__ import annotations
@@ -10,13 +11,15 @@ from lab.models import LabError, LabHost
 from taskomatic import inventory
 from taskomatic.inventory.db import Database, ensure_database, upgrade
 from taskomatic.models import HostSpec
+from taskomatic.states import HostTransition
 
 _LAB_URI = "qemu+unix:///system?socket=%"
 
 
 def register_hosts(database_url: str, hosts: list[LabHost], vcpus: int, memory_mib: int
                    ) -> list[str]:
-    """Add (or refresh) the hosts, in service and empty; returns notes on what changed."""
+    """Add (or refresh) the hosts, empty, then put them in service; returns notes on what
+    changed."""
     ensure_database(database_url)
     upgrade(database_url)
     db = Database(database_url, max_connections=1)
@@ -34,7 +37,7 @@ def register_hosts(database_url: str, hosts: list[LabHost], vcpus: int, memory_m
                 notes.append(f"forgot {cur.rowcount} VM rows of a previous lab")
             for host in hosts:
                 cur.execute("UPDATE hosts SET uri = %s, migration_uri = %s, vcpus = %s,"
-                            " memory_mib = %s, state = 'up', updated_at = now()"
+                            " memory_mib = %s, updated_at = now()"
                             " WHERE name = %s AND uri LIKE %s",
                             (host.uri, host.migration_uri, vcpus, memory_mib, host.name,
                              _LAB_URI))
@@ -47,24 +50,28 @@ def register_hosts(database_url: str, hosts: list[LabHost], vcpus: int, memory_m
                 raise LabError(f"cannot register {host.name} in the inventory: {err}") from None
             if created:
                 notes.append(f"registered {host.name}")
+            inventory.set_host_state(db, host.name, HostTransition.ACTIVATE)
     finally:
         db.close()
     return notes
 
 
 def retire_hosts(database_url: str, names: list[str]) -> int:
-    """Take the lab hosts out of service and forget their (now gone) VMs; returns VM rows."""
+    """Take the lab hosts out of service, then forget their (now gone) VMs; returns VM rows."""
     db = Database(database_url, max_connections=1)
     try:
         with db.transaction() as cur:
-            cur.execute("SELECT id FROM hosts WHERE name = ANY(%s) AND uri LIKE %s"
-                        " ORDER BY id FOR UPDATE", (names, _LAB_URI))
+            cur.execute("SELECT name FROM hosts WHERE name = ANY(%s) AND uri LIKE %s"
+                        " ORDER BY id", (names, _LAB_URI))
+            lab_names = [r["name"] for r in cur.fetchall()]
+        for name in lab_names:  # from here on, placement never picks them
+            inventory.set_host_state(db, name, HostTransition.MARK_DOWN)
+        with db.transaction() as cur:
+            cur.execute("SELECT id FROM hosts WHERE name = ANY(%s) ORDER BY id FOR UPDATE",
+                        (lab_names,))
             ids = [r["id"] for r in cur.fetchall()]
             cur.execute("DELETE FROM reservations WHERE host_id = ANY(%s)", (ids,))
             cur.execute("DELETE FROM vms WHERE host_id = ANY(%s)", (ids,))
-            vms = int(cur.rowcount)
-            cur.execute("UPDATE hosts SET state = 'down', updated_at = now()"
-                        " WHERE id = ANY(%s)", (ids,))
-        return vms
+            return int(cur.rowcount)
     finally:
         db.close()

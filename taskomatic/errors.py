@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from pydantic import BaseModel, ConfigDict
 from temporalio.exceptions import ApplicationError
-
-from taskomatic.models import Model
 
 
 class ErrorType(StrEnum):
@@ -46,7 +45,11 @@ class ErrorType(StrEnum):
 RETRYABLE = frozenset({ErrorType.HYPERVISOR_UNAVAILABLE, ErrorType.DATABASE_UNAVAILABLE})
 
 
-class ErrorInfo(Model):
+class ErrorInfo(BaseModel):
+    # Strict like ``taskomatic.models.Model``, but built on pydantic alone: the errors import none
+    # of our modules, so every module (the host states table included) may raise them.
+    model_config = ConfigDict(extra="forbid")
+
     type: ErrorType
     message: str
     field: str | None = None

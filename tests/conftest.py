@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import faulty_client
+from helpers import faulty_client, force_host_state
 from lab_fixtures import QemuLab, qemu_lab, qemu_lab_session  # noqa: F401  (lab test fixtures)
 from temporalio import activity
 from temporalio.client import Client
@@ -164,7 +164,7 @@ def lab(db: Database, hypervisors: Hypervisors, host_dir: Path) -> Iterator[Lab]
     the_lab = Lab(db, hypervisors, host_dir)
     yield the_lab
     for spec in the_lab.hosts:
-        inventory.set_host_state(db, spec.name, HostState.DOWN)
+        force_host_state(db, spec.name, HostState.DOWN)
 
 
 @pytest.fixture

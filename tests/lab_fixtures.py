@@ -21,7 +21,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from helpers import only_hosts_up
+from helpers import force_host_state, only_hosts_up
 
 from lab.control import lab_down, lab_up, set_link
 from lab.guests import LinuxGuest, seabios_spec, start_linux_guest
@@ -88,7 +88,7 @@ class QemuLab:
 
     def set_in_service(self, up: bool) -> None:
         for host in self.hosts:
-            inventory.set_host_state(self.db, host.name, HostState.UP if up else HostState.DOWN)
+            force_host_state(self.db, host.name, HostState.UP if up else HostState.DOWN)
 
     def clear(self) -> None:
         """Destroy and forget every guest on the lab hosts; restore cut links."""

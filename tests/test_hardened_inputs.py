@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import force_host_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Lab
+from starter.cli import common
 from starter.cli import main as cli
 from starter.client import RequestError, TaskError, TaskomaticClient, validated
 from taskomatic import inventory
@@ -122,7 +124,7 @@ def test_domain_xml_never_takes_markup_from_a_name(name: str) -> None:
 # --- the CLI, in-process: parse and validate, stop before submission ---------------------------
 
 
-class _Stopped(cli.ServiceUnavailable):
+class _Stopped(common.ServiceUnavailable):
     pass
 
 
@@ -167,7 +169,7 @@ def _run_cli(argv: list[str]) -> tuple[int, str]:
 
 @pytest.fixture
 def cli_without_stack(monkeypatch: pytest.MonkeyPatch) -> Any:
-    monkeypatch.setattr(cli, "_client", _no_stack)
+    monkeypatch.setattr(common, "connect", _no_stack)
     yield
     configure_logging("console", "info")
 
@@ -224,4 +226,4 @@ async def test_creates_of_any_size_succeed_or_leave_nothing(
     with db.transaction() as cur:
         cur.execute("SELECT count(*) AS n FROM reservations WHERE vm_name = %s", (name,))
         assert cur.fetchone() == {"n": 0}
-    inventory.set_host_state(db, host.name, HostState.DOWN)
+    force_host_state(db, host.name, HostState.DOWN)

@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import psycopg2
 import pytest
-from helpers import app_error, host_row_locked, only_hosts_up, run_together
+from helpers import app_error, force_host_state, host_row_locked, only_hosts_up, run_together
 from temporalio.exceptions import ApplicationError
 
 from activities.vms import InventoryActivities
@@ -40,8 +40,10 @@ from taskomatic.models import (
     RemoveVmInput,
     Reservation,
     ReserveCapacityInput,
+    SetHostStateInput,
     VmState,
 )
+from taskomatic.states import HostTransition
 
 T = TypeVar("T")
 
@@ -127,6 +129,48 @@ def test_add_host_with_a_taken_uri_is_refused_on_uri(lab: Lab, db: Database) -> 
 # --- reservations ----------------------------------------------------------------------------
 
 
+def test_host_transitions_follow_the_table(lab: Lab, db: Database) -> None:
+    name = lab.host().name
+
+    def step(transition: HostTransition) -> str:
+        return inventory.set_host_state(db, name, transition).detail
+
+    def refused_from(transition: HostTransition) -> str:
+        with pytest.raises(ApplicationError) as caught:
+            inventory.set_host_state(db, name, transition)
+        return refused(caught.value, ErrorType.INVALID_OPERATION, "host").message
+
+    assert step(HostTransition.CONFIRM_UP) == f"{name} already up"
+    assert refused_from(HostTransition.END_MAINTENANCE) == (
+        f"host: host {name!r} is up; expected one of maintenance, maintenance_failed")
+    assert inventory.begin_maintenance(db, name).previous_state == HostState.UP
+    assert refused_from(HostTransition.CONFIRM_UP) == (
+        f"host: host {name!r} is maintenance; expected one of up")
+    assert step(HostTransition.FAIL_MAINTENANCE) == f"{name} maintenance → maintenance_failed"
+    assert step(HostTransition.FAIL_MAINTENANCE) == f"{name} already maintenance_failed"
+    assert step(HostTransition.MARK_DOWN) == f"{name} maintenance_failed → down"
+    with pytest.raises(ApplicationError) as caught:
+        inventory.begin_maintenance(db, name)
+    assert refused(caught.value, ErrorType.HOST_NOT_AVAILABLE, "host").message == (
+        f"host: host {name!r} is down: its VMs cannot be reached to move them")
+    assert step(HostTransition.ACTIVATE) == f"{name} down → up"
+
+
+@pytest.mark.parametrize(("state", "allowed_from", "transition"), [
+    (HostState.MAINTENANCE_FAILED, [HostState.MAINTENANCE, HostState.MAINTENANCE_FAILED],
+     HostTransition.FAIL_MAINTENANCE),
+    (HostState.MAINTENANCE, [HostState.MAINTENANCE, HostState.MAINTENANCE_FAILED],
+     HostTransition.END_MAINTENANCE),
+    (HostState.UP, [], HostTransition.ACTIVATE),
+    (HostState.UP, [HostState.UP], HostTransition.CONFIRM_UP),
+])
+def test_a_host_state_input_recorded_before_the_upgrade_means_its_transition(
+        state: HostState, allowed_from: list[HostState], transition: HostTransition) -> None:
+    recorded = {"host": "h", "state": state.value, "allowed_from": [s.value for s in allowed_from]}
+    assert SetHostStateInput.model_validate(recorded) == SetHostStateInput(
+        host="h", transition=transition)
+
+
 def test_reserve_is_idempotent_per_task(lab: Lab, db: Database) -> None:
     host = lab.host(vcpus=8, memory_mib=4096)
     tid, vm = task(), lab.vm_name("idem")
@@ -198,7 +242,7 @@ def test_a_full_connection_pool_gives_a_typed_error_or_waits(db: Database) -> No
 def test_reserving_on_a_host_out_of_service_is_refused(lab: Lab, db: Database,
                                                        state: HostState) -> None:
     host = lab.host()
-    inventory.set_host_state(db, host.name, state)
+    force_host_state(db, host.name, state)
     with pytest.raises(ApplicationError) as caught:
         reserve(db, lab.vm_name("m"), host=host.name)
     err = refused(caught.value, ErrorType.HOST_NOT_AVAILABLE, "host")
@@ -213,7 +257,7 @@ def test_auto_placement_skips_hosts_out_of_service(lab: Lab, db: Database,
     busy = lab.host(1, vcpus=4, memory_mib=1024)
     idle = lab.host(2, vcpus=64, memory_mib=65536)  # emptier and bigger: it would win if up
     reserve(db, lab.vm_name("load"), host=busy.name, memory_mib=512)
-    inventory.set_host_state(db, idle.name, state)
+    force_host_state(db, idle.name, state)
     with only_hosts_up(db, [busy.name]):
         placed = [reserve(db, lab.vm_name(f"a{i}")).host for i in range(3)]
     assert placed == [busy.name] * 3
@@ -222,7 +266,7 @@ def test_auto_placement_skips_hosts_out_of_service(lab: Lab, db: Database,
 
 def test_auto_placement_without_a_host_in_service_is_no_capacity(lab: Lab, db: Database) -> None:
     host = lab.host()
-    inventory.set_host_state(db, host.name, HostState.MAINTENANCE)
+    force_host_state(db, host.name, HostState.MAINTENANCE)
     with only_hosts_up(db, []), pytest.raises(ApplicationError) as caught:
         reserve(db, lab.vm_name("none"))
     refused(caught.value, ErrorType.NO_CAPACITY, "host")

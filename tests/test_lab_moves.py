@@ -25,6 +25,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
+from helpers import force_host_state
 from lab_fixtures import QemuLab
 from temporalio.testing import WorkflowEnvironment
 from test_clear_host import fill, placement, state
@@ -227,7 +228,7 @@ async def test_worker_killed_mid_clear_host_then_replaced(
     client, replace_worker = process_client
     src, dst = qemu_lab.host(1), qemu_lab.host(2)
     for host in qemu_lab.hosts[2:]:  # one destination: every move lands on dst
-        inventory.set_host_state(db, host.name, HostState.DOWN)
+        force_host_state(db, host.name, HostState.DOWN)
     names = await asyncio.wait_for(_fill(client, qemu_lab, src, 8, "kill"), 120)
     clear = await client.clear_host(ClearHostRequest(host=src.name, batch=3))
 

@@ -15,14 +15,13 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from helpers import only_hosts_up
+from helpers import force_host_state, only_hosts_up
 from lab_fixtures import CACHE_DIR
 from tlslab import CertificateAuthority, Issued
 
 from lab.control import lab_down, lab_up
 from lab.models import LabHost
 from starter.client import RequestError, TaskomaticClient
-from taskomatic import inventory
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.inventory.db import Database
 from taskomatic.models import CreateVmRequest, DestroyVmRequest, HostSpec, HostState
@@ -84,7 +83,7 @@ async def test_tasks_drive_a_host_over_tls(tls_lab: TlsLab, client: TaskomaticCl
             finally:
                 local.close()
     finally:
-        inventory.set_host_state(db, name, HostState.DOWN)
+        force_host_state(db, name, HostState.DOWN)
         hypervisors.forget(uri)
 
 

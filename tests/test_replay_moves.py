@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from helpers import only_hosts_up
+from helpers import force_host_state, only_hosts_up
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
@@ -17,7 +17,6 @@ from test_replay import HISTORIES
 
 from conftest import Lab
 from starter.client import TaskHandle, TaskomaticClient
-from taskomatic import inventory
 from taskomatic.inventory.db import Database
 from taskomatic.models import (
     ActivateHostRequest,
@@ -59,11 +58,11 @@ async def test_histories_of_moving_tasks_replay(client: TaskomaticClient, lab: L
         tasks["MigrateVm"] = await client.migrate_vm(
             MigrateVmRequest(name=names[0], to=b.name), task_id=f"MigrateVm-{lab.prefix}")
         await tasks["MigrateVm"].result()
-        inventory.set_host_state(db, a.name, HostState.MAINTENANCE)
+        force_host_state(db, a.name, HostState.MAINTENANCE)
         tasks["StartVm-moved"] = await client.start_vm(StartVmRequest(name=names[1]),
                                                        task_id=f"StartVm-moved-{lab.prefix}")
         assert (await tasks["StartVm-moved"].result()).host == b.name
-        inventory.set_host_state(db, a.name, HostState.UP)
+        force_host_state(db, a.name, HostState.UP)
         tasks["ClearHost"] = await client.clear_host(ClearHostRequest(host=a.name, batch=1),
                                                      task_id=f"ClearHost-{lab.prefix}")
         await client.host_result(tasks["ClearHost"])

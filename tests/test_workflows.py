@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from helpers import faulty_client
+from helpers import faulty_client, force_host_state
 from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
 
@@ -112,7 +112,7 @@ async def test_destroy_of_a_domain_libvirt_lost_is_a_reported_noop(
 async def test_placement_picks_the_least_loaded_host(client: TaskomaticClient, lab: Lab,
                                                      db: Database) -> None:
     for other in inventory.list_hosts(db):
-        inventory.set_host_state(db, other.name, HostState.DOWN)
+        force_host_state(db, other.name, HostState.DOWN)
     busy, idle = lab.host(1), lab.host(2)
     await (await client.create_vm(CreateVmRequest(name=lab.vm_name("first"), memory_mib=2048,
                                                   host=busy.name))).result()
@@ -178,7 +178,7 @@ async def test_unreachable_hypervisor_fails_retryable_and_releases(
         assert failure.compensation_failed == ["undefine domain"]
         assert _usage(db, spec.name) == (0, 0, 0)
     finally:
-        inventory.set_host_state(db, spec.name, HostState.DOWN)
+        force_host_state(db, spec.name, HostState.DOWN)
 
 
 # --- concurrency -----------------------------------------------------------------------------

@@ -1,18 +1,21 @@
-"""The inventory: hosts, VMs, capacity reservations, storage and the resource lines, in
-PostgreSQL. Every function is one transaction; every writer of a host's load locks that host's row
-first (see ``vms.reserve_capacity``). Import the functions from here; ``ordering`` (the claims of
-the resource lines) and ``db`` (connections, schema upgrades) are used as modules.
+"""The inventory, in PostgreSQL, one module per feature: ``hosts`` (register, load, state
+transitions, maintenance), ``vms`` (VMs and the capacity reservations that place them),
+``migration`` (moves and the clear-host plan), ``storage``, and ``ordering`` (the claims of the
+resource lines). Every function is one transaction; every writer of a host's load locks that
+host's row first (see ``vms.reserve_capacity``). Import the functions from here; ``ordering`` and
+``db`` (connections, schema upgrades) are used as modules.
 """
 
 from taskomatic.inventory import db, ordering
 from taskomatic.inventory.db import Database, get_database
 from taskomatic.inventory.hosts import (
+    add_host,
     begin_maintenance,
-    change_host_state,
-    plan_moves,
-    record_move,
-    vms_with_origin,
+    get_host,
+    list_hosts,
+    set_host_state,
 )
+from taskomatic.inventory.migration import plan_moves, record_move, vms_with_origin
 from taskomatic.inventory.storage import (
     check_new_pool,
     check_new_volume,
@@ -38,22 +41,18 @@ from taskomatic.inventory.storage import (
     vm_disks,
 )
 from taskomatic.inventory.vms import (
-    add_host,
     check_new_vm,
-    get_host,
     get_vm,
-    list_hosts,
     list_vms,
     record_vm,
     release_capacity,
     remove_vm,
     reserve_capacity,
-    set_host_state,
     set_vm_state,
 )
 
 __all__ = [
-    "Database", "add_host", "begin_maintenance", "change_host_state", "check_new_pool",
+    "Database", "add_host", "begin_maintenance", "check_new_pool",
     "check_new_vm", "check_new_volume", "check_pool_unused", "check_volume_unused", "db",
     "get_database", "get_host", "get_pool", "get_vm", "get_volume", "list_hosts", "list_pools",
     "list_vms", "list_volumes", "ordering", "plan_disks", "plan_moves", "record_move",

@@ -1,8 +1,10 @@
-"""Inventory queries: hosts, VMs and capacity reservations, each operation one transaction.
+"""Inventory queries of VMs and the capacity reservations that place them, each operation one
+transaction.
 
 Placement is race-free because every writer of a host's load (a reservation, a VM row) first locks
 that host's row: two concurrent creates serialize on the host and see each other's reservations,
-and a host that entered maintenance is never picked once that change has committed.
+and a host that entered maintenance is never picked once that change has committed. Which host a
+reservation gets is ``taskomatic.placement``'s choice, over the rows locked here.
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ from typing import Any
 
 import psycopg2.errors
 
+from taskomatic import placement
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.db import Database
+from taskomatic.inventory.hosts import lock_hosts, read_hosts
 from taskomatic.models import (
-    HostRecord,
-    HostSpec,
-    HostState,
     RecordVmInput,
     Reservation,
     ReserveCapacityInput,
@@ -24,18 +25,6 @@ from taskomatic.models import (
     VmRecord,
     VmState,
 )
-
-_HOST_USAGE = """
-    SELECT h.name, h.uri, h.state, h.migration_uri, h.vcpus, h.memory_mib,
-           COALESCE(v.vcpus, 0) AS used_vcpus, COALESCE(v.memory_mib, 0) AS used_memory_mib,
-           COALESCE(v.n, 0) AS vm_count,
-           COALESCE(r.vcpus, 0) AS reserved_vcpus, COALESCE(r.memory_mib, 0) AS reserved_memory_mib
-    FROM hosts h
-    LEFT JOIN (SELECT host_id, SUM(vcpus) AS vcpus, SUM(memory_mib) AS memory_mib, COUNT(*) AS n
-               FROM vms GROUP BY host_id) v ON v.host_id = h.id
-    LEFT JOIN (SELECT host_id, SUM(vcpus) AS vcpus, SUM(memory_mib) AS memory_mib
-               FROM reservations GROUP BY host_id) r ON r.host_id = h.id
-"""
 
 _VM_COLUMNS = """
     SELECT v.name, v.uuid::text AS uuid, h.name AS host, v.vcpus, v.memory_mib, v.state,
@@ -48,60 +37,6 @@ _HOST_FIELDS = ("host_uri", "host_state", "host_migration_uri")
 
 def _vm(row: dict[str, Any]) -> VmRecord:
     return VmRecord.model_validate({k: v for k, v in row.items() if k not in _HOST_FIELDS})
-
-
-# --- hosts -----------------------------------------------------------------------------------
-
-
-def add_host(db: Database, spec: HostSpec) -> tuple[HostRecord, bool]:
-    """Register a host. Adding the same name and URI again is a no-op; returns (host, created)."""
-    with db.transaction() as cur:
-        cur.execute("SELECT name, uri FROM hosts WHERE name = %s OR uri = %s",
-                    (spec.name, spec.uri))
-        clash = cur.fetchone()
-        if clash is None:
-            cur.execute(
-                "INSERT INTO hosts (name, uri, vcpus, memory_mib, migration_uri)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (spec.name, spec.uri, spec.vcpus, spec.memory_mib, spec.migration_uri),
-            )
-            created = True
-        elif clash["name"] == spec.name and clash["uri"] == spec.uri:
-            created = False
-        elif clash["name"] == spec.name:
-            raise task_error(ErrorType.INVALID_REQUEST,
-                             f"host {spec.name!r} already exists with URI {clash['uri']}",
-                             field="name", host=spec.name)
-        else:
-            raise task_error(ErrorType.INVALID_REQUEST,
-                             f"{spec.uri} is already registered as host {clash['name']!r}",
-                             field="uri", host=spec.name)
-    host = get_host(db, spec.name)
-    assert host is not None
-    return host, created
-
-
-def list_hosts(db: Database) -> list[HostRecord]:
-    with db.transaction() as cur:
-        cur.execute(_HOST_USAGE + " ORDER BY h.name")
-        return [HostRecord.model_validate(row) for row in cur.fetchall()]
-
-
-def get_host(db: Database, name: str) -> HostRecord | None:
-    with db.transaction() as cur:
-        cur.execute(_HOST_USAGE + " WHERE h.name = %s", (name,))
-        row = cur.fetchone()
-        return HostRecord.model_validate(row) if row else None
-
-
-def set_host_state(db: Database, name: str, state: HostState) -> bool:
-    with db.transaction() as cur:
-        cur.execute("UPDATE hosts SET state = %s, updated_at = now() WHERE name = %s",
-                    (state.value, name))
-        return bool(cur.rowcount)
-
-
-# --- VMs -------------------------------------------------------------------------------------
 
 
 def list_vms(db: Database, host: str | None = None) -> list[VmRecord]:
@@ -205,10 +140,12 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
                      ) -> Reservation:
     """Reserve a VM's vCPUs and memory on a host, in one transaction under host row locks.
 
-    With ``inp.host`` set, only that host is considered; otherwise every host in service is, and
-    the least loaded one that fits wins (never one in ``inp.exclude``). Idempotent: a task that
+    Locks the candidate rows (the pinned ``inp.host``, or every host) in id order, reads their
+    load, and lets ``placement.choose`` pick (never a host in ``inp.exclude``); its typed errors
+    (``UnknownHost``, ``HostNotAvailable``, ``NoCapacity``) propagate. Idempotent: a task that
     already holds a reservation gets it back unchanged. ``moving`` reserves room for an existing
-    VM about to move there (a migration), so its name is expected to exist.
+    VM about to move there (a migration), so its name is expected to exist; otherwise a taken
+    name is ``DuplicateVm``.
     """
     try:
         with db.transaction() as cur:
@@ -217,22 +154,28 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
                 return existing
             if not moving:
                 _refuse_taken_name(cur, inp.vm_name, inp.task_id)
-            candidates = _lock_candidates(cur, inp)
+            locked = lock_hosts(cur, inp.host)  # the pinned host, or every host
             # An overlapping attempt of this same task may have committed while we waited.
             existing = _reservation_of(cur, inp.task_id)
             if existing is not None:
                 return existing
-            host = _least_loaded_fit(cur, candidates, inp)
+            hosts = {h.name: h for h in read_hosts(cur, ids=list(locked.values()))}
+            chosen = placement.choose(
+                placement.PlacementRequest(vm=inp.vm_name, vcpus=inp.vcpus,
+                                           memory_mib=inp.memory_mib, host=inp.host,
+                                           exclude=tuple(inp.exclude), field=inp.host_field),
+                [placement.HostLoad.of(h) for h in hosts.values()])
             cur.execute(
                 "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib)"
                 " VALUES (%s, %s, %s, %s, %s)",
-                (inp.task_id, host["id"], inp.vm_name, inp.vcpus, inp.memory_mib),
+                (inp.task_id, locked[chosen.name], inp.vm_name, inp.vcpus, inp.memory_mib),
             )
             # Checked again after the insert: a create that finalized meanwhile is visible now.
             if not moving:
                 _refuse_taken_name(cur, inp.vm_name, inp.task_id)
-            return Reservation(task_id=inp.task_id, vm_name=inp.vm_name, host=host["name"],
-                               host_uri=host["uri"], vcpus=inp.vcpus, memory_mib=inp.memory_mib)
+            return Reservation(task_id=inp.task_id, vm_name=inp.vm_name, host=chosen.name,
+                               host_uri=hosts[chosen.name].uri, vcpus=inp.vcpus,
+                               memory_mib=inp.memory_mib)
     except psycopg2.errors.UniqueViolation as err:
         doing = "moved" if moving else "created"
         raise task_error(ErrorType.DUPLICATE_VM,
@@ -257,70 +200,3 @@ def _reservation_of(cur: Any, task_id: str) -> Reservation | None:
     )
     row = cur.fetchone()
     return Reservation.model_validate(row) if row else None
-
-
-def _lock_candidates(cur: Any, inp: ReserveCapacityInput) -> list[dict[str, Any]]:
-    """Lock and return the hosts this request may use, in id order (a global lock order)."""
-    field = inp.host_field
-    if inp.host is not None:
-        cur.execute("SELECT id, name, uri, state, vcpus, memory_mib FROM hosts"
-                    " WHERE name = %s FOR UPDATE", (inp.host,))
-        row = cur.fetchone()
-        if row is None:
-            raise task_error(ErrorType.UNKNOWN_HOST, f"no host named {inp.host!r}", field=field,
-                             host=inp.host, vm=inp.vm_name)
-        if row["state"] != HostState.UP:
-            raise task_error(ErrorType.HOST_NOT_AVAILABLE,
-                             f"host {inp.host!r} is in state {row['state']!r}, not 'up'",
-                             field=field, host=inp.host, vm=inp.vm_name)
-        if inp.host in inp.exclude:
-            raise task_error(ErrorType.HOST_NOT_AVAILABLE,
-                             f"host {inp.host!r} cannot take {inp.vm_name!r} (it is the source "
-                             "or already failed)", field=field, host=inp.host, vm=inp.vm_name)
-        return [row]
-    cur.execute("SELECT id, name, uri, state, vcpus, memory_mib FROM hosts"
-                " WHERE state = 'up' AND NOT (name = ANY(%s)) ORDER BY id FOR UPDATE",
-                (list(inp.exclude),))
-    rows: list[dict[str, Any]] = cur.fetchall()
-    if not rows and inp.exclude:
-        raise task_error(ErrorType.NO_CAPACITY, "no other host is in service (excluded: "
-                         f"{', '.join(inp.exclude)})", field=field, vm=inp.vm_name)
-    if not rows:
-        raise task_error(ErrorType.NO_CAPACITY, "no host is in service", field="host",
-                         vm=inp.vm_name)
-    return rows
-
-
-def _least_loaded_fit(cur: Any, hosts: list[dict[str, Any]], inp: ReserveCapacityInput
-                      ) -> dict[str, Any]:
-    cur.execute(
-        "SELECT host_id, SUM(vcpus) AS vcpus, SUM(memory_mib) AS memory_mib FROM ("
-        " SELECT host_id, vcpus, memory_mib FROM vms WHERE host_id = ANY(%(ids)s)"
-        " UNION ALL"
-        " SELECT host_id, vcpus, memory_mib FROM reservations WHERE host_id = ANY(%(ids)s)"
-        ") load GROUP BY host_id",
-        {"ids": [h["id"] for h in hosts]},
-    )
-    load = {row["host_id"]: row for row in cur.fetchall()}
-    best: tuple[float, float, str] | None = None
-    chosen: dict[str, Any] | None = None
-    roomiest: tuple[int, str] = (-1, "")  # the host with most free memory, for the error
-    for host in hosts:
-        used = load.get(host["id"], {"vcpus": 0, "memory_mib": 0})
-        free_vcpus = host["vcpus"] - used["vcpus"]
-        free_memory = host["memory_mib"] - used["memory_mib"]
-        if free_vcpus < inp.vcpus or free_memory < inp.memory_mib:
-            roomiest = max(roomiest, (free_memory, f"roomiest: {host['name']} with {free_vcpus}"
-                                                   f" vCPUs / {free_memory} MiB free"))
-            continue
-        rank = (used["memory_mib"] / host["memory_mib"], used["vcpus"] / host["vcpus"],
-                host["name"])
-        if best is None or rank < best:
-            best, chosen = rank, host
-    if chosen is None:
-        where = f"host {inp.host!r}" if inp.host else "no host in service"
-        raise task_error(ErrorType.NO_CAPACITY,
-                         f"{where} lacks room for {inp.vcpus} vCPUs / {inp.memory_mib} MiB"
-                         f" ({roomiest[1]})", field=inp.host_field if inp.host else "memory_mib",
-                         host=inp.host, vm=inp.vm_name)
-    return chosen

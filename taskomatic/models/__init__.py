@@ -17,7 +17,6 @@ from taskomatic.models.base import (
     DomainSpec,
     HostRecord,
     HostSpec,
-    HostState,
     InventoryResult,
     LibvirtUri,
     LookupVmInput,
@@ -25,6 +24,7 @@ from taskomatic.models.base import (
     MigrationUri,
     Model,
     Name,
+    Phase,
     RecordVmInput,
     ReleaseCapacityInput,
     ReleaseResult,
@@ -159,6 +159,7 @@ from taskomatic.models.storage import (
     VolumeTaskRequest,
     check_pool_path,
 )
+from taskomatic.states import HostState
 
 __all__ = [
     "MAX_MEMORY_MIB",
@@ -223,6 +224,7 @@ __all__ = [
     "MoveReservation",
     "Name",
     "OriginVmsInput",
+    "Phase",
     "PlanDisksInput",
     "PlanInput",
     "PlannedDisk",

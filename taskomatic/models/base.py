@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
+from taskomatic.states import HostState
 from taskomatic.units import Capacity
 from taskomatic.uris import check_migration_uri, check_uri
 
@@ -70,13 +71,6 @@ class Model(BaseModel):
 
 
 # --- inventory -------------------------------------------------------------------------------
-
-
-class HostState(StrEnum):
-    UP = "up"
-    MAINTENANCE = "maintenance"
-    MAINTENANCE_FAILED = "maintenance_failed"
-    DOWN = "down"
 
 
 class VmState(StrEnum):
@@ -385,6 +379,10 @@ class StepRecord(Model):
 TaskState = Literal["new", "waiting", "running", "complete", "error", "cancelled"]
 TASK_STATES: tuple[TaskState, ...] = ("new", "waiting", "running", "complete", "error",
                                       "cancelled")
+# Where a task is in its runbook: it plans (validates and reserves in the inventory), runs (on
+# the hypervisor) and finalizes (records the outcome); then it is done, or it compensates (runs
+# its undos, newest first) and has failed.
+Phase = Literal["plan", "run", "finalize", "compensate", "done", "failed"]
 
 
 class TaskProgress(Model):
@@ -392,7 +390,7 @@ class TaskProgress(Model):
 
     task_id: str
     kind: str
-    phase: Literal["plan", "run", "finalize", "compensate", "done", "failed"]
+    phase: Phase
     current_step: str | None = None
     steps: list[StepRecord] = []
     vm: str | None = None

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from taskomatic.models.base import (
-    HostState,
     Model,
     Name,
     Reservation,
@@ -16,6 +15,7 @@ from taskomatic.models.base import (
     host_resource,
     vm_resource,
 )
+from taskomatic.states import HostState, HostTransition, transition_to
 
 MAX_MIGRATION_HOSTS = 3  # destinations one MigrateVm tries before it gives up
 Seconds = Annotated[float, Field(gt=0, le=86_400)]
@@ -215,12 +215,28 @@ class BeginMaintenanceResult(Model):
 
 
 class SetHostStateInput(Model):
+    """Apply one named transition of ``taskomatic.states`` to ``host``."""
+
     host: str
-    state: HostState
-    allowed_from: list[HostState] = Field(default_factory=list)
+    transition: HostTransition
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_target_state(cls, data: Any) -> Any:
+        """An input recorded before transitions had names (``state`` plus ``allowed_from``, as a
+        task started before an upgrade still sends) becomes the transition it meant."""
+        if isinstance(data, dict) and "transition" not in data and "state" in data:
+            data = dict(data)
+            state = HostState(data.pop("state"))
+            allowed_from = [HostState(s) for s in data.pop("allowed_from", None) or []]
+            data["transition"] = transition_to(state, allowed_from)
+        return data
 
 
 class HostStateResult(Model):
+    """What a host transition did: ``host`` went from ``previous_state`` to ``state`` (the same
+    when it was already there: ``detail`` then says "already …")."""
+
     host: str
     state: HostState
     previous_state: HostState
@@ -228,11 +244,16 @@ class HostStateResult(Model):
 
 
 class PlanInput(Model):
+    """The clear-host dry run: where placement would put each of ``vms`` if ``host`` were
+    cleared now."""
+
     host: str
     vms: list[str]
 
 
 class PlannedMove(Model):
+    """One VM of a dry run: its ``destination``, or None and the ``reason`` it has none."""
+
     vm: str
     destination: str | None
     reason: str | None = None
