@@ -35,8 +35,6 @@ class HoldResult(Model):
 
 @workflow.defn(name="HoldResources")
 class HoldResources(Runbook):
-    KIND = "HoldResources"
-
     def __init__(self) -> None:
         super().__init__()
         self._finish = False

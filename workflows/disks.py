@@ -1,7 +1,8 @@
 """The disk steps of the VM tasks: plan, create, record, look up and delete a VM's volumes.
 
-They run only for VMs with disks, behind the ``vm-disks`` patch, so histories recorded before
-disks existed replay unchanged.
+A helper object the tasks that create and destroy VMs make in ``__init__``
+(``self.disks = DiskSteps(self)``). The steps run only for VMs with disks, behind the ``vm-disks``
+patch, so histories recorded before disks existed replay unchanged.
 """
 
 from __future__ import annotations
@@ -35,13 +36,20 @@ Disks = DiskActivities
 
 
 def disk_specs(plan: DiskPlan | None) -> list[DiskSpec]:
+    """The disks of the domain to define for ``plan`` (none without a plan)."""
     return [DiskSpec(pool=d.pool, volume=d.volume, format=d.format, target=d.target)
             for d in (plan.disks if plan else [])]
 
 
-class VmDiskSteps(Runbook):
-    async def plan_disks(self, req: CreateVmRequest) -> DiskPlan:
-        plan: DiskPlan = await self.step(
+class DiskSteps:
+    """Steps on a VM's volumes, run as steps of ``task``."""
+
+    def __init__(self, task: Runbook) -> None:
+        self._task = task
+
+    async def plan(self, req: CreateVmRequest) -> DiskPlan:
+        """Which pool and volume each requested disk uses, and which volumes are new."""
+        plan: DiskPlan = await self._task.step(
             "plan disks", Disks.plan_disks,
             PlanDisksInput(vm=req.name, host=req.host, disks=req.disks), options=DATABASE)
         return plan
@@ -54,7 +62,7 @@ class VmDiskSteps(Runbook):
                 continue
             spec = VolumeSpec(host=disk.host, uri=disk.host_uri, pool=disk.pool,
                               name=disk.volume, capacity=disk.capacity, format=disk.format)
-            made: VolumeReport = await self.step(
+            made: VolumeReport = await self._task.step(
                 f"create volume {disk.pool}/{disk.volume}", Storage.create_volume, spec,
                 undo=Undo(f"delete volume {disk.pool}/{disk.volume}", Storage.delete_volume,
                           spec.ref()))
@@ -62,31 +70,38 @@ class VmDiskSteps(Runbook):
                 created.append(made.volume)
         return created
 
-    def unrecord_undo(self, vm: str, uuid: str) -> Undo:
+    @staticmethod
+    def unrecord_undo(vm: str, uuid: str) -> Undo:
+        """The undo of recording VM ``vm`` (``uuid``) with its disks."""
         return Undo("remove from inventory", Disks.unrecord_vm,
                     VmIdentity(vm=vm, uuid=uuid), DATABASE)
 
-    async def record_disks(self, vm: str, plan: DiskPlan, created: list[VolumeInfo]) -> None:
-        await self.step("record disks", Disks.record_vm_disks,
-                        RecordVmDisksInput(vm=vm, disks=plan.disks, created=created),
-                        options=DATABASE)
+    async def record(self, vm: str, plan: DiskPlan, created: list[VolumeInfo]) -> None:
+        """Record the VM's disks and the volumes created for it (owned by the VM)."""
+        await self._task.step("record disks", Disks.record_vm_disks,
+                              RecordVmDisksInput(vm=vm, disks=plan.disks, created=created),
+                              options=DATABASE)
 
-    async def lookup_disks(self, vm: str) -> VmDisks:
-        disks: VmDisks = await self.step("look up disks", Disks.lookup_vm_disks,
-                                         VmNameInput(vm=vm), options=DATABASE)
+    async def lookup(self, vm: str) -> VmDisks:
+        """The VM's disks as recorded, each marked whether the VM owns its volume."""
+        disks: VmDisks = await self._task.step("look up disks", Disks.lookup_vm_disks,
+                                               VmNameInput(vm=vm), options=DATABASE)
         return disks
 
     async def delete_owned_volumes(self, disks: VmDisks) -> list[str]:
+        """Delete the volumes the VM owns; a note per volume."""
         notes = []
         for disk in disks.disks:
             if disk.owned:
-                gone: VolumeReport = await self.step(
+                gone: VolumeReport = await self._task.step(
                     f"delete volume {disk.pool}/{disk.volume}", Storage.delete_volume, disk.ref())
                 notes.append(f"{disk.pool}/{disk.volume} {gone.detail}")
         return notes
 
     async def release_volumes(self, vm: str, keep: bool) -> str:
-        released: StorageResult = await self.step(
+        """After the VM is gone: forget its owned volumes in the inventory (deleted), or with
+        ``keep`` keep them ownerless; returns a note."""
+        released: StorageResult = await self._task.step(
             "keep owned volumes" if keep else "forget owned volumes",
             Disks.release_vm_volumes, ReleaseVmVolumesInput(vm=vm, keep=keep),
             options=DATABASE)

@@ -13,7 +13,8 @@ ClearHost's runbook:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
@@ -41,16 +42,17 @@ with workflow.unsafe.imports_passed_through():
         VmMoveOutcome,
         VmTaskResult,
     )
-    from taskomatic.temporal import TASK_HOST, TASK_KIND, TASK_VM
+    from taskomatic.states import HostTransition
+    from taskomatic.temporal import TASK_KIND, TASK_VM
 
 from workflows.migration import MigrateVm
-from workflows.runbook import DATABASE, Runbook, Undo
+from workflows.runbook import DATABASE, Runbook, Undo, workflow_type
 from workflows.vms import StopVm
 
 Hosts = HostActivities
 Moves = MigrationActivities
-_MAINTENANCE = [HostState.MAINTENANCE, HostState.MAINTENANCE_FAILED]
 _DONE = ("moved", "already moved")
+R = TypeVar("R", bound=TaskRequest)
 
 
 class HostTask(Runbook):
@@ -79,8 +81,7 @@ class HostTask(Runbook):
         self._carry = state or HostTaskState()
         self._parallel = parallel
         self._moves = HostTaskProgress(host=host, remaining=self._carry.remaining)
-        self.about(host=host)
-        workflow.upsert_search_attributes([TASK_HOST.value_set(host)])
+        self.on_host(host)
         self._count()
 
     def _count(self, remaining: int | None = None) -> None:
@@ -123,7 +124,7 @@ class HostTask(Runbook):
 
     async def _child_migration(self, name: str, req: MigrateVmRequest) -> VmMoveOutcome:
         try:
-            res = await self.child(MigrateVm.KIND, req, "migrate", name)
+            res = await self.child(MigrateVm.run, req, "migrate", name)
         except ChildWorkflowError as err:
             kind, reason = _child_failure(err)
             return VmMoveOutcome(vm=name, outcome="not managed" if kind == "UnknownVm"
@@ -132,16 +133,20 @@ class HostTask(Runbook):
         return VmMoveOutcome(vm=name, outcome="moved" if moved else "already moved",
                              destination=res.host)
 
-    async def child(self, kind: str, req: TaskRequest, slug: str, vm: str) -> VmTaskResult:
+    async def child(self, run: Callable[[Any, R], Awaitable[VmTaskResult]], req: R, slug: str,
+                    vm: str) -> VmTaskResult:
+        """Run the child task ``run`` (e.g. ``MigrateVm.run``) on ``req``, with the id
+        ``<this task's id>-<slug>-<vm>``; its result, or ``ChildWorkflowError`` if it failed."""
         info = workflow.info()
         result: VmTaskResult = await workflow.execute_child_workflow(
-            kind, req, id=f"{info.workflow_id}-{slug}-{vm}", result_type=VmTaskResult,
-            search_attributes=TypedSearchAttributes([SearchAttributePair(TASK_KIND, kind),
+            run, req, id=f"{info.workflow_id}-{slug}-{vm}",
+            search_attributes=TypedSearchAttributes([SearchAttributePair(TASK_KIND,
+                                                                         workflow_type(run)),
                                                      SearchAttributePair(TASK_VM, vm)]))
         return result
 
     def result(self, host: str, state: HostState | None, **more: object) -> HostTaskResult:
-        return HostTaskResult(task_id=workflow.info().workflow_id, kind=self.KIND, host=host,
+        return HostTaskResult(task_id=workflow.info().workflow_id, kind=self.kind, host=host,
                               state=state, outcomes=self._carry.outcomes, runs=self._carry.run,
                               **more)
 
@@ -163,8 +168,6 @@ def _child_failure(err: ChildWorkflowError) -> tuple[str, str]:
 
 @workflow.defn(name="ClearHost")
 class ClearHost(HostTask):
-    KIND = "ClearHost"
-
     @workflow.run
     async def run(self, req: ClearHostRequest) -> HostTaskResult:
         return await self.perform(req, lambda: self._clear(req))
@@ -182,8 +185,8 @@ class ClearHost(HostTask):
             placed = [t for t in entered.placed_tasks if t != workflow.info().workflow_id]
             if placed:
                 await self.wait_for_tasks("wait for tasks placed before maintenance", placed)
-        self._undo.append(Undo("mark maintenance failed", Hosts.set_host_state, SetHostStateInput(
-            host=req.host, state=HostState.MAINTENANCE_FAILED, allowed_from=_MAINTENANCE),
+        self.undo.add(Undo("mark maintenance failed", Hosts.set_host_state, SetHostStateInput(
+            host=req.host, transition=HostTransition.FAIL_MAINTENANCE),
             DATABASE))
         self.phase("run")
         listed = await self.step("list VMs on the host", Moves.list_host_domains, carry.source)
@@ -200,7 +203,8 @@ class ClearHost(HostTask):
         stuck = [o for o in carry.outcomes if o.outcome in ("failed", "not managed")]
         final = HostState.MAINTENANCE_FAILED if stuck else HostState.MAINTENANCE
         await self.step(f"end in {final.value}", Hosts.set_host_state, SetHostStateInput(
-            host=req.host, state=final, allowed_from=_MAINTENANCE), options=DATABASE)
+            host=req.host, transition=HostTransition.FAIL_MAINTENANCE if stuck
+            else HostTransition.END_MAINTENANCE), options=DATABASE)
         return self.result(req.host, final)
 
     async def _check_empty(self, req: ClearHostRequest, source: HostRef) -> None:
@@ -221,7 +225,7 @@ class ClearHost(HostTask):
             if outcome.outcome != "failed":
                 continue
             try:
-                await self.child(StopVm.KIND, StopVmRequest(
+                await self.child(StopVm.run, StopVmRequest(
                     name=outcome.vm, timeout_seconds=req.stop_timeout_seconds,
                     requested_by=req.requested_by), "stop", outcome.vm)
             except ChildWorkflowError as err:
@@ -242,8 +246,6 @@ class ClearHost(HostTask):
 
 @workflow.defn(name="ActivateHost")
 class ActivateHost(HostTask):
-    KIND = "ActivateHost"
-
     @workflow.run
     async def run(self, req: ActivateHostRequest) -> HostTaskResult:
         return await self.perform(req, lambda: self._activate(req))
@@ -251,14 +253,12 @@ class ActivateHost(HostTask):
     async def _activate(self, req: ActivateHostRequest) -> HostTaskResult:
         self.start_moves(req.host, None, 1)
         done = await self.step("return to service", Hosts.set_host_state, SetHostStateInput(
-            host=req.host, state=HostState.UP), options=DATABASE)
+            host=req.host, transition=HostTransition.ACTIVATE), options=DATABASE)
         return self.result(req.host, done.state)
 
 
 @workflow.defn(name="RestoreHost")
 class RestoreHost(HostTask):
-    KIND = "RestoreHost"
-
     @workflow.run
     async def run(self, req: RestoreHostRequest) -> HostTaskResult:
         return await self.perform(req, lambda: self._restore(req))
@@ -266,7 +266,7 @@ class RestoreHost(HostTask):
     async def _restore(self, req: RestoreHostRequest) -> HostTaskResult:
         self.start_moves(req.host, req.resume, req.parallel)
         await self.step("check the host is in service", Hosts.set_host_state, SetHostStateInput(
-            host=req.host, state=HostState.UP, allowed_from=[HostState.UP]), options=DATABASE)
+            host=req.host, transition=HostTransition.CONFIRM_UP), options=DATABASE)
         self.phase("run")
         found = await self.step("list VMs that came from the host", Hosts.vms_with_origin,
                                 OriginVmsInput(host=req.host, exclude=sorted(self.handled())),
@@ -277,6 +277,3 @@ class RestoreHost(HostTask):
         if len(found.names) > req.batch:
             self.continue_later(req)
         return self.result(req.host, HostState.UP)
-
-
-WORKFLOWS = [MigrateVm, ClearHost, ActivateHost, RestoreHost]

@@ -13,6 +13,7 @@ and memo, so the queue view and the Temporal Web UI show it without asking each 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -69,9 +70,14 @@ def _consume(fut: asyncio.Future[Any]) -> None:
 class InLine:
     """Mixin of the Runbook: waiting for prerequisites and resources, and telling about it."""
 
-    _woken: bool = False
-    _claimed: bool = False
-    _memo: dict[str, Any]
+    def __init__(self) -> None:
+        # Set by the ``wake`` signal: the task ahead released; try to claim again.
+        self._woken = False
+        # Whether this run may hold claims (it asked, or the starter granted them at submission).
+        self._claimed = False
+        # What the task has published: memo entries and the state search attribute.
+        self._memo: dict[str, Any] = {}
+        self._shown_state: TaskState | None = None
 
     @workflow.signal(name=WAKE_SIGNAL)
     def wake(self) -> None:
@@ -79,14 +85,17 @@ class InLine:
 
     def show_state(self, state: TaskState, **memo: Any) -> None:
         """Publish the task's state (search attribute) and details (memo) when they change."""
-        memo_now = getattr(self, "_memo", {})
-        memo = {key: value for key, value in memo.items() if memo_now.get(key) != value}
+        memo = {key: value for key, value in memo.items() if self._memo.get(key) != value}
         if memo:
-            self._memo = {**memo_now, **memo}
+            self._memo = {**self._memo, **memo}
             workflow.upsert_memo(memo)
-        if getattr(self, "_shown_state", None) != state:
+        if self._shown_state != state:
             self._shown_state = state
             workflow.upsert_search_attributes([TASK_STATE.value_set(state)])
+
+    def shown(self, key: str) -> bool:
+        """Whether the task's memo already holds ``key``."""
+        return key in self._memo
 
     async def await_tasks(self, task_ids: list[str]) -> list[TaskOutcome]:
         """Wait until every one of ``task_ids`` has ended; how each ended."""
@@ -110,7 +119,7 @@ class InLine:
         return ErrorInfo(type=ErrorType.PREREQUISITE_FAILED, message=text, field="after")
 
     async def claim(self, kind: str, resources: list[str],
-                    on_wait: Any = None) -> ClaimResult:
+                    on_wait: Callable[[ClaimResult], None] | None = None) -> ClaimResult:
         """Take ``resources`` when the task's turn comes; until then sleep. ``on_wait`` is
         called with each new reason for waiting."""
         task_id = workflow.info().workflow_id

@@ -42,7 +42,7 @@ with workflow.unsafe.imports_passed_through():
     from taskomatic.settings import Settings
     from taskomatic.temporal import TASK_KIND, TASK_STATE
 
-from workflows.runbook import DATABASE, HYPERVISOR, Runbook
+from workflows.runbook import DATABASE, HYPERVISOR, Runbook, workflow_type
 
 Queue = QueueReconcileActivities
 Hosts = HostReconcileActivities
@@ -52,8 +52,6 @@ RECONCILE_SCHEDULE_ID = "taskomatic-reconcile"
 
 @workflow.defn(name="Reconcile")
 class Reconcile(Runbook):
-    KIND = "Reconcile"
-
     @workflow.run
     async def run(self, req: ReconcileRequest) -> ReconcileReport:
         return await self.perform(req, lambda: self._reconcile(req))
@@ -78,6 +76,7 @@ class Reconcile(Runbook):
         return ReconcileReport(task_id=workflow.info().workflow_id, findings=found,
                                hosts_checked=len(hosts))
 
+
 def reconcile_schedule(settings: Settings, every_seconds: float | None = None) -> Schedule:
     every = timedelta(seconds=every_seconds or settings.reconcile_interval_seconds)
     return Schedule(
@@ -85,7 +84,7 @@ def reconcile_schedule(settings: Settings, every_seconds: float | None = None) -
             Reconcile.run, ReconcileRequest(requested_by="schedule"), id="reconcile",
             task_queue=settings.task_queue,
             typed_search_attributes=TypedSearchAttributes([
-                SearchAttributePair(TASK_KIND, "Reconcile"),
+                SearchAttributePair(TASK_KIND, workflow_type(Reconcile.run)),
                 SearchAttributePair(TASK_STATE, "new")])),
         spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
         # One at a time: a slow run is never stacked with the next.

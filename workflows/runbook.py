@@ -8,16 +8,25 @@ A task reads like an operator's runbook::
 Each step is recorded (name, state, times, what it found) for the ``progress`` query. An undo is
 registered *before* its step runs, because a step that timed out may still have happened; undos
 are idempotent, so running one for a step that did nothing is harmless. If any step fails or the
-task is cancelled, the undos run newest first and the task fails with a ``TaskFailure``.
+task is cancelled, the undos run newest first and the task fails with a ``TaskFailure``. Undos
+that belong to no single step go through the task's ``undo`` stack (``add``, ``drop``,
+``during``); nothing else touches it.
+
+A task moves through the phases of ``Phase``: it plans, runs and finalizes (the task says when),
+then the runbook ends it in ``done``, or in ``compensate`` and then ``failed``.
+
+Behaviours only some tasks need are helper objects they create in ``__init__`` (the VM steps, the
+disk steps, moving a VM), not base classes every task inherits.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
@@ -28,6 +37,7 @@ with workflow.unsafe.imports_passed_through():
     from taskomatic.logs import get_logger
     from taskomatic.models import (
         ClaimResult,
+        Phase,
         StepRecord,
         StepState,
         TaskFailure,
@@ -35,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         TaskRequest,
         TaskState,
     )
+    from taskomatic.temporal import TASK_HOST
 
 from workflows.ordering import InLine, ordering_queue
 
@@ -70,10 +81,50 @@ HYPERVISOR = ActivityOptions(
 
 @dataclass(frozen=True)
 class Undo:
+    """A compensating step: ``activity(arg)`` with ``options``, shown as ``name``."""
+
     name: str
     activity: Callable[..., Any]
     arg: Any
     options: ActivityOptions = HYPERVISOR
+
+
+class UndoStack:
+    """The undos a task has registered, run newest first if the task fails or is cancelled.
+
+    ``Runbook.step(..., undo=...)`` adds a step's undo before the step runs; ``add``, ``drop`` and
+    ``during`` register undos that outlive or fall short of a single step. Only the runbook takes
+    undos off to run them (``pop_newest``).
+    """
+
+    def __init__(self) -> None:
+        self._undos: list[Undo] = []
+
+    def add(self, undo: Undo) -> None:
+        """Register ``undo``; it runs before every undo registered earlier."""
+        self._undos.append(undo)
+
+    def drop(self, undo: Undo) -> None:
+        """Unregister ``undo`` (this very object, its newest registration): what it would undo
+        is settled. Raises ``ValueError`` if it is not registered."""
+        for index in range(len(self._undos) - 1, -1, -1):
+            if self._undos[index] is undo:
+                del self._undos[index]
+                return
+        raise ValueError(f"undo {undo.name!r} is not registered")
+
+    @contextmanager
+    def during(self, undo: Undo) -> Iterator[None]:
+        """Register ``undo`` for the block: dropped when the block ends normally (``return``,
+        ``continue`` or its end), kept when an exception leaves it, so the task's compensation
+        runs it."""
+        self.add(undo)
+        yield
+        self.drop(undo)
+
+    def pop_newest(self) -> Undo | None:
+        """Take off the newest undo to run it; None when none is left."""
+        return self._undos.pop() if self._undos else None
 
 
 class TaskFailed(Exception):
@@ -85,15 +136,24 @@ class TaskFailed(Exception):
         self.step = step
 
 
-class Runbook(InLine):
-    """Base class of every task workflow."""
+def workflow_type(run: Callable[..., Awaitable[Any]]) -> str:
+    """The workflow type (the task kind) a ``@workflow.run`` method starts, e.g. ``"MigrateVm"``
+    for ``MigrateVm.run``: resolved as Temporal resolves it when ``run`` is passed to
+    ``execute_child_workflow``."""
+    name, _result_type = workflow._Definition.get_name_and_result_type(run)
+    return name
 
-    KIND: ClassVar[str]
+
+class Runbook(InLine):
+    """Base class of every task workflow; a task's kind is its workflow type name."""
 
     def __init__(self) -> None:
-        self._progress: TaskProgress | None = None
-        self._undo: list[Undo] = []
+        super().__init__()
+        self.undo = UndoStack()
         self._ordered = False
+        info = workflow.info()
+        self._state = TaskProgress(task_id=info.workflow_id, kind=info.workflow_type,
+                                   phase="plan")
 
     # --- what operators see ----------------------------------------------------------------
 
@@ -102,11 +162,9 @@ class Runbook(InLine):
         return self._state
 
     @property
-    def _state(self) -> TaskProgress:
-        if self._progress is None:
-            self._progress = TaskProgress(task_id=workflow.info().workflow_id, kind=self.KIND,
-                                          phase="plan")
-        return self._progress
+    def kind(self) -> str:
+        """The task's kind: its workflow type name (``CreateVm``, ``ClearHost``, ...)."""
+        return self._state.kind
 
     def about(self, *, vm: str | None = None, host: str | None = None) -> None:
         """Name the VM and host this task is about (progress, logs)."""
@@ -115,12 +173,24 @@ class Runbook(InLine):
         if host is not None:
             self._state.host = host
 
-    def phase(self, phase: str) -> None:
-        self._state.phase = phase  # type: ignore[assignment]
+    def on_host(self, host: str) -> None:
+        """Name the host this task works on: progress, logs and its ``TaskomaticHost`` search
+        attribute (one command)."""
+        self.about(host=host)
+        workflow.upsert_search_attributes([TASK_HOST.value_set(host)])
+
+    def phase(self, phase: Phase) -> None:
+        """Enter ``phase``: a task says when it plans, runs and finalizes; the runbook itself
+        enters ``compensate``, ``done`` and ``failed``."""
+        self._state.phase = phase
+
+    def set_percent(self, percent: float | None) -> None:
+        """How far the task's long step is, 0-100 (None: not measured)."""
+        self._state.percent = percent
 
     def log(self, event: str, **fields: Any) -> None:
         if not workflow.unsafe.is_replaying():
-            get_logger(task_id=self._state.task_id, kind=self.KIND, vm=self._state.vm,
+            get_logger(task_id=self._state.task_id, kind=self.kind, vm=self._state.vm,
                        host=self._state.host).info(event, **fields)
 
     # --- steps -----------------------------------------------------------------------------
@@ -134,7 +204,7 @@ class Runbook(InLine):
     async def step(self, name: str, activity: Callable[..., Any], arg: Any, *,
                    options: ActivityOptions = HYPERVISOR, undo: Undo | None = None) -> Any:
         if undo is not None:
-            self._undo.append(undo)
+            self.undo.add(undo)
         record = self.begin(name)
         self.log("step started", step=name)
         try:
@@ -218,7 +288,7 @@ class Runbook(InLine):
             record.detail = result.detail
             self._set_state("waiting", [b.describe() for b in result.blockers])
 
-        granted = await self.claim(self.KIND, sorted(set(resources)), on_wait=waiting)
+        granted = await self.claim(self.kind, sorted(set(resources)), on_wait=waiting)
         record.state, record.finished_at, record.detail = (StepState.DONE, workflow.now(),
                                                            granted.detail)
         self._set_state("running")
@@ -240,7 +310,7 @@ class Runbook(InLine):
         if not self._ordered:
             return
         memo: dict[str, Any] = {"waiting_on": self._state.waiting_on}
-        if state == "running" and "started_at" not in getattr(self, "_memo", {}):
+        if state == "running" and not self.shown("started_at"):
             memo["started_at"] = workflow.now().isoformat()
         self.show_state(state, **memo)
 
@@ -249,8 +319,7 @@ class Runbook(InLine):
         self.phase("compensate")
         done: list[str] = []
         failed: list[str] = []
-        while self._undo:
-            undo = self._undo.pop()
+        while (undo := self.undo.pop_newest()) is not None:
             record = self.begin(undo.name, StepState.COMPENSATING)
             try:
                 result = await self._run(undo.activity, undo.arg, undo.options)
@@ -270,7 +339,7 @@ class Runbook(InLine):
         self.phase("failed")
         state, info = self._state, failed.info
         failure = TaskFailure(
-            task_id=state.task_id, kind=self.KIND, step=failed.step,
+            task_id=state.task_id, kind=self.kind, step=failed.step,
             error_type=info.type.value, message=info.message, field=info.field,
             retryable=info.retryable, libvirt_code=info.libvirt_code,
             host=info.host or state.host, vm=info.vm or state.vm, compensated=compensated,
@@ -282,6 +351,6 @@ class Runbook(InLine):
         if self._ordered:
             self.show_state("error", error={"type": info.type.value, "message": info.message,
                                             "step": failed.step})
-        return ApplicationError(f"{self.KIND} failed at '{failure.step}': {info.message}",
+        return ApplicationError(f"{self.kind} failed at '{failure.step}': {info.message}",
                                 failure.model_dump(mode="json"), type=info.type.value,
                                 non_retryable=True)

@@ -9,8 +9,7 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from activities.storage import StorageActivities
-    from activities.storage_records import StorageInventoryActivities
+    from activities.storage import StorageActivities, StorageInventoryActivities
     from taskomatic.models import (
         CreatePoolRequest,
         CreateVolumeRequest,
@@ -40,7 +39,6 @@ with workflow.unsafe.imports_passed_through():
         VolumeReport,
         VolumeSpec,
     )
-    from taskomatic.temporal import TASK_HOST
 
 from workflows.runbook import DATABASE, Runbook, Undo
 
@@ -50,10 +48,6 @@ StorageInventory = StorageInventoryActivities
 
 class StorageTask(Runbook):
     """Steps shared by the pool and volume tasks."""
-
-    def on_host(self, host: str) -> None:
-        self.about(host=host)
-        workflow.upsert_search_attributes([TASK_HOST.value_set(host)])
 
     async def locate_pool(self, name: str, check_unused: bool = False) -> PoolRef:
         self.phase("plan")
@@ -81,14 +75,12 @@ class StorageTask(Runbook):
 
     def result(self, pool: str, state: str | None, notes: list[str],
                volume: str | None = None) -> StorageTaskResult:
-        return StorageTaskResult(task_id=workflow.info().workflow_id, kind=self.KIND, pool=pool,
+        return StorageTaskResult(task_id=workflow.info().workflow_id, kind=self.kind, pool=pool,
                                  volume=volume, host=self._state.host, state=state, notes=notes)
 
 
 @workflow.defn(name="CreateStoragePool")
 class CreateStoragePool(StorageTask):
-    KIND = "CreateStoragePool"
-
     @workflow.run
     async def run(self, req: CreatePoolRequest) -> StorageTaskResult:
         return await self.perform(req, lambda: self._create(req))
@@ -135,8 +127,6 @@ class CreateStoragePool(StorageTask):
 
 @workflow.defn(name="DestroyStoragePool")
 class DestroyStoragePool(StorageTask):
-    KIND = "DestroyStoragePool"
-
     @workflow.run
     async def run(self, req: DestroyPoolRequest) -> StorageTaskResult:
         return await self.perform(req, lambda: self._destroy(req))
@@ -160,8 +150,6 @@ class DestroyStoragePool(StorageTask):
 
 @workflow.defn(name="RefreshStoragePool")
 class RefreshStoragePool(StorageTask):
-    KIND = "RefreshStoragePool"
-
     @workflow.run
     async def run(self, req: RefreshPoolRequest) -> StorageTaskResult:
         return await self.perform(req, lambda: self._refresh(req))
@@ -174,8 +162,6 @@ class RefreshStoragePool(StorageTask):
 
 @workflow.defn(name="SetPoolAutostart")
 class SetPoolAutostart(StorageTask):
-    KIND = "SetPoolAutostart"
-
     @workflow.run
     async def run(self, req: SetPoolAutostartRequest) -> StorageTaskResult:
         return await self.perform(req, lambda: self._set(req))
@@ -193,8 +179,6 @@ class SetPoolAutostart(StorageTask):
 
 @workflow.defn(name="CreateVolume")
 class CreateVolume(StorageTask):
-    KIND = "CreateVolume"
-
     @workflow.run
     async def run(self, req: CreateVolumeRequest) -> StorageTaskResult:
         return await self.perform(req, lambda: self._create(req))
@@ -218,8 +202,6 @@ class CreateVolume(StorageTask):
 
 @workflow.defn(name="DeleteVolume")
 class DeleteVolume(StorageTask):
-    KIND = "DeleteVolume"
-
     @workflow.run
     async def run(self, req: DeleteVolumeRequest) -> StorageTaskResult:
         return await self.perform(req, lambda: self._delete(req))
@@ -242,8 +224,6 @@ class DeleteVolume(StorageTask):
 
 @workflow.defn(name="ResizeVolume")
 class ResizeVolume(StorageTask):
-    KIND = "ResizeVolume"
-
     @workflow.run
     async def run(self, req: ResizeVolumeRequest) -> StorageTaskResult:
         return await self.perform(req, lambda: self._resize(req))
@@ -259,7 +239,3 @@ class ResizeVolume(StorageTask):
             "resize volume", Storage.resize_volume,
             ResizeVolumeInput(**placed.ref().model_dump(), capacity=req.capacity))
         return await self.record_volume(resized)
-
-
-STORAGE_WORKFLOWS = [CreateStoragePool, DestroyStoragePool, RefreshStoragePool, SetPoolAutostart,
-                     CreateVolume, DeleteVolume, ResizeVolume]
