@@ -16,9 +16,10 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ordering import wake_tasks
 from taskomatic import inventory
-from taskomatic.hypervisor import Hypervisors, power_state
+from taskomatic.hypervisor import Hypervisors, domain_states
 from taskomatic.inventory import ordering
 from taskomatic.inventory.db import Database
+from taskomatic.inventory.reconcile import claim_ages, reservation_ages
 from taskomatic.logs import get_logger
 from taskomatic.models import Finding, Findings, HostCheck, ReconcileInput, VmState
 
@@ -34,7 +35,7 @@ class QueueReconcileActivities:
 
     @activity.defn
     async def drop_stale_claims(self, inp: ReconcileInput) -> Findings:
-        held = await asyncio.to_thread(_claim_ages, self.db)
+        held = await asyncio.to_thread(claim_ages, self.db)
         ended = await self._ended(held, inp.grace_seconds)
         dropped, woken = await asyncio.to_thread(ordering.drop_closed, self.db, ended)
         await wake_tasks(self.client, woken)
@@ -47,7 +48,7 @@ class QueueReconcileActivities:
 
     @activity.defn
     async def release_stale_reservations(self, inp: ReconcileInput) -> Findings:
-        held = await asyncio.to_thread(_reservation_ages, self.db)
+        held = await asyncio.to_thread(reservation_ages, self.db)
         found = []
         for task_id in await self._ended(held, inp.grace_seconds):
             res = await asyncio.to_thread(inventory.release_capacity, self.db, task_id)
@@ -85,8 +86,7 @@ class HostReconcileActivities:
     @activity.defn
     def compare_host(self, inp: HostCheck) -> Findings:
         try:
-            with self.hv.call("list domains", inp.uri, inp.host) as conn:
-                domains = {d.name(): power_state(d) for d in conn.listAllDomains()}
+            domains = domain_states(self.hv, inp.host, inp.uri)
         except Exception as err:  # reported, not raised: one bad host must not hide the rest
             return Findings(findings=[Finding(kind="host_unreachable", subject=inp.host,
                                               repaired=False, detail=str(err))])
@@ -123,14 +123,3 @@ class HostReconcileActivities:
         return [HostCheck(host=h.name, uri=h.uri) for h in inventory.list_hosts(self.db)
                 if h.state != "down"]
 
-
-def _claim_ages(db: Database) -> dict[str, datetime]:
-    with db.transaction() as cur:
-        cur.execute("SELECT task_id, MIN(claimed_at) AS at FROM claims GROUP BY task_id")
-        return {row["task_id"]: row["at"] for row in cur.fetchall()}
-
-
-def _reservation_ages(db: Database) -> dict[str, datetime]:
-    with db.transaction() as cur:
-        cur.execute("SELECT task_id, created_at AS at FROM reservations")
-        return {row["task_id"]: row["at"] for row in cur.fetchall()}

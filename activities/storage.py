@@ -2,7 +2,8 @@
 the inventory steps of the pool and volume tasks (one transaction each).
 
 Undos carry the pool's UUID (chosen by the creating task), so compensation never stops, deletes
-or undefines a pool of the same name that some other definition made.
+or undefines a pool of the same name that some other definition made (see
+``taskomatic.hypervisor.storage``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,18 @@ from temporalio import activity
 from taskomatic import inventory as inv
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.hypervisor import Hypervisors
-from taskomatic.hypervisor.pool_xml import build_pool_xml, build_volume_xml, pool_shape, volume_info
+from taskomatic.hypervisor.pool_xml import build_pool_xml, build_volume_xml, pool_shape
+from taskomatic.hypervisor.storage import (
+    build_flags,
+    describe_volume,
+    is_foreign,
+    lookup_own_pool,
+    lookup_pool,
+    lookup_volume,
+    require_active_pool,
+    require_pool,
+    unknown_pool,
+)
 from taskomatic.inventory.db import Database
 from taskomatic.logs import get_logger
 from taskomatic.models import (
@@ -25,7 +37,6 @@ from taskomatic.models import (
     PoolReport,
     PoolScan,
     PoolSpec,
-    PoolType,
     RecordPoolInput,
     RecordVolumeInput,
     ReservePoolInput,
@@ -53,35 +64,7 @@ def _volume_report(ref: VolumeRef, vol: libvirt.virStorageVol | None, changed: b
                    detail: str) -> VolumeReport:
     get_logger(pool=ref.pool, volume=ref.name, host=ref.host).info(detail, changed=changed)
     return VolumeReport(pool=ref.pool, name=ref.name, host=ref.host, changed=changed,
-                        detail=detail, volume=_info(vol) if vol is not None else None)
-
-
-def _info(vol: libvirt.virStorageVol) -> VolumeInfo:
-    _type, capacity, allocation = vol.info()
-    return volume_info(vol.name(), vol.XMLDesc(0), capacity, allocation)
-
-
-def find_pool(conn: libvirt.virConnect, name: str) -> libvirt.virStoragePool | None:
-    try:
-        return conn.storagePoolLookupByName(name)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_POOL:
-            return None
-        raise
-
-
-def find_volume(pool: libvirt.virStoragePool, name: str) -> libvirt.virStorageVol | None:
-    try:
-        return pool.storageVolLookupByName(name)
-    except libvirt.libvirtError as err:
-        if err.get_error_code() == libvirt.VIR_ERR_NO_STORAGE_VOL:
-            return None
-        raise
-
-
-def _foreign(pool: libvirt.virStoragePool, ref: PoolRef) -> bool:
-    """True if ``ref`` names the pool by UUID and libvirt's pool of that name is another one."""
-    return ref.uuid is not None and pool.UUIDString() != ref.uuid
+                        detail=detail, volume=describe_volume(vol) if vol is not None else None)
 
 
 class StorageActivities:
@@ -95,7 +78,7 @@ class StorageActivities:
     @activity.defn
     def define_pool(self, spec: PoolSpec) -> PoolReport:
         with self.hv.call(f"define pool {spec.name} on", spec.uri, spec.host) as conn:
-            pool = find_pool(conn, spec.name)
+            pool = lookup_pool(conn, spec.name)
             if pool is not None:
                 uuid, ptype, path = pool_shape(pool.XMLDesc(0))
                 if (uuid, ptype, path) != (spec.uuid, spec.type.value, spec.path):
@@ -111,21 +94,17 @@ class StorageActivities:
     def build_pool(self, ref: PoolRef) -> PoolReport:
         """Create the backing storage (directory, mount point, volume group)."""
         with self.hv.call(f"build pool {ref.name} on", ref.uri, ref.host) as conn:
-            pool = self._require(conn, ref)
+            pool = require_pool(conn, ref)
             if pool.isActive():
                 return _pool_report(ref, pool, False, "already active; nothing to build")
             _uuid, ptype, _path = pool_shape(pool.XMLDesc(0))
-            # A volume group is never overwritten: building over existing labels fails instead.
-            # (The test driver, which writes nothing, takes no build flags.)
-            overwrite_guard = ptype == PoolType.LOGICAL and conn.getType() != "TEST"
-            flags = libvirt.VIR_STORAGE_POOL_BUILD_NO_OVERWRITE if overwrite_guard else 0
-            pool.build(flags)
+            pool.build(build_flags(conn, ptype))
             return _pool_report(ref, pool, True, "built")
 
     @activity.defn
     def start_pool(self, ref: PoolRef) -> PoolReport:
         with self.hv.call(f"start pool {ref.name} on", ref.uri, ref.host) as conn:
-            pool = self._require(conn, ref)
+            pool = require_pool(conn, ref)
             if pool.isActive():
                 return _pool_report(ref, pool, False, "already active")
             pool.create(0)
@@ -134,10 +113,10 @@ class StorageActivities:
     @activity.defn
     def set_pool_autostart(self, inp: PoolAutostartInput) -> PoolReport:
         with self.hv.call(f"set autostart of pool {inp.name} on", inp.uri, inp.host) as conn:
-            pool = find_pool(conn, inp.name)
-            if pool is None or _foreign(pool, inp):
+            pool = lookup_own_pool(conn, inp)
+            if pool is None:
                 if inp.autostart:
-                    raise self._missing(inp)
+                    raise unknown_pool(inp)
                 return _pool_report(inp, None, False, "absent; no autostart to clear")
             word = "on" if inp.autostart else "off"
             if bool(pool.autostart()) == inp.autostart:
@@ -148,8 +127,8 @@ class StorageActivities:
     @activity.defn
     def stop_pool(self, ref: PoolRef) -> PoolReport:
         with self.hv.call(f"stop pool {ref.name} on", ref.uri, ref.host) as conn:
-            pool = find_pool(conn, ref.name)
-            if pool is None or _foreign(pool, ref):
+            pool = lookup_own_pool(conn, ref)
+            if pool is None:
                 return _pool_report(ref, None, False, "absent; nothing to stop")
             if not pool.isActive():
                 return _pool_report(ref, pool, False, "already inactive")
@@ -160,8 +139,8 @@ class StorageActivities:
     def delete_pool(self, ref: PoolRef) -> PoolReport:
         """Delete an inactive pool's backing storage (rmdir, vgremove); the definition stays."""
         with self.hv.call(f"delete storage of pool {ref.name} on", ref.uri, ref.host) as conn:
-            pool = find_pool(conn, ref.name)
-            if pool is None or _foreign(pool, ref):
+            pool = lookup_own_pool(conn, ref)
+            if pool is None:
                 return _pool_report(ref, None, False, "absent; no storage to delete")
             if pool.isActive():
                 pool.destroy()
@@ -177,10 +156,10 @@ class StorageActivities:
     def undefine_pool(self, ref: PoolRef) -> PoolReport:
         """Remove a pool's definition, stopping it first if it is active."""
         with self.hv.call(f"undefine pool {ref.name} on", ref.uri, ref.host) as conn:
-            pool = find_pool(conn, ref.name)
+            pool = lookup_pool(conn, ref.name)
             if pool is None:
                 return _pool_report(ref, None, False, "already absent")
-            if _foreign(pool, ref):
+            if is_foreign(pool, ref):
                 return _pool_report(ref, None, False,
                                     "a pool of that name from another definition; left alone")
             if pool.isActive():
@@ -192,11 +171,11 @@ class StorageActivities:
     def refresh_pool(self, ref: PoolRef) -> PoolScan:
         """Re-read the pool's storage and list its volumes (an inactive pool lists none)."""
         with self.hv.call(f"refresh pool {ref.name} on", ref.uri, ref.host) as conn:
-            pool = self._require(conn, ref)
+            pool = require_pool(conn, ref)
             volumes: list[VolumeInfo] = []
             if pool.isActive():
                 pool.refresh(0)
-                volumes = sorted((_info(v) for v in pool.listAllVolumes(0)),
+                volumes = sorted((describe_volume(v) for v in pool.listAllVolumes(0)),
                                  key=lambda v: v.name)
             _state, capacity, allocation, available = pool.info()
             base = _pool_report(ref, pool, True, f"refreshed: {len(volumes)} volume(s)")
@@ -207,7 +186,7 @@ class StorageActivities:
     def delete_pool_volumes(self, ref: PoolRef) -> PoolReport:
         """Delete every volume of an active pool (before its storage is deleted)."""
         with self.hv.call(f"delete volumes of pool {ref.name} on", ref.uri, ref.host) as conn:
-            pool = self._require(conn, ref)
+            pool = require_pool(conn, ref)
             if not pool.isActive():
                 pool.create(0)
             volumes = pool.listAllVolumes(0)
@@ -222,10 +201,10 @@ class StorageActivities:
         """Create a volume (or clone ``clone_from``); an identical existing one is a no-op."""
         with self.hv.call(f"create volume {spec.pool}/{spec.name} on", spec.uri,
                           spec.host) as conn:
-            pool = self._active_pool_of(conn, spec)
-            vol = find_volume(pool, spec.name)
+            pool = require_active_pool(conn, spec)
+            vol = lookup_volume(pool, spec.name)
             if vol is not None:
-                found = _info(vol)
+                found = describe_volume(vol)
                 if (found.capacity, found.format) != (spec.capacity, spec.format):
                     raise task_error(ErrorType.DUPLICATE_VOLUME,
                                      f"a different volume {spec.pool}/{spec.name} ({found.format},"
@@ -234,7 +213,7 @@ class StorageActivities:
                 return _volume_report(spec, vol, False, "already exists with the same shape")
             xml = build_volume_xml(spec)
             if spec.clone_from:
-                base = find_volume(pool, spec.clone_from)
+                base = lookup_volume(pool, spec.clone_from)
                 if base is None:
                     raise task_error(ErrorType.UNKNOWN_VOLUME,
                                      f"no volume {spec.pool}/{spec.clone_from} to clone",
@@ -247,8 +226,8 @@ class StorageActivities:
     @activity.defn
     def delete_volume(self, ref: VolumeRef) -> VolumeReport:
         with self.hv.call(f"delete volume {ref.pool}/{ref.name} on", ref.uri, ref.host) as conn:
-            pool = find_pool(conn, ref.pool)
-            vol = find_volume(pool, ref.name) if pool is not None and pool.isActive() else None
+            pool = lookup_pool(conn, ref.pool)
+            vol = lookup_volume(pool, ref.name) if pool is not None and pool.isActive() else None
             if vol is None:
                 return _volume_report(ref, None, False, "already absent")
             vol.delete(0)
@@ -258,11 +237,11 @@ class StorageActivities:
     def resize_volume(self, inp: ResizeVolumeInput) -> VolumeReport:
         """Grow a volume; shrinking is refused (it would destroy data)."""
         with self.hv.call(f"resize volume {inp.pool}/{inp.name} on", inp.uri, inp.host) as conn:
-            vol = find_volume(self._active_pool_of(conn, inp), inp.name)
+            vol = lookup_volume(require_active_pool(conn, inp), inp.name)
             if vol is None:
                 raise task_error(ErrorType.UNKNOWN_VOLUME, f"no volume {inp.pool}/{inp.name}",
                                  field="name", host=inp.host)
-            current = _info(vol).capacity
+            current = describe_volume(vol).capacity
             if current == inp.capacity:
                 return _volume_report(inp, vol, False, "already that size")
             if inp.capacity < current:
@@ -280,30 +259,6 @@ class StorageActivities:
                 raise
             return _volume_report(inp, vol, True, f"resized from {current} bytes")
 
-    # --- helpers ---------------------------------------------------------------------------
-
-    def _require(self, conn: libvirt.virConnect, ref: PoolRef) -> libvirt.virStoragePool:
-        pool = find_pool(conn, ref.name)
-        if pool is None or _foreign(pool, ref):
-            raise self._missing(ref)
-        return pool
-
-    def _missing(self, ref: PoolRef) -> Exception:
-        return task_error(ErrorType.UNKNOWN_POOL, f"no pool {ref.name!r} on {ref.host}",
-                          host=ref.host)
-
-    def _active_pool_of(self, conn: libvirt.virConnect, ref: VolumeRef
-                        ) -> libvirt.virStoragePool:
-        pool = find_pool(conn, ref.pool)
-        if pool is None:
-            raise task_error(ErrorType.UNKNOWN_POOL, f"no pool {ref.pool!r} on {ref.host}",
-                             field="pool", host=ref.host)
-        if not pool.isActive():
-            raise task_error(ErrorType.INVALID_OPERATION,
-                             f"pool {ref.pool!r} on {ref.host} is not active", field="pool",
-                             host=ref.host)
-        return pool
-
     def all(self) -> list[object]:
         return [self.define_pool, self.build_pool, self.start_pool, self.set_pool_autostart,
                 self.stop_pool, self.delete_pool, self.undefine_pool, self.refresh_pool,
@@ -314,8 +269,6 @@ class StorageActivities:
 def _result(changed: bool, detail: str, **where: str) -> StorageResult:
     get_logger(**where).info(detail, changed=changed)
     return StorageResult(changed=changed, detail=detail)
-
-
 
 
 class StorageInventoryActivities:

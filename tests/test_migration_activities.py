@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from activities.migration import MigrationActivities, save_file
+from activities.migration import MigrationActivities
 from conftest import Lab
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.hypervisor.domain_xml import build_domain_xml
+from taskomatic.hypervisor.migration import save_file
 from taskomatic.inventory.db import Database
 from taskomatic.models import (
     DomainSpec,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import libvirt
 
-from activities.migration import _percent, can_migrate_live, migration_flags
+from taskomatic.hypervisor.migration import can_migrate_live, migration_flags, progress_percent
 from taskomatic.models import HostRef, MigrateDomainInput, MigrationLimits
 
 
@@ -33,8 +33,8 @@ def test_shut_off_vm_migrates_offline_and_unsafe_only_when_asked() -> None:
 
 
 def test_progress_is_monotonic_and_never_claims_done() -> None:
-    assert _percent({}, 12.0) == 12.0
-    assert _percent({"memory_total": 100, "memory_remaining": 75}, 0.0) == 25.0
-    assert _percent({"memory_total": 100, "memory_remaining": 90}, 25.0) == 25.0  # dirtied
-    assert _percent({"memory_total": 100, "memory_remaining": 0}, 25.0) == 99.0
+    assert progress_percent({}, 12.0) == 12.0
+    assert progress_percent({"memory_total": 100, "memory_remaining": 75}, 0.0) == 25.0
+    assert progress_percent({"memory_total": 100, "memory_remaining": 90}, 25.0) == 25.0  # dirtied
+    assert progress_percent({"memory_total": 100, "memory_remaining": 0}, 25.0) == 99.0
     assert not can_migrate_live("test:///default") and can_migrate_live("qemu:///system")
