@@ -2,10 +2,33 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from taskomatic.models.base import DiskRequest, Model, VolumeFormat
+from taskomatic.models.base import Model, Name, VolumeFormat, VolumePath
 from taskomatic.models.storage import VolumeInfo, VolumeRef
+from taskomatic.units import Capacity
+
+
+class DiskRequest(Model):
+    """One disk of a new VM: an existing volume ``POOL/VOLUME``, or a new one of ``size`` in
+    ``pool`` that the VM owns (deleted with it)."""
+
+    volume: VolumePath | None = None
+    pool: Name | None = None
+    size: Capacity | None = None
+    format: VolumeFormat = "qcow2"
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DiskRequest:
+        if self.volume is not None and (self.pool is not None or self.size is not None):
+            raise ValueError("give either volume (existing POOL/VOLUME) or pool and size (new)")
+        if self.volume is None and (self.pool is None or self.size is None):
+            raise ValueError("a new disk needs both pool and size")
+        return self
+
+    @property
+    def pool_name(self) -> str:
+        return self.volume.partition("/")[0] if self.volume else str(self.pool)
 
 
 class PlannedDisk(Model):
