@@ -1,5 +1,5 @@
-"""Host states and the transitions between them, in one table (after OpenStack TaskFlow's
-``states.py``).
+"""Host and task states and the transitions between them, in one table each (after OpenStack
+TaskFlow's ``states.py``).
 
 A host is ``up`` (in service: placement may pick it), in ``maintenance`` (being cleared, or
 cleared), in ``maintenance_failed`` (a clear ended with VMs it could not move) or ``down`` (out of
@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Literal, get_args
 
 from taskomatic.errors import ErrorType, task_error
 
@@ -96,3 +97,31 @@ def transition_to(state: HostState, allowed_from: Sequence[HostState]) -> HostTr
             return transition
     listed = ", ".join(s.value for s in allowed_from) or "any state"
     raise ValueError(f"no host transition leads to {state.value} from {listed}")
+
+
+# --- tasks ------------------------------------------------------------------------------------
+
+# What operators see of a task: submitted, waiting its turn (prerequisites, a resource, migration
+# slots), running, then one of the three ends.
+TaskState = Literal["new", "waiting", "running", "complete", "error", "cancelled"]
+TASK_STATES: tuple[TaskState, ...] = get_args(TaskState)
+_ENDS: tuple[TaskState, ...] = ("complete", "error", "cancelled")
+
+# The states a task may go to from each state. A running task waits again when a later step needs
+# a resource (a migration's slots, the tasks placed on a host before its maintenance); an ended
+# task never changes. Going to the state it is in is always allowed (a repeated publication).
+TASK_TRANSITIONS: Mapping[TaskState, frozenset[TaskState]] = {
+    "new": frozenset({"waiting", "running", *_ENDS}),
+    "waiting": frozenset({"running", *_ENDS}),
+    "running": frozenset({"waiting", *_ENDS}),
+    "complete": frozenset(),
+    "error": frozenset(),
+    "cancelled": frozenset(),
+}
+
+
+def check_task_transition(current: TaskState, target: TaskState) -> None:
+    """Raises ``ValueError`` when a task in ``current`` may not go to ``target`` (a bug in a
+    workflow, never an operator's mistake)."""
+    if target != current and target not in TASK_TRANSITIONS[current]:
+        raise ValueError(f"a task cannot go from {current} to {target}")

@@ -45,6 +45,7 @@ with workflow.unsafe.imports_passed_through():
         TaskRequest,
         TaskState,
     )
+    from taskomatic.states import check_task_transition
     from taskomatic.temporal import TASK_HOST
 
 from workflows.ordering import InLine, ordering_queue
@@ -304,6 +305,7 @@ class Runbook(InLine):
         record.detail = "; ".join(o.detail for o in outcomes)
 
     def _set_state(self, state: TaskState, waiting_on: list[str] | None = None) -> None:
+        check_task_transition(self._state.state, state)
         self._state.state = state
         self._state.waiting_on = waiting_on or []
         if not self._ordered:

@@ -4,7 +4,6 @@ rows. One module per feature (the same stems as ``taskomatic.inventory``, ``acti
 """
 
 from taskomatic.models.base import (
-    TASK_STATES,
     LibvirtUri,
     MigrationUri,
     Model,
@@ -17,7 +16,6 @@ from taskomatic.models.base import (
     TaskId,
     TaskProgress,
     TaskRequest,
-    TaskState,
     VolumeFormat,
     VolumeName,
     VolumePath,
@@ -164,7 +162,9 @@ from taskomatic.models.vms import (
     WaitShutoffInput,
 )
 from taskomatic.states import (
+    TASK_STATES,
     HostState,
+    TaskState,
 )
 
 __all__ = [

@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from taskomatic.states import TaskState
 from taskomatic.uris import check_migration_uri, check_uri
 
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
@@ -138,15 +139,6 @@ class StepRecord(Model):
     started_at: datetime
     finished_at: datetime | None = None
     detail: str | None = None
-
-
-# What operators see of a task: submitted, waiting its turn (prerequisites or a resource), running,
-# then one of the three ends.
-TaskState = Literal["new", "waiting", "running", "complete", "error", "cancelled"]
-
-
-TASK_STATES: tuple[TaskState, ...] = ("new", "waiting", "running", "complete", "error",
-                                      "cancelled")
 
 
 # Where a task is in its runbook: it plans (validates and reserves in the inventory), runs (on
