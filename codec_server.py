@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hmac
 import json
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -25,7 +26,15 @@ from urllib.parse import urlsplit
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload
 
-from taskomatic.codec import CodecError, KeyRing, decode_payloads, encode_payloads
+from taskomatic.codec import (
+    CodecError,
+    CodecServerError,
+    KeyRing,
+    codec_server_address,
+    codec_token,
+    decode_payloads,
+    encode_payloads,
+)
 from taskomatic.logs import configure_logging, get_logger
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import key_ring
@@ -36,28 +45,6 @@ MAX_BODY_BYTES = 8 * 1024 * 1024  # Temporal refuses payloads over 2 MB; a few p
 _ALLOWED_HEADERS = "Authorization, Content-Type, X-Namespace"
 
 
-class CodecServerError(Exception):
-    """A configuration that cannot serve (no keys, no token, bad address)."""
-
-
-def codec_token(settings: Settings) -> str:
-    if settings.codec_server_token is not None:
-        token = settings.codec_server_token.get_secret_value().strip()
-    elif settings.codec_server_token_file is not None:
-        try:
-            token = settings.codec_server_token_file.read_text(encoding="utf-8").strip()
-        except OSError as err:
-            raise CodecServerError(f"cannot read the codec server token file "
-                                   f"{settings.codec_server_token_file}: {err.strerror}") from None
-    else:
-        raise CodecServerError("the codec server needs a token: set TASKOMATIC_CODEC_SERVER_"
-                               "TOKEN_FILE or TASKOMATIC_CODEC_SERVER_TOKEN")
-    if len(token) < 16 or not token.isascii() or any(c in token for c in "/ \t?#%"):
-        raise CodecServerError("the codec server token must be at least 16 ASCII characters, "
-                               "without '/', '?', '#', '%' or blanks")
-    return token
-
-
 def allowed_origins(settings: Settings) -> set[str]:
     """The UI's origin (both loopback spellings for a local UI) and any configured extras."""
     ui = urlsplit(settings.temporal_ui_url)
@@ -66,14 +53,6 @@ def allowed_origins(settings: Settings) -> set[str]:
         if ui.hostname == a:
             origins.add(f"{ui.scheme}://{ui.netloc.replace(a, b, 1)}")
     return origins
-
-
-def split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise CodecServerError(f"TASKOMATIC_CODEC_SERVER_ADDRESS must be host:port "
-                               f"(got {address!r})")
-    return host, int(port)
 
 
 class CodecServer(ThreadingHTTPServer):
@@ -90,7 +69,7 @@ class CodecServer(ThreadingHTTPServer):
         if ring is None:
             raise CodecServerError("the codec server needs the encryption keys: set "
                                    "TASKOMATIC_ENCRYPTION_KEY_FILE or TASKOMATIC_ENCRYPTION_KEYS")
-        return cls(split_address(settings.codec_server_address), ring, codec_token(settings),
+        return cls(codec_server_address(settings), ring, codec_token(settings),
                    allowed_origins(settings))
 
     def start_in_thread(self) -> threading.Thread:
@@ -182,6 +161,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def serve(settings: Settings) -> int:
+    """Serve until interrupted; returns 0. CodecServerError if it cannot listen or the keys,
+    token or address are unusable (CodecError if the keys cannot be loaded)."""
     try:
         server = CodecServer.from_settings(settings)
     except OSError as err:
@@ -198,33 +179,31 @@ def serve(settings: Settings) -> int:
     return 0
 
 
-def codec_server_command(args: argparse.Namespace) -> int:
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="taskomatic codec-server",
+                                description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--address", help="host:port (default: TASKOMATIC_CODEC_SERVER_ADDRESS, "
+                                     "127.0.0.1:8234)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m codec_server [--address HOST:PORT]``, which ``taskomatic codec-server`` runs.
+
+    Exit status: 0 after Ctrl-C or SIGTERM; 2 bad arguments; 3 the keys, the token or the address
+    are unusable (``error: <why>`` on stderr).
+    """
+    args = parser().parse_args(argv)
     settings = get_settings()
     if args.address:
         settings = settings.model_copy(update={"codec_server_address": args.address})
-    try:
-        return serve(settings)
-    except CodecServerError as err:
-        raise CodecError(str(err)) from None
-
-
-def add_commands(nouns: Any) -> None:
-    sp = nouns.add_parser("codec-server", help="decrypt payloads for the Temporal Web UI",
-                          description=__doc__,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    sp.add_argument("--address", help="host:port (default: TASKOMATIC_CODEC_SERVER_ADDRESS, "
-                                      "127.0.0.1:8234)")
-    sp.set_defaults(fn=codec_server_command)
-
-
-def main() -> None:
-    settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
     try:
         serve(settings)
-    except (CodecServerError, CodecError) as err:
-        log.error("codec server cannot start", error=str(err))
-        raise SystemExit(1) from None
+    except CodecError as err:  # CodecServerError included
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(3) from None
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import libvirt
 from lab import system
 from lab.hosts import plan_hosts, write_host_files
 from lab.models import LabError, LabHost, LabState
+from lab.register import register_hosts, retire_hosts
 from lab.state import (
     forget_state,
     lab_id,
@@ -36,6 +38,7 @@ from lab.state import (
     save_state,
 )
 from taskomatic.logs import get_logger
+from taskomatic.settings import get_settings
 
 log = get_logger(component="lab")
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
@@ -90,8 +93,6 @@ def lab_up(lab_dir: Path | None = None, hosts: int = 2, *, network: bool = False
         try:
             _start(state, tied)
             if database_url is not None:
-                from lab.register import register_hosts
-
                 notes += register_hosts(database_url, state.hosts, vcpus, memory_mib)
         except BaseException:
             _teardown(state)
@@ -110,8 +111,6 @@ def lab_down(lab_dir: Path | None = None, database_url: str | None = None) -> La
             return LabReport(None, False, [f"no lab is up in {directory}"])
         notes = _teardown(state)
         if database_url is not None:
-            from lab.register import retire_hosts
-
             with contextlib.suppress(Exception):  # the inventory may be gone with its stack
                 vms = retire_hosts(database_url, [h.name for h in state.hosts])
                 notes.append(f"hosts marked down in the inventory ({vms} VM rows forgotten)")
@@ -173,8 +172,6 @@ def _supervisor_alive(state: LabState) -> bool:
 
 
 def _default_cache_dir() -> Path:
-    from taskomatic.settings import get_settings
-
     return get_settings().lab_cache_dir
 
 
@@ -299,8 +296,6 @@ def _cmdline(pid: int) -> bytes:
 
 
 def _remove_tree(path: Path) -> None:
-    import shutil
-
     shutil.rmtree(path, ignore_errors=True)
     with contextlib.suppress(OSError):
         path.parent.rmdir()  # <lab>/hosts when it is empty

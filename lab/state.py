@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from lab.models import LabError, LabHost, LabState
+from taskomatic.settings import get_settings
 
 STATE_FILE = "lab.json"
 # A unix socket path is limited to 108 bytes (sun_path), terminator included.
@@ -22,8 +23,6 @@ MAX_SOCKET_PATH = 107
 
 
 def default_lab_dir() -> Path:
-    from taskomatic.settings import get_settings
-
     return get_settings().lab_dir
 
 

@@ -22,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from lab.hosts import daemon_argv
 from lab.models import LabError, LabHost
 from lab.state import load_state
 from lab.system import delete_network
@@ -130,8 +131,6 @@ def main(lab_dir: Path) -> int:
     if state is None:
         _say(f"no lab state in {lab_dir}")
         return 1
-    from lab.hosts import daemon_argv
-
     cache_dir = state.cache_dir / "libvirt"
     cache_dir.mkdir(parents=True, exist_ok=True)
 

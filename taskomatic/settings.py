@@ -120,6 +120,18 @@ def libpq_url_with(url: str, params: dict[str, str]) -> str:
     return " ".join([url, *added_kv]) if added_kv else url
 
 
+def split_address(address: str, variable: str) -> tuple[str, int]:
+    """``host:port`` as ``(host, port)``.
+
+    Raises ValueError, naming ``variable`` (the ``TASKOMATIC_*`` variable the address came from),
+    unless the host is not empty and the port is a number from 1 to 65535.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{variable} must be host:port (got {address!r})")
+    return host, int(port)
+
+
 def _libpq_quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 

@@ -17,13 +17,8 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from codec_server import (
-    CodecServer,
-    CodecServerError,
-    allowed_origins,
-    codec_token,
-)
-from taskomatic.codec import KeyRing, key_entry, new_key
+from codec_server import CodecServer, allowed_origins
+from taskomatic.codec import CodecServerError, KeyRing, codec_token, key_entry, new_key
 from taskomatic.models import CreateVmRequest
 from taskomatic.settings import Settings
 

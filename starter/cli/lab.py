@@ -10,14 +10,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from lab import LabError, control
 from starter.cli import render
+from starter.cli.common import console, errors, noun, verb
+from taskomatic.inventory.db import is_reachable, with_dbname
 from taskomatic.settings import get_settings
-
-console = Console()
-errors = Console(stderr=True)
 
 
 def _lab_dir(args: argparse.Namespace) -> Path:
@@ -29,19 +28,15 @@ def _database_url(args: argparse.Namespace) -> str | None:
 
 
 def lab_up(args: argparse.Namespace) -> int:
-    from lab.control import lab_up as up
-    from lab.models import LabError
-    from taskomatic.inventory.db import is_reachable
-
     url = _database_url(args)
     if url is not None and not is_reachable(_server_url(url)):
         errors.print(f"[red]error:[/] the inventory database at {url.rpartition('@')[2]} does not"
                      " answer; start it (e.g. `taskomatic dev`) or pass --no-register")
         return 3
     try:
-        report = up(_lab_dir(args), args.hosts, network=args.network, vcpus=args.vcpus,
-                    memory_mib=args.memory_mib, database_url=url,
-                    tls_pki=Path(args.tls_pki) if args.tls_pki else None)
+        report = control.lab_up(_lab_dir(args), args.hosts, network=args.network,
+                                vcpus=args.vcpus, memory_mib=args.memory_mib, database_url=url,
+                                tls_pki=Path(args.tls_pki) if args.tls_pki else None)
     except LabError as err:
         errors.print(f"[red]error:[/] {err}")
         return 1
@@ -62,17 +57,12 @@ def lab_up(args: argparse.Namespace) -> int:
 
 def _server_url(url: str) -> str:
     """The inventory may not exist yet: reachability is checked on the server's own database."""
-    from taskomatic.inventory.db import with_dbname
-
     return with_dbname(url, "postgres")
 
 
 def lab_down(args: argparse.Namespace) -> int:
-    from lab.control import lab_down as down
-    from lab.models import LabError
-
     try:
-        report = down(_lab_dir(args), database_url=_database_url(args))
+        report = control.lab_down(_lab_dir(args), database_url=_database_url(args))
     except LabError as err:
         errors.print(f"[red]error:[/] {err}")
         return 1
@@ -89,9 +79,7 @@ def lab_down(args: argparse.Namespace) -> int:
 
 
 def lab_status(args: argparse.Namespace) -> int:
-    from lab.control import lab_status as status
-
-    found = status(_lab_dir(args))
+    found = control.lab_status(_lab_dir(args))
     if args.json:
         render.print_json(found)
         return 0
@@ -121,10 +109,8 @@ def _show(found: dict[str, Any]) -> None:
 
 
 def add_commands(nouns: Any) -> None:
-    from starter.cli.main import verb
-
-    lab = nouns.add_parser("lab", help="a local multi-host libvirt lab (root)"
-                           ).add_subparsers(dest="verb", required=True)
+    """Add the ``lab`` noun and its verbs."""
+    lab = noun(nouns, "lab", "a local multi-host libvirt lab (root)")
     sp = verb(lab, "up", lab_up, "start N libvirtd hosts and register them", read=True)
     sp.add_argument("--hosts", type=int, default=2, help="number of hosts (1-16)")
     sp.add_argument("--network", action="store_true",

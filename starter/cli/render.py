@@ -1,4 +1,5 @@
-"""Terminal output for the CLI: rich tables, the live task display, JSON for scripts."""
+"""Terminal output for the CLI and the dev demo: rich tables, the live display of a task (and of
+a host task's moves), JSON for scripts."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from starter.client import TaskHandle, TaskStatus
+from starter import TaskHandle, TaskomaticClient, TaskStatus
 from taskomatic.models import (
     HostRecord,
+    HostTaskProgress,
+    HostTaskResult,
     StepState,
     TaskFailure,
     TaskProgress,
@@ -29,6 +32,8 @@ _STEP_STYLE = {StepState.RUNNING: "yellow", StepState.DONE: "green", StepState.F
                StepState.COMPENSATING: "magenta", StepState.COMPENSATED: "magenta"}
 _TASK_STYLE = {"new": "cyan", "waiting": "blue", "running": "yellow", "complete": "green",
                "error": "red", "cancelled": "magenta"}
+_OUTCOME_STYLE = {"moved": "green", "already moved": "green", "stopped": "yellow",
+                  "failed": "red", "not managed": "red"}
 
 
 def print_json(data: BaseModel | Sequence[BaseModel] | dict[str, Any]) -> None:
@@ -185,3 +190,53 @@ async def follow(handle: TaskHandle, console: Console) -> Any:
     finally:
         if seen is not None:
             console.print(steps_table(seen))
+
+
+# --- host tasks (clear, activate, restore): their moves ------------------------------------
+
+
+def moves_text(kind: str, task_id: str, moves: HostTaskProgress | None) -> Group:
+    """One host task's moves: moved / in flight / remaining / failed, the ETA, the VMs moving."""
+    head = Spinner("dots", text=Text(f"{kind} {task_id}"))
+    if moves is None:
+        return Group(head, Text("  queued"))
+    eta = f"{moves.eta_seconds:.0f}s" if moves.eta_seconds is not None else "…"
+    line = Text("  ")
+    for label, value, style in (("moved", moves.moved, "green"),
+                                ("in flight", moves.in_flight, "yellow"),
+                                ("remaining", moves.remaining, ""),
+                                ("failed", moves.failed, "red")):
+        line.append(f"{label} {value}", style=style)
+        line.append("  ")
+    line.append(f"ETA {eta}")
+    if moves.in_flight_vms:
+        line.append(f"\n  moving: {', '.join(moves.in_flight_vms)}", style="dim")
+    return Group(head, line)
+
+
+def report_table(result: HostTaskResult) -> Table:
+    """A host task's plan (dry run: each VM's destination) or its per-VM outcomes."""
+    if result.dry_run:
+        table = Table("VM", "destination", "note", title=f"Plan to clear {result.host} "
+                      "(dry run: nothing changed)")
+        for move in result.plan:
+            table.add_row(move.vm, move.destination or Text("none", style="red"),
+                          move.reason or "")
+        return table
+    table = Table("VM", "outcome", "now on", "reason",
+                  title=f"{result.kind} {result.host}: {result.state or '-'}")
+    for o in result.outcomes:
+        table.add_row(o.vm, Text(o.outcome, style=_OUTCOME_STYLE.get(o.outcome, "")),
+                      o.destination or "-", o.reason or "")
+    return table
+
+
+async def follow_host_task(client: TaskomaticClient, handle: TaskHandle,
+                           console: Console) -> HostTaskResult:
+    """Show a host task's moves live until it ends; returns its result or raises TaskError."""
+    waiter = asyncio.ensure_future(client.host_result(handle))
+    with Live(console=console, refresh_per_second=10, transient=True) as live:
+        while not waiter.done():
+            live.update(moves_text(handle.kind, handle.id, await client.host_moves(handle.id)))
+            await asyncio.wait([waiter], timeout=0.2)
+    return waiter.result()

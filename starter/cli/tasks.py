@@ -1,0 +1,148 @@
+"""``taskomatic tasks …`` (the task queue) and ``taskomatic batch FILE`` (several tasks at once).
+
+    taskomatic tasks list|watch [--kind K] [--vm V] [--host H] [--pool P] [--state S]
+    taskomatic tasks show|cancel ID
+    taskomatic batch FILE|-
+
+A batch file is JSON: a list of tasks, or ``{"tasks": [...]}``, each ``{"key", "kind",
+"request", "after"}`` (see ``starter.batch.BatchItem``). With ``--wait`` the exit status is 1 if
+any task of the batch failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from starter import RequestError, TaskError
+from starter.batch import BatchItem
+from starter.cli import common, render
+from starter.cli.common import console, errors, noun, verb, who
+from starter.errors import request_error
+from taskomatic.models import TASK_STATES
+
+
+async def tasks_list(args: argparse.Namespace) -> int:
+    tasks = await (await common.connect()).tasks(kind=args.kind, vm=args.vm, host=args.host,
+                                                 pool=args.pool, state=args.state,
+                                                 limit=args.limit)
+    render.print_json(tasks) if args.json else console.print(render.tasks_table(tasks))
+    return 0
+
+
+async def tasks_show(args: argparse.Namespace) -> int:
+    status = await (await common.connect()).task(args.id).describe()
+    render.print_json(status) if args.json else console.print(render.task_view(status))
+    return 0
+
+
+async def tasks_watch(args: argparse.Namespace) -> int:
+    client = await common.connect()
+
+    async def snapshot() -> Any:
+        tasks = await client.tasks(kind=args.kind, vm=args.vm, host=args.host, pool=args.pool,
+                                   state=args.state, limit=args.limit)
+        return render.queue_view(tasks)
+
+    await render.live(snapshot, console, every_seconds=args.every, times=args.times)
+    return 0
+
+
+async def tasks_cancel(args: argparse.Namespace) -> int:
+    client = await common.connect()
+    await client.cancel(args.id)
+    if args.json:
+        render.print_json({"id": args.id, "cancel_requested": True})
+    else:
+        console.print(f"cancellation requested for [bold]{args.id}[/]: it undoes what it did "
+                      "and releases what it held")
+    return 0
+
+
+async def batch(args: argparse.Namespace) -> int:
+    items = _batch_items(sys.stdin.read() if args.file == "-" else _read(args.file))
+    for item in items:  # --after: the whole batch waits; --requested-by: every task's author
+        item.after = [*item.after, *args.after]
+        item.request.setdefault("requested_by", who(args))
+    submitted = await (await common.connect()).submit_batch(items)
+    rows: list[dict[str, Any]] = [{"key": key, "id": handle.id, "kind": handle.kind}
+                                  for key, handle in submitted]
+    if not args.wait:
+        if args.json:
+            render.print_json({"tasks": rows})
+        else:
+            for row in rows:
+                console.print(f"submitted {row['kind']} [bold]{row['id']}[/] ({row['key']})")
+        return 0
+    outcomes = await asyncio.gather(*(h.result() for _, h in submitted), return_exceptions=True)
+    failed = 0
+    for row, outcome in zip(rows, outcomes, strict=True):
+        if isinstance(outcome, TaskError):
+            failed += 1
+            row["error"] = outcome.failure.model_dump(mode="json")
+            if not args.json:
+                errors.print(render.failure_text(outcome.failure))
+        elif isinstance(outcome, BaseException):
+            raise outcome
+        elif not args.json:
+            console.print(f"[green]✔[/] {row['kind']} {row['id']} ({row['key']})")
+    if args.json:
+        render.print_json({"tasks": rows})
+    return 1 if failed else 0
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError as err:
+        raise RequestError("file", f"cannot read {path}: {err.strerror}") from None
+
+
+def _batch_items(text: str) -> list[BatchItem]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise RequestError("file", f"not JSON: {err}") from None
+    entries = data.get("tasks") if isinstance(data, dict) else data
+    if not isinstance(entries, list) or not entries:
+        raise RequestError("tasks", "expected a non-empty list of tasks (or {\"tasks\": [...]})")
+    items = []
+    for i, entry in enumerate(entries):
+        try:
+            items.append(BatchItem.model_validate(entry))
+        except ValidationError as err:
+            failure = request_error(err)
+            raise RequestError(f"tasks[{i}].{failure.field}", failure.reason) from None
+    return items
+
+
+def _task_filters(sp: argparse.ArgumentParser) -> None:
+    for flag in ("--kind", "--vm", "--host", "--pool"):
+        sp.add_argument(flag)
+    sp.add_argument("--state", choices=TASK_STATES)
+    sp.add_argument("--limit", type=int, default=200, help="at most this many tasks")
+
+
+def add_commands(nouns: Any) -> None:
+    """Add the ``tasks`` noun and its verbs, and the ``batch`` verb."""
+    tasks = noun(nouns, "tasks", "the task queue")
+    sp = verb(tasks, "list", tasks_list, "tasks, newest first", read=True)
+    _task_filters(sp)
+    verb(tasks, "show", tasks_show, "one task: state, what it waits on, steps, result or error",
+         read=True).add_argument("id")
+    sp = verb(tasks, "watch", tasks_watch, "a live table of the queue (Ctrl-C to leave)")
+    _task_filters(sp)
+    sp.add_argument("--every", type=float, default=1.0, help="refresh interval in seconds")
+    sp.add_argument("--times", type=int, help="refresh this many times, then exit")
+    verb(tasks, "cancel", tasks_cancel, "cancel a task: it undoes its steps and releases its "
+         "resources", read=True).add_argument("id")
+
+    sp = verb(nouns, "batch", batch, "submit several tasks with dependencies among them "
+              "(JSON file, or - for stdin)", write=True)
+    sp.add_argument("file")
