@@ -10,11 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -25,6 +27,8 @@ from activities.ordering import OrderingActivities
 from activities.reconcile import HostReconcileActivities, QueueReconcileActivities
 from activities.storage import StorageActivities, StorageInventoryActivities
 from activities.vms import DomainActivities, InventoryActivities
+from taskomatic.codec import CodecError
+from taskomatic.errors import ErrorType, error_info
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.inventory.db import get_database
 from taskomatic.logs import configure_logging, get_logger
@@ -127,11 +131,30 @@ async def run_worker(settings: Settings | None = None) -> None:
 
 
 def main() -> None:
+    """``python -m worker`` (and ``taskomatic worker``, which runs it). Exit status 3, with the
+    reason on stderr, when the encryption keys or TLS files are unusable or the inventory
+    database cannot be reached, as for every other taskomatic command."""
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
-    asyncio.run(run_worker(settings))
+    code = 0
+    try:
+        asyncio.run(run_worker(settings))
+    except CodecError as err:
+        code = _refused(str(err))
+    except ApplicationError as err:
+        info = error_info(err)
+        if info.type is not ErrorType.DATABASE_UNAVAILABLE:
+            raise
+        code = _refused(info.message)
     # Leave without interpreter teardown: the SDK's runtime threads can trip over it.
-    os._exit(0)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def _refused(reason: str) -> int:
+    print(f"error: {reason}", file=sys.stderr)
+    return 3
 
 
 if __name__ == "__main__":
