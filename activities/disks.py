@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from temporalio import activity
 
+from activities.storage import storage_result
 from taskomatic import inventory as inv
 from taskomatic.inventory.db import Database
-from taskomatic.logs import get_logger
 from taskomatic.models import (
     DiskPlan,
     PlanDisksInput,
@@ -19,13 +19,6 @@ from taskomatic.models import (
     VmIdentity,
     VmNameInput,
 )
-
-
-def _result(changed: bool, detail: str, **where: str) -> StorageResult:
-    get_logger(**where).info(detail, changed=changed)
-    return StorageResult(changed=changed, detail=detail)
-
-
 
 
 class DiskActivities:
@@ -48,13 +41,14 @@ class DiskActivities:
     def release_vm_volumes(self, inp: ReleaseVmVolumesInput) -> StorageResult:
         count = inv.release_vm_volumes(self.db, inp.vm, inp.keep)
         verb = "kept (no longer owned)" if inp.keep else "forgotten"
-        return _result(count > 0, f"{count} owned volume(s) {verb}", vm=inp.vm)
+        return storage_result(count > 0, f"{count} owned volume(s) {verb}", vm=inp.vm)
 
     @activity.defn
     def unrecord_vm(self, inp: VmIdentity) -> StorageResult:
         removed = inv.unrecord_vm(self.db, inp.vm, inp.uuid)
-        return _result(removed, "removed from inventory" if removed
-                       else "not recorded (or another VM of that name); left alone", vm=inp.vm)
+        return storage_result(removed, "removed from inventory" if removed
+                              else "not recorded (or another VM of that name); left alone",
+                              vm=inp.vm)
 
     def all(self) -> list[object]:
         return [self.plan_disks, self.record_vm_disks, self.lookup_vm_disks,

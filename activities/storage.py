@@ -266,7 +266,9 @@ class StorageActivities:
                 self.resize_volume]
 
 
-def _result(changed: bool, detail: str, **where: str) -> StorageResult:
+def storage_result(changed: bool, detail: str, **where: str) -> StorageResult:
+    """An inventory step's outcome, logged with what it is about (``pool=``, ``volume=``,
+    ``vm=``)."""
     get_logger(**where).info(detail, changed=changed)
     return StorageResult(changed=changed, detail=detail)
 
@@ -288,8 +290,8 @@ class StorageInventoryActivities:
     @activity.defn
     def release_pool(self, inp: PoolNameInput) -> StorageResult:
         released = inv.release_pool(self.db, str(inp.task_id))
-        return _result(released, "pool name released" if released else "no pool name held",
-                       pool=inp.name)
+        return storage_result(released, "pool name released" if released
+                              else "no pool name held", pool=inp.name)
 
     @activity.defn
     def lookup_pool(self, inp: PoolNameInput) -> PoolPlacement:
@@ -307,14 +309,14 @@ class StorageInventoryActivities:
     def record_pool_autostart(self, inp: PoolAutostartInput) -> StorageResult:
         changed = inv.set_pool_autostart(self.db, inp.name, inp.autostart)
         word = "on" if inp.autostart else "off"
-        return _result(changed, f"autostart {word}" if changed else f"autostart already {word}",
-                       pool=inp.name)
+        return storage_result(changed, f"autostart {word}" if changed
+                              else f"autostart already {word}", pool=inp.name)
 
     @activity.defn
     def remove_pool(self, inp: PoolNameInput) -> StorageResult:
         removed = inv.remove_pool(self.db, inp.name)
-        return _result(removed, "removed from inventory" if removed
-                       else "already absent from inventory", pool=inp.name)
+        return storage_result(removed, "removed from inventory" if removed
+                              else "already absent from inventory", pool=inp.name)
 
     # --- volumes ---------------------------------------------------------------------------
 
@@ -337,8 +339,9 @@ class StorageInventoryActivities:
     @activity.defn
     def remove_volume(self, inp: VolumeNameInput) -> StorageResult:
         removed = inv.remove_volume(self.db, inp.pool, inp.name)
-        return _result(removed, "removed from inventory" if removed
-                       else "already absent from inventory", pool=inp.pool, volume=inp.name)
+        return storage_result(removed, "removed from inventory" if removed
+                              else "already absent from inventory", pool=inp.pool,
+                              volume=inp.name)
 
     def all(self) -> list[object]:
         return [self.reserve_pool, self.release_pool, self.lookup_pool, self.check_pool_unused,
