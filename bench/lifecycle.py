@@ -21,7 +21,7 @@ from taskomatic.models import (
     VmTaskResult,
 )
 
-# The activities each task runs on the happy path, read from workflows/vm_lifecycle.py:
+# The activities each task runs on the happy path, read from workflows/vms.py:
 #   CreateVm(start=True): reserve capacity, define domain, start domain, record VM
 #   StopVm(force=True):   look up VM, power off (destroy_domain), record state
 #   DestroyVm:            look up VM, power off, undefine domain, remove from inventory
