@@ -3,7 +3,10 @@ the inventory steps of the pool and volume tasks (one transaction each).
 
 Undos carry the pool's UUID (chosen by the creating task), so compensation never stops, deletes
 or undefines a pool of the same name that some other definition made (see
-``taskomatic.hypervisor.storage``).
+``taskomatic.hypervisor.storage``). Steps that destroy storage ask libvirt who uses it first and
+refuse (``StorageInUse``) naming the domains: on the pool's host, and for a pool of files (dir,
+netfs) on every other registered host not down (the inventory's ``vm_disks`` misses guests
+defined behind taskomatic's back).
 """
 
 from __future__ import annotations
@@ -11,17 +14,20 @@ from __future__ import annotations
 import libvirt
 from temporalio import activity
 
+from activities.vms import other_hosts
 from taskomatic import inventory as inv
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.hypervisor.pool_xml import build_pool_xml, build_volume_xml, pool_shape
 from taskomatic.hypervisor.storage import (
+    StorageTarget,
     build_flags,
     describe_volume,
     is_foreign,
     lookup_own_pool,
     lookup_pool,
     lookup_volume,
+    refuse_users,
     require_active_pool,
     require_pool,
     unknown_pool,
@@ -70,8 +76,15 @@ def _volume_report(ref: VolumeRef, vol: libvirt.virStorageVol | None, changed: b
 class StorageActivities:
     """Activities on libvirt storage pools and volumes, sharing the worker's connections."""
 
-    def __init__(self, hypervisors: Hypervisors) -> None:
+    def __init__(self, hypervisors: Hypervisors, db: Database) -> None:
         self.hv = hypervisors
+        self.db = db
+
+    def _refuse_users(self, conn: libvirt.virConnect, host: str, target: StorageTarget,
+                      what: str) -> None:
+        """``StorageInUse`` if any domain uses ``target`` (see ``refuse_users``)."""
+        refuse_users(self.hv, conn, host, target,
+                     other_hosts(self.db, host) if target.shared else [], what)
 
     # --- pools -----------------------------------------------------------------------------
 
@@ -132,6 +145,8 @@ class StorageActivities:
                 return _pool_report(ref, None, False, "absent; nothing to stop")
             if not pool.isActive():
                 return _pool_report(ref, pool, False, "already inactive")
+            self._refuse_users(conn, ref.host, StorageTarget.of(pool, None, by_path=False),
+                               f"pool {ref.name}")
             pool.destroy()
             return _pool_report(ref, pool, True, "stopped")
 
@@ -142,6 +157,8 @@ class StorageActivities:
             pool = lookup_own_pool(conn, ref)
             if pool is None:
                 return _pool_report(ref, None, False, "absent; no storage to delete")
+            self._refuse_users(conn, ref.host, StorageTarget.of(pool, None),
+                               f"the storage of pool {ref.name}")
             if pool.isActive():
                 pool.destroy()
             try:
@@ -162,6 +179,8 @@ class StorageActivities:
             if is_foreign(pool, ref):
                 return _pool_report(ref, None, False,
                                     "a pool of that name from another definition; left alone")
+            self._refuse_users(conn, ref.host, StorageTarget.of(pool, None, by_path=False),
+                               f"pool {ref.name}")
             if pool.isActive():
                 pool.destroy()
             pool.undefine()
@@ -187,6 +206,8 @@ class StorageActivities:
         """Delete every volume of an active pool (before its storage is deleted)."""
         with self.hv.call(f"delete volumes of pool {ref.name} on", ref.uri, ref.host) as conn:
             pool = require_pool(conn, ref)
+            self._refuse_users(conn, ref.host, StorageTarget.of(pool, None),
+                               f"volumes of pool {ref.name}")
             if not pool.isActive():
                 pool.create(0)
             volumes = pool.listAllVolumes(0)
@@ -228,8 +249,10 @@ class StorageActivities:
         with self.hv.call(f"delete volume {ref.pool}/{ref.name} on", ref.uri, ref.host) as conn:
             pool = lookup_pool(conn, ref.pool)
             vol = lookup_volume(pool, ref.name) if pool is not None and pool.isActive() else None
-            if vol is None:
+            if pool is None or vol is None:
                 return _volume_report(ref, None, False, "already absent")
+            self._refuse_users(conn, ref.host, StorageTarget.of(pool, [vol]),
+                               f"volume {ref.pool}/{ref.name}")
             vol.delete(0)
             return _volume_report(ref, None, True, "deleted")
 

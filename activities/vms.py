@@ -13,17 +13,21 @@ import time
 
 import libvirt
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from taskomatic import inventory
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.hypervisor import Hypervisors, lookup, power_state
 from taskomatic.hypervisor.domain_xml import build_domain_xml, shape_of
+from taskomatic.hypervisor.presence import elsewhere_error, sightings
 from taskomatic.inventory.db import Database
 from taskomatic.logs import get_logger
 from taskomatic.models import (
     DomainRef,
     DomainReport,
     DomainSpec,
+    HostRef,
+    HostState,
     InventoryResult,
     LookupVmInput,
     RecordVmInput,
@@ -40,6 +44,19 @@ from taskomatic.models import (
 )
 
 _OFF = {VmState.SHUTOFF, VmState.CRASHED}
+_WORDS = {VmState.SUSPENDED: "suspended to memory", VmState.SHUTDOWN: "shutting down",
+          VmState.SHUTOFF: "shut off", VmState.UNKNOWN: "in a state libvirt does not name"}
+
+
+def _word(state: VmState) -> str:
+    """A power state in words: ``paused``, ``suspended to memory``, ``shutting down``."""
+    return _WORDS.get(state, state.value)
+
+
+def _already_off(state: VmState) -> str:
+    """The no-op detail of a verb that finds the domain off: ``already shut off`` (or
+    ``already off (crashed)``)."""
+    return "already shut off" if state == VmState.SHUTOFF else f"already off ({_word(state)})"
 
 
 def _report(ref: DomainRef, state: VmState | None, changed: bool, detail: str) -> DomainReport:
@@ -47,11 +64,34 @@ def _report(ref: DomainRef, state: VmState | None, changed: bool, detail: str) -
     return DomainReport(name=ref.name, host=ref.host, state=state, changed=changed, detail=detail)
 
 
-class DomainActivities:
-    """Activities on libvirt domains, sharing the worker's connections."""
+def _refuse(ref: DomainRef, action: str, state: VmState, hint: str,
+            kind: ErrorType = ErrorType.INVALID_OPERATION) -> ApplicationError:
+    """A verb that cannot act on a domain in ``state``: refused naming the state, nothing done."""
+    return task_error(kind, f"cannot {action} {ref.name} on {ref.host}: it is "
+                      f"{_word(state)}; {hint}", host=ref.host, vm=ref.name)
 
-    def __init__(self, hypervisors: Hypervisors) -> None:
+
+def other_hosts(db: Database, host: str) -> list[HostRef]:
+    """Every registered host but ``host`` that may hold domains: all but those marked down (an
+    operator's word that the machine is gone). One inventory read."""
+    return [HostRef(name=h.name, uri=h.uri, migration_uri=h.migration_uri)
+            for h in inventory.list_hosts(db) if h.name != host and h.state != HostState.DOWN]
+
+
+class DomainActivities:
+    """Activities on libvirt domains, sharing the worker's connections.
+
+    Each decides from what libvirt reports at that moment, never from the inventory's copy of a
+    power state, and handles every state libvirt can report: it acts, or refuses naming the state
+    (``InvalidOperation``). A domain that is not on the host named is "absent" only if no other
+    registered host (not down) defines it, with the VM's UUID when the inventory knows it;
+    otherwise the step refuses with ``DomainElsewhere`` naming where it is, so no live guest is
+    orphaned. A host that cannot be asked is not assumed empty (``HypervisorUnavailable``).
+    """
+
+    def __init__(self, hypervisors: Hypervisors, db: Database) -> None:
         self.hv = hypervisors
+        self.db = db
 
     @activity.defn
     def define_domain(self, spec: DomainSpec) -> DomainReport:
@@ -74,10 +114,12 @@ class DomainActivities:
 
     @activity.defn
     def undefine_domain(self, ref: DomainRef) -> DomainReport:
-        """Remove a domain's definition, powering it off first if it runs."""
+        """Remove a domain's definition, powering it off first if it is active (whatever its
+        state). Absent is a no-op unless another host has it (``DomainElsewhere``)."""
         with self.hv.call("undefine", ref.uri, ref.host, ref.name) as conn:
             dom = lookup(conn, ref.name)
             if dom is None:
+                self._refuse_if_elsewhere(ref)
                 return _report(ref, None, False, "already absent")
             if dom.isActive():
                 dom.destroy()
@@ -86,20 +128,51 @@ class DomainActivities:
 
     @activity.defn
     def start_domain(self, ref: DomainRef) -> DomainReport:
+        """Start a shut-off (or crashed and stopped) domain, resume a paused one, wake one
+        suspended to memory; running is a no-op. Refused: crashed but still active (power it
+        off first), shutting down, a wake-up the hypervisor cannot do."""
         with self.hv.call("start", ref.uri, ref.host, ref.name) as conn:
             dom = self._require(conn, ref)
-            if dom.isActive():
-                return _report(ref, power_state(dom), False, "already running")
-            dom.create()
-            return _report(ref, power_state(dom), True, "started")
+            state = power_state(dom)
+            if not dom.isActive():
+                dom.create()
+                return _report(ref, power_state(dom), True,
+                               "started" if state == VmState.SHUTOFF
+                               else f"started (was {_word(state)})")
+            if state == VmState.RUNNING:
+                return _report(ref, state, False, "already running")
+            if state == VmState.PAUSED:
+                dom.resume()
+                return _report(ref, power_state(dom), True, "resumed (was paused)")
+            if state == VmState.SUSPENDED:
+                return self._wake(ref, dom)
+            raise _refuse(ref, "start", state, "power it off first (vm stop --force)")
+
+    def _wake(self, ref: DomainRef, dom: libvirt.virDomain) -> DomainReport:
+        try:
+            dom.pMWakeup(0)
+        except libvirt.libvirtError as err:
+            if err.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
+                raise
+            raise _refuse(ref, "start", VmState.SUSPENDED, "this hypervisor cannot wake it",
+                          ErrorType.NOT_SUPPORTED) from err
+        return _report(ref, power_state(dom), True, "woken up (was suspended to memory)")
 
     @activity.defn
     def shutdown_domain(self, ref: DomainRef) -> DomainReport:
-        """Ask the guest to shut down (ACPI); see ``wait_domain_shutoff``."""
+        """Ask a running guest to shut down (ACPI); see ``wait_domain_shutoff``. Off, or already
+        shutting down, is a no-op. Refused: paused, suspended to memory or crashed (a guest that
+        does not run cannot shut itself down; stop it with force)."""
         with self.hv.call("shutdown", ref.uri, ref.host, ref.name) as conn:
             dom = self._require(conn, ref)
+            state = power_state(dom)
             if not dom.isActive():
-                return _report(ref, power_state(dom), False, "already shut off")
+                return _report(ref, state, False, _already_off(state))
+            if state == VmState.SHUTDOWN:
+                return _report(ref, state, False, "already shutting down")
+            if state != VmState.RUNNING:
+                raise _refuse(ref, "shut down", state, "its guest cannot shut itself down: "
+                              "stop it with --force (or start it first to resume it)")
             dom.shutdown()
             return _report(ref, power_state(dom), True, "graceful shutdown requested")
 
@@ -122,22 +195,37 @@ class DomainActivities:
 
     @activity.defn
     def destroy_domain(self, ref: DomainRef) -> DomainReport:
-        """Power a domain off at once. Absent or already off is a no-op."""
+        """Power a domain off at once, whatever its active state (running, paused, suspended,
+        crashed, shutting down). Already off is a no-op; absent too, unless another host has it
+        (``DomainElsewhere``)."""
         with self.hv.call("destroy", ref.uri, ref.host, ref.name) as conn:
             dom = lookup(conn, ref.name)
             if dom is None:
+                self._refuse_if_elsewhere(ref)
                 return _report(ref, None, False, "absent; nothing to power off")
+            state = power_state(dom)
             if not dom.isActive():
-                return _report(ref, power_state(dom), False, "already shut off")
+                return _report(ref, state, False, _already_off(state))
             dom.destroy()
-            return _report(ref, power_state(dom), True, "powered off")
+            return _report(ref, power_state(dom), True, "powered off" if state == VmState.RUNNING
+                           else f"powered off (was {_word(state)})")
 
     def _require(self, conn: libvirt.virConnect, ref: DomainRef) -> libvirt.virDomain:
         dom = lookup(conn, ref.name)
         if dom is None:
+            self._refuse_if_elsewhere(ref)
             raise task_error(ErrorType.DOMAIN_NOT_FOUND,
                              f"no domain {ref.name!r} on {ref.host}", host=ref.host, vm=ref.name)
         return dom
+
+    def _refuse_if_elsewhere(self, ref: DomainRef) -> None:
+        """Raise ``DomainElsewhere`` if a registered host other than ``ref.host`` defines the
+        domain (with the VM's recorded UUID, if the inventory has the VM)."""
+        recorded = inventory.get_vm(self.db, ref.name)
+        seen = sightings(self.hv, ref.name, other_hosts(self.db, ref.host),
+                         recorded.vm.uuid if recorded is not None else None)
+        if seen:
+            raise elsewhere_error(ref.name, ref.host, seen)
 
 
 class InventoryActivities:

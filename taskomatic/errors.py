@@ -25,6 +25,7 @@ class ErrorType(StrEnum):
     NO_CAPACITY = "NoCapacity"
     HOST_NOT_AVAILABLE = "HostNotAvailable"
     DOMAIN_NOT_FOUND = "DomainNotFound"
+    DOMAIN_ELSEWHERE = "DomainElsewhere"  # not on the host named, but defined on another
     DUPLICATE_DOMAIN = "DuplicateDomain"
     INVALID_OPERATION = "InvalidOperation"
     INVALID_DEFINITION = "InvalidDefinition"

@@ -24,6 +24,7 @@ from starter.dev.parts import write_test_host
 from taskomatic.errors import ErrorType
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.hypervisor.domain_xml import build_domain_xml, shape_of
+from taskomatic.inventory.db import Database
 from taskomatic.models import (
     DomainRef,
     DomainReport,
@@ -37,8 +38,8 @@ UNREACHABLE = "qemu+tcp://127.0.0.1:1/system"
 
 
 @pytest.fixture
-def acts(hypervisors: Hypervisors) -> DomainActivities:
-    return DomainActivities(hypervisors)
+def acts(hypervisors: Hypervisors, db: Database) -> DomainActivities:
+    return DomainActivities(hypervisors, db)
 
 
 def spec_for(host: HostSpec, name: str, *, vcpus: int = 1, memory_mib: int = 128,
@@ -217,12 +218,12 @@ ANY_OP: dict[str, Call] = {
 
 
 @pytest.mark.parametrize("op", ANY_OP)
-def test_unreachable_hypervisor_is_retryable_and_names_the_host(op: str) -> None:
+def test_unreachable_hypervisor_is_retryable_and_names_the_host(op: str, db: Database) -> None:
     hv = Hypervisors()
     try:
         ref = DomainRef(host="far-away-host", uri=UNREACHABLE, name="vm-x")
         with pytest.raises(Exception) as caught:
-            ANY_OP[op](DomainActivities(hv), ref)
+            ANY_OP[op](DomainActivities(hv, db), ref)
         err, info = app_error(caught.value)
         assert err.type == ErrorType.HYPERVISOR_UNAVAILABLE.value
         assert err.non_retryable is False
@@ -274,11 +275,12 @@ def test_closed_connection_is_reopened_and_the_test_host_comes_back_empty(
 
 
 def test_activity_after_connection_close_sees_an_empty_host(tmp_path: Path,
-                                                            private_hv: Hypervisors) -> None:
+                                                            private_hv: Hypervisors,
+                                                            db: Database) -> None:
     """Through an activity, a closed connection costs at most one retryable failure; the retry
     reconnects and finds the test:/// host empty (its domains died with the old connection)."""
     uri = write_test_host(tmp_path, "reopen2", 4, 4096)
-    acts = DomainActivities(private_hv)
+    acts = DomainActivities(private_hv, db)
     ref = DomainRef(host="reopen2", uri=uri, name="doomed")
     acts.define_domain(DomainSpec(**ref.model_dump(), uuid=str(uuid.uuid4()), vcpus=1,
                                   memory_mib=128))

@@ -15,6 +15,7 @@ from conftest import Lab
 from taskomatic.errors import ErrorType
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.hypervisor.pool_xml import build_pool_xml, build_volume_xml
+from taskomatic.inventory.db import Database
 from taskomatic.models import (
     PoolAutostartInput,
     PoolRef,
@@ -30,8 +31,8 @@ from taskomatic.units import GIB, MIB, TIB, format_size, parse_size
 
 
 @pytest.fixture
-def acts(hypervisors: Hypervisors) -> StorageActivities:
-    return StorageActivities(hypervisors)
+def acts(hypervisors: Hypervisors, db: Database) -> StorageActivities:
+    return StorageActivities(hypervisors, db)
 
 
 def _spec(lab: Lab, label: str) -> PoolSpec:

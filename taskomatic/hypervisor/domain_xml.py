@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import NamedTuple
 
 from taskomatic.models import DomainSpec
+
+
+class DiskSource(NamedTuple):
+    """Where a domain's disk (or a file backing it) lives: a path, or a pool's volume by name."""
+
+    path: str | None = None
+    pool: str | None = None
+    volume: str | None = None
 
 
 def domain_type(uri: str) -> str:
@@ -50,3 +59,18 @@ def shape_of(xml: str) -> tuple[str, int, int]:
     factor = units.get(memory.get("unit", "KiB"), 1 / 1024) if memory is not None else 0
     mib = int(int(memory.text or 0) * factor) if memory is not None else 0
     return (root.findtext("uuid") or "", int(root.findtext("vcpu") or 0), mib)
+
+
+def disk_sources(xml: str) -> list[DiskSource]:
+    """Every storage a domain's disks use, backing files included: a ``<source>`` with ``file``,
+    ``dev`` or ``dir`` gives a path, one with ``pool`` and ``volume`` names a pool's volume.
+    Network disks (no local storage) are left out."""
+    found: list[DiskSource] = []
+    for disk in ET.fromstring(xml).iterfind("devices/disk"):
+        for source in disk.iter("source"):
+            path = source.get("file") or source.get("dev") or source.get("dir")
+            if path:
+                found.append(DiskSource(path=path))
+            elif source.get("pool") and source.get("volume"):
+                found.append(DiskSource(pool=source.get("pool"), volume=source.get("volume")))
+    return found

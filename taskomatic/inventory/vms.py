@@ -25,6 +25,7 @@ from taskomatic.models import (
     VmRecord,
     VmState,
 )
+from taskomatic.states import IN_MAINTENANCE
 
 _VM_COLUMNS = """
     SELECT v.name, v.uuid::text AS uuid, h.name AS host, v.vcpus, v.memory_mib, v.state,
@@ -103,6 +104,36 @@ def remove_vm(db: Database, name: str) -> bool:
         cur.execute("SELECT 1 FROM hosts WHERE id = %s FOR UPDATE", (row["host_id"],))
         cur.execute("DELETE FROM vms WHERE name = %s", (name,))
         return True
+
+
+def relocate_vm(db: Database, name: str, uuid: str, source: str, destination: str,
+                state: VmState) -> bool:
+    """Record VM ``name`` (``uuid``) on ``destination`` in ``state``, where libvirt has it: the
+    reconciliation's repair of a move whose task ended before recording it. Its capacity moves
+    with it (a host's load is the sum of its VM rows).
+
+    Only if the inventory still has that VM on ``source`` and no task holds or waits for
+    ``vm:NAME`` (a task working on the VM records its own outcome); returns True if it moved.
+    Under both hosts' row locks, in id order. As with a recorded move, a VM that left a host in
+    maintenance keeps that host as its origin, and one back on its origin forgets it.
+    """
+    with db.transaction() as cur:
+        cur.execute("SELECT id, name, state FROM hosts WHERE name = ANY(%s) ORDER BY id"
+                    " FOR UPDATE", ([source, destination],))
+        hosts = {row["name"]: row for row in cur.fetchall()}
+        if source not in hosts or destination not in hosts:
+            return False
+        cur.execute(
+            "UPDATE vms SET host_id = %(dest)s, state = %(state)s, updated_at = now(),"
+            " origin_host = CASE WHEN origin_host = %(dest_name)s THEN NULL"
+            "  WHEN %(clearing)s THEN COALESCE(origin_host, %(source)s) ELSE origin_host END"
+            " WHERE name = %(name)s AND uuid = %(uuid)s::uuid AND host_id = %(src)s"
+            " AND NOT EXISTS (SELECT 1 FROM claims WHERE resource = %(resource)s)",
+            {"dest": hosts[destination]["id"], "src": hosts[source]["id"],
+             "state": state.value, "dest_name": destination, "source": source,
+             "clearing": hosts[source]["state"] in IN_MAINTENANCE, "name": name,
+             "uuid": uuid, "resource": f"vm:{name}"})
+        return bool(cur.rowcount)
 
 
 def record_vm(db: Database, inp: RecordVmInput) -> VmRecord:

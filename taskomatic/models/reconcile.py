@@ -14,6 +14,7 @@ FindingKind = Literal[
     "stale_reservation",    # capacity reserved by a task that has ended
     "state_drift",          # the inventory's power state differs from libvirt's
     "missing_domain",       # in the inventory, not defined on its host
+    "location_drift",       # recorded on one host, found (running) on another
     "unmanaged_domain",     # defined on a host, not in the inventory
     "host_unreachable",
 ]
