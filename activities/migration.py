@@ -4,12 +4,21 @@ The libvirt work is ``taskomatic.hypervisor.migration`` (live, offline and cold 
 and aborted) and ``taskomatic.hypervisor.whereabouts`` (locating and recovering a domain); these
 activities add Temporal's part: a live migration's progress is heartbeated every second and
 signalled to the calling workflow (``PROGRESS_SIGNAL``) at each whole percent, a cold move's
-steps are heartbeated, and a cancellation of the task (delivered by the heartbeat) aborts the job.
+steps are heartbeated.
+
+Cancellation reaches an activity only with a heartbeat's answer, so the worker sends them at
+least every ``HEARTBEAT_THROTTLE`` (the SDK's default waits 80 % of the heartbeat timeout). A
+cancel of the task (or of an attempt the server no longer knows) aborts the migration job,
+waits until it has ended and only then ends the step: cancelled if the VM is still on the
+source, done if the move completed first. A worker that stops does not abort it: the job goes
+on (heartbeated while the worker drains), and the step's next attempt, on another worker,
+watches it to its end.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import timedelta
 
 import libvirt
 from temporalio import activity
@@ -40,6 +49,8 @@ from taskomatic.settings import Settings
 log = get_logger(component="migration")
 
 PROGRESS_SIGNAL = "migration_progress"
+# The worker's max_heartbeat_throttle_interval: a cancel is heard within about this long.
+HEARTBEAT_THROTTLE = timedelta(seconds=1)
 
 
 class MigrationActivities:
@@ -59,7 +70,8 @@ class MigrationActivities:
     async def migrate_domain(self, inp: MigrateDomainInput) -> MigrationReport:
         started = time.monotonic()
         report = await self.migrator.migrate(inp, on_progress=self._progress(),
-                                             on_step=_heartbeat)
+                                             on_step=_heartbeat,
+                                             abort_on_cancel=_not_a_stopping_worker)
         report.seconds = round(time.monotonic() - started, 3)
         get_logger(vm=inp.name, host=inp.source.name).info(
             "migration", destination=inp.destination.name, mode=report.mode,
@@ -138,3 +150,12 @@ class MigrationActivities:
 
 def _heartbeat(percent: float, detail: str) -> None:
     activity.heartbeat({"percent": percent, "detail": detail})
+
+
+def _not_a_stopping_worker() -> bool:
+    """Whether this activity's cancellation should stop the migration job: yes for a cancel of
+    its task, and for an attempt the server no longer knows (its task ended, or it timed out —
+    no one may watch the job then, and the task's undo has decided where the VM is); no for a
+    worker that stops, when the step's next attempt, on another worker, watches the job."""
+    details = activity.cancellation_details()
+    return details is None or not details.worker_shutdown

@@ -9,35 +9,51 @@ attempt finishes the move instead of starting a second one.
 
 A migration job is watched every ``WATCH_SECONDS``: its ``jobStats()`` progress goes to the
 caller's ``on_progress``; no progress for the progress timeout, the completion timeout, or a
-cancellation of the awaiting task aborts the job with ``abortJob()``, and the domain keeps running
-on the source. This module knows nothing of Temporal: heartbeats and signals are the caller's
-callbacks, and a cancellation arrives as ``asyncio.CancelledError``.
+cancellation of the awaiting task aborts the job with ``abortJob()`` and waits until the job has
+really ended. A move's outcome is the hypervisors' (``job_outcome``): once the job has ended, the
+domain on the destination is a move, the domain still on the source is a failure with the job's
+own error when libvirt gives one — whether this call started the job or found an earlier
+attempt's job running and watched it. This module knows nothing of Temporal: heartbeats and
+signals are the caller's callbacks, a cancellation arrives as ``asyncio.CancelledError``, and
+whether it should abort the job is the caller's ``abort_on_cancel()``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import math
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import libvirt
+from temporalio.exceptions import ApplicationError
 
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.hypervisor.connections import Hypervisors, lookup
+from taskomatic.hypervisor.jobs import (
+    JobOutcome,
+    call_error,
+    job_outcome,
+    job_running,
+    job_stats,
+    migration_flags,
+    progress_percent,
+    to_its_end,
+)
 from taskomatic.logs import get_logger
 from taskomatic.models import MigrateDomainInput, MigrationReport
-
-if TYPE_CHECKING:
-    from temporalio.exceptions import ApplicationError
 
 T = TypeVar("T")
 log = get_logger(component="migration")
 
 WATCH_SECONDS = 1.0  # how often a migration job is looked at and reported
+ABORT_POLL_SECONDS = 0.2  # how often an aborted job is looked at until it has ended
+ABORT_AGAIN_SECONDS = 5.0  # an abort that has not taken is asked again this often
 
 # ``on_progress(percent, detail)``: a migration job's progress (0 to 99 %, never decreasing) and a
 # one-line detail, once every WATCH_SECONDS, awaited on the event loop.
@@ -45,6 +61,11 @@ ProgressCallback = Callable[[float, str], Awaitable[None]]
 # ``on_step(percent, detail)``: a cold move reached a step (0 % saving, 50 % restoring); called on
 # the event loop, in the context of the task that awaits ``Migrator.migrate``.
 StepCallback = Callable[[float, str], None]
+# ``abort_on_cancel()``: asked when the awaiting task is cancelled; True (a cancel of the task)
+# aborts the job, False (a worker that stops) lets it go on, for the next attempt to watch.
+AbortOnCancel = Callable[[], bool]
+# ``beat()``: a sign of life while an aborted job winds down, awaited every WATCH_SECONDS.
+Beat = Callable[[], Awaitable[None]]
 
 
 def can_migrate_live(uri: str) -> bool:
@@ -57,62 +78,14 @@ def save_file(directory: str, uuid: str) -> Path:
     return Path(directory) / f"{uuid}.save"
 
 
-def migration_flags(inp: MigrateDomainInput, live: bool) -> tuple[int, dict[str, Any]]:
-    """The ``migrateToURI3`` flags and typed parameters of a migration.
-
-    Always peer-to-peer, persisted on the destination and undefined on the source; live for a
-    running domain (with the bandwidth cap in MiB/s and the destination's migration URI, when
-    set), offline for a shut-off one; unsafe only when the limits ask for it.
-    """
-    flags = (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
-             | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
-    params: dict[str, Any] = {}
-    if live:
-        flags |= libvirt.VIR_MIGRATE_LIVE
-        if inp.limits.bandwidth_mib_s:
-            params[libvirt.VIR_MIGRATE_PARAM_BANDWIDTH] = inp.limits.bandwidth_mib_s
-        if inp.destination.migration_uri:
-            params[libvirt.VIR_MIGRATE_PARAM_URI] = inp.destination.migration_uri
-    else:
-        flags |= libvirt.VIR_MIGRATE_OFFLINE
-    if inp.limits.unsafe:
-        flags |= libvirt.VIR_MIGRATE_UNSAFE
-    return flags, params
-
-
-def job_running(dom: libvirt.virDomain) -> bool:
-    """Whether ``dom`` has a job (a migration) running; a domain gone from the source has none."""
-    try:
-        return bool(dom.jobInfo()[0] != libvirt.VIR_DOMAIN_JOB_NONE)
-    except libvirt.libvirtError:  # gone from the source: the migration finished
-        return False
-
-
-def job_stats(dom: libvirt.virDomain) -> dict[str, Any]:
-    """``dom.jobStats()`` as a dict (byte counts such as ``data_processed``), or {} if none."""
-    try:
-        return dict(dom.jobStats())
-    except libvirt.libvirtError:
-        return {}
-
-
-def progress_percent(stats: dict[str, Any], before: float) -> float:
-    """A job's progress in percent from its ``jobStats()``: never below ``before`` (memory dirtied
-    again does not move it back), never above 99 (done is when the job ends), ``before`` when the
-    stats give no total."""
-    total = stats.get("memory_total") or stats.get("data_total") or 0
-    remaining = stats.get("memory_remaining", stats.get("data_remaining", 0))
-    if not total:
-        return before
-    return float(max(before, min(99.0, 100.0 * (1 - remaining / total))))
-
-
 class Migrator:
     """Moves domains between the worker's hypervisors.
 
     Migrations block a thread for as long as they run, so the blocking libvirt calls run on a
     thread pool of the migrator's own (``max_threads``), not on the event loop's default one.
     ``save_dir`` is where cold moves save domains unless a request names its own directory.
+    The migration jobs this migrator started and that still run are kept by source URI and
+    domain name, so a later attempt at the same move watches the same call (and gets its error).
     """
 
     def __init__(self, hypervisors: Hypervisors, save_dir: Path | str,
@@ -121,20 +94,25 @@ class Migrator:
         self.save_dir = str(save_dir)
         self._threads = ThreadPoolExecutor(max_workers=max_threads,
                                            thread_name_prefix="migration")
+        self._jobs: dict[tuple[str, str], tuple[str, asyncio.Future[None]]] = {}
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._threads, fn, *args)
 
     async def migrate(self, inp: MigrateDomainInput, on_progress: ProgressCallback,
-                      on_step: StepCallback) -> MigrationReport:
+                      on_step: StepCallback, abort_on_cancel: AbortOnCancel = lambda: True
+                      ) -> MigrationReport:
         """Move ``inp.name`` from ``inp.source`` to ``inp.destination``, the way the drivers allow.
 
         A live or offline migration reports through ``on_progress``, a cold move through
         ``on_step``. Returns the report (``seconds`` left unset); a domain already on the
-        destination is a no-op (mode ``none``, not changed). Cancelling the awaiting task aborts a
-        running migration job. Errors: ``InvalidRequest`` (source and destination are one host),
-        ``DomainNotFound``, ``DuplicateDomain``, ``MigrationFailed``, ``MigrationStalled``,
-        ``MigrationTimedOut``, or a libvirt error typed by ``Hypervisors.translate``.
+        destination is a no-op (mode ``none``, not changed). Cancelling the awaiting task: a
+        migration job is aborted if ``abort_on_cancel()`` (see ``migrate_live``), a cold move
+        (which cannot be aborted) runs to its end; either is reported if it completed, else the
+        cancellation is raised once it has ended. Errors: ``InvalidRequest`` (source and
+        destination are one host), ``DomainNotFound``, ``DuplicateDomain``, ``MigrationFailed``,
+        ``MigrationStalled``, ``MigrationTimedOut``, or a libvirt error typed by
+        ``Hypervisors.translate``.
         """
         src, dst = inp.source, inp.destination
         if src.name == dst.name:
@@ -142,8 +120,8 @@ class Migrator:
                              field="to", host=dst.name, vm=inp.name)
         try:
             if can_migrate_live(src.uri) and can_migrate_live(dst.uri):
-                return await self.migrate_live(inp, on_progress)
-            return await self._blocking(self.cold_move, inp, _from_thread(on_step))
+                return await self.migrate_live(inp, on_progress, abort_on_cancel)
+            return await to_its_end(self._blocking(self.cold_move, inp, _from_thread(on_step)))
         except libvirt.libvirtError as err:  # a call on a domain object, outside hv.call
             raise self.failure(inp, err) from err
 
@@ -202,31 +180,98 @@ class Migrator:
         return _report(inp, mode, True, f"{'saved, restored' if saved else 'redefined'} on "
                                         f"{inp.destination.name}")
 
-    async def migrate_live(self, inp: MigrateDomainInput, on_progress: ProgressCallback
-                           ) -> MigrationReport:
+    async def migrate_live(self, inp: MigrateDomainInput, on_progress: ProgressCallback,
+                           abort_on_cancel: AbortOnCancel = lambda: True) -> MigrationReport:
         """A live (running domain) or offline (shut-off one) migration, watched to its end.
 
-        If a previous attempt's job is still running on the source, that job is watched instead
-        of starting another. Errors as ``migrate``; libvirt errors of the job itself leave as
-        ``libvirt.libvirtError`` (``migrate`` types them with ``failure``).
+        A job of the domain already running on the source (an earlier attempt's) is watched
+        instead of starting another when it goes to this destination (which then holds the
+        incoming domain), and aborted first when it goes elsewhere (an attempt the task gave up
+        on). Once the job has ended, the hypervisors say how it went (``settle``): on the
+        destination, the report; still on the source, ``MigrationFailed`` with the job's error.
+
+        Cancelling the awaiting task: if ``abort_on_cancel()``, the job is aborted, and once it
+        has really ended the cancellation is raised — or, if the move completed first, it is
+        reported; otherwise (a stopping worker) the job goes on and the cancellation is raised
+        at once. Errors as ``migrate``; a libvirt error of the job with the domain still on the
+        source is typed by ``failure``.
         """
-        src, _dst = await self._blocking(self.where, inp, "migrate")
+        src, dst = await self._blocking(self.where, inp, "migrate")
         if src is None:
             return _report(inp, "none", False, f"already on {inp.destination.name}")
-        active = await self._blocking(src.isActive)
+        active = bool(await self._blocking(src.isActive))
         mode = "live" if active else "offline"
-        busy = active and await self._blocking(job_running, src)
-        job: asyncio.Future[Any] | None = None
-        if not busy:  # else a previous attempt's job is still running: watch it instead
-            flags, params = migration_flags(inp, live=bool(active))
-            job = asyncio.ensure_future(self._blocking(self._run_job, inp, params, flags))
+        resumed = active and await self._blocking(job_running, src)
+        if resumed and dst is None:  # a job to another host: stop it, then move from scratch
+            log.warning("aborting a migration job to another host", vm=inp.name)
+            await self._abort(src, None, partial(on_progress, 0.0, "stopping an earlier job"))
+            return await self.migrate_live(inp, on_progress, abort_on_cancel)
+        job = self._job_of(inp) if resumed else self._start(inp, live=active)
         try:
             await self._watch(inp, src, job, on_progress)
-        except asyncio.CancelledError:  # the task was cancelled: stop the job, VM stays put
-            await asyncio.shield(self._abort(src, job))
-            raise
+        except asyncio.CancelledError:
+            if not abort_on_cancel():
+                raise  # a stopping worker: the job goes on; the task's next attempt watches it
+            outcome = await asyncio.shield(self._cancel(inp, src, job, on_progress))
+            if not outcome.moved:
+                raise
+            return _report(inp, mode, True, f"{mode} migration to {inp.destination.name} "
+                                            "(completed before the cancel took)")
+        outcome = await self._blocking(self.settle, inp, job)
+        if not outcome.moved:
+            err = call_error(job)
+            if err is not None:
+                raise self.failure(inp, err) from err
+            raise task_error(ErrorType.MIGRATION_FAILED, f"migration of {inp.name} to "
+                             f"{inp.destination.name}: {outcome.why}", host=inp.source.name,
+                             vm=inp.name)
         return _report(inp, mode, True, f"{mode} migration to {inp.destination.name}"
-                       + (" (resumed watching a running job)" if busy else ""))
+                       + (" (resumed watching a running job)" if resumed else ""))
+
+    def settle(self, inp: MigrateDomainInput, job: asyncio.Future[None] | None) -> JobOutcome:
+        """What an ended migration job did, from where the domain is now and the source's
+        stats of the ended job (blocking). ``job``: the call that ran it, if this migrator made
+        it (its error is the job's). A destination that cannot be asked does not matter when the
+        domain runs on the source. Errors: as typed by ``Hypervisors.call``."""
+        src, dst = inp.source, inp.destination
+        with self.hv.call("migrate", src.uri, src.name, inp.name) as conn:
+            dom = lookup(conn, inp.name)
+            on_source = None if dom is None else bool(dom.isActive())
+            completed = {} if dom is None else job_stats(
+                dom, libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+        try:
+            with self.hv.call("migrate", dst.uri, dst.name, inp.name) as conn:
+                dom = lookup(conn, inp.name)
+                on_destination = None if dom is None else bool(dom.isActive())
+        except ApplicationError as err:
+            if not on_source or err.type != ErrorType.HYPERVISOR_UNAVAILABLE:
+                raise
+            on_destination = None  # it runs on the source: not moved, whatever is there
+        failed = call_error(job)
+        return job_outcome(on_source, on_destination, completed,
+                           None if failed is None else failed.get_error_message() or str(failed))
+
+    def _start(self, inp: MigrateDomainInput, live: bool) -> asyncio.Future[None]:
+        """Start the migration call in a thread; kept in ``_jobs`` until it returns."""
+        flags, params = migration_flags(inp, live=live)
+        key = (inp.source.uri, inp.name)
+        job = asyncio.ensure_future(self._blocking(self._run_job, inp, params, flags))
+        self._jobs[key] = (inp.destination.name, job)
+
+        def ended(done: asyncio.Future[None]) -> None:
+            if self._jobs.get(key, ("", None))[1] is done:
+                del self._jobs[key]
+            err = None if done.cancelled() else done.exception()
+            log.info("migration job ended", vm=inp.name, destination=inp.destination.name,
+                     error=None if err is None else str(err))
+
+        job.add_done_callback(ended)
+        return job
+
+    def _job_of(self, inp: MigrateDomainInput) -> asyncio.Future[None] | None:
+        """The running call this migrator made for this move (same destination), if any."""
+        destination, job = self._jobs.get((inp.source.uri, inp.name), ("", None))
+        return job if destination == inp.destination.name else None
 
     def _run_job(self, inp: MigrateDomainInput, params: dict[str, Any], flags: int) -> None:
         """The migration call, on a connection of its own: it blocks until the job ends, and
@@ -237,7 +282,10 @@ class Migrator:
             conn.lookupByName(inp.name).migrateToURI3(inp.destination.uri, params, flags)
 
     async def _watch(self, inp: MigrateDomainInput, dom: libvirt.virDomain,
-                     job: asyncio.Future[Any] | None, on_progress: ProgressCallback) -> None:
+                     job: asyncio.Future[None] | None, on_progress: ProgressCallback) -> None:
+        """Until the job has ended (its call returned, or the domain reports no job), report its
+        progress; abort it when stalled or late (``MigrationStalled``/``MigrationTimedOut``,
+        unless it completed before the abort took)."""
         lim = inp.limits
         start = last_moved = time.monotonic()
         processed = -1
@@ -246,7 +294,6 @@ class Migrator:
             if job is not None:
                 await asyncio.wait([job], timeout=WATCH_SECONDS)
                 if job.done():
-                    job.result()  # raises the migration's own error
                     return
             else:
                 await asyncio.sleep(WATCH_SECONDS)
@@ -263,8 +310,8 @@ class Migrator:
             stalled = now - last_moved > lim.progress_timeout_seconds
             late = now - start > lim.completion_timeout_seconds
             if stalled or late:
-                await self._abort(dom, job)
-                if job is not None and job.done() and job.exception() is None:
+                await self._abort(dom, job, partial(on_progress, percent, "aborting"))
+                if (await self._blocking(self.settle, inp, job)).moved:
                     return  # it finished before the abort took: a completed migration
                 if stalled:
                     kind = ErrorType.MIGRATION_STALLED
@@ -276,13 +323,45 @@ class Migrator:
                                        f"{why} at {percent:.0f}%; aborted",
                                  host=inp.source.name, vm=inp.name)
 
-    async def _abort(self, dom: libvirt.virDomain, job: asyncio.Future[Any] | None) -> None:
+    async def _cancel(self, inp: MigrateDomainInput, dom: libvirt.virDomain,
+                      job: asyncio.Future[None] | None, on_progress: ProgressCallback
+                      ) -> JobOutcome:
+        """The task was cancelled: abort the job, and once it has ended, what it did. Where the
+        domain is, if the hypervisors cannot tell now, is left to the task's undo to find."""
+        await self._abort(dom, job, partial(on_progress, 0.0, "cancelled: aborting the job"))
         try:
-            await self._blocking(dom.abortJob)
-        except libvirt.libvirtError as err:  # the job ended by itself meanwhile
-            log.info("abortJob", error=str(err))
-        if job is not None:
-            await asyncio.wait([job], timeout=30)
+            return await self._blocking(self.settle, inp, job)
+        except (ApplicationError, libvirt.libvirtError) as err:
+            log.warning("cancelled migration: where the domain is is not known", vm=inp.name,
+                        error=str(err))
+            return JobOutcome(False, str(err))
+
+    async def _abort(self, dom: libvirt.virDomain, job: asyncio.Future[None] | None,
+                     beat: Beat) -> None:
+        """Abort the domain's migration job and wait until it has really ended: its call
+        returned (``job``), or the domain reports no job (or is gone from the source). The abort
+        is asked again every ABORT_AGAIN_SECONDS while the job runs; ``beat()`` every
+        WATCH_SECONDS meanwhile."""
+        loop = asyncio.get_running_loop()
+        asked = beaten = -math.inf
+        while True:
+            if loop.time() - asked >= ABORT_AGAIN_SECONDS:
+                asked = loop.time()
+                try:
+                    await self._blocking(dom.abortJob)
+                except libvirt.libvirtError as err:  # the job ended by itself meanwhile
+                    log.info("abortJob", error=str(err))
+            if job is not None:
+                await asyncio.wait([job], timeout=ABORT_POLL_SECONDS)
+                if job.done():
+                    return
+            elif not await self._blocking(job_running, dom):
+                return
+            else:
+                await asyncio.sleep(ABORT_POLL_SECONDS)
+            if loop.time() - beaten >= WATCH_SECONDS:
+                beaten = loop.time()
+                await beat()
 
     def failure(self, inp: MigrateDomainInput, err: libvirt.libvirtError) -> ApplicationError:
         """A libvirt error of a migration as a typed error: ``HypervisorUnavailable`` (and the

@@ -5,12 +5,19 @@ A cold move (``taskomatic.hypervisor.migration``) that was cut short can leave a
 a file on its source, and an inactive copy defined on its destination. ``locate`` with
 ``recover_on`` puts it back: restored from the file there, the stale copies undefined, so the
 domain runs exactly once.
+
+A host that cannot be asked (its libvirtd is down) does not stop ``locate``: a domain running on
+a host that answered runs nowhere else, so that answer stands, and the hosts not asked are named
+in it. Only when the domain runs on none of the hosts that answered — it may run on one that did
+not — is the answer unknown (``HypervisorUnavailable``, which a retry may mend).
 """
 
 from __future__ import annotations
 
 import libvirt
+from temporalio.exceptions import ApplicationError
 
+from taskomatic.errors import ErrorType, task_error
 from taskomatic.hypervisor.connections import Hypervisors, lookup, power_state
 from taskomatic.hypervisor.domain_xml import shape_of
 from taskomatic.hypervisor.migration import save_file
@@ -27,22 +34,40 @@ from taskomatic.models import (
 
 def locate(hv: Hypervisors, inp: LocateDomainInput, save_dir: str) -> DomainWhereabouts:
     """Which of ``inp.hosts`` has the domain ``inp.name``: the one it runs on, else the first it
-    is defined on (``host`` None if none has it), with its state and the other hosts that also
-    define it.
+    is defined on (``host`` None if none has it), with its state, the other hosts that also
+    define it and the hosts that could not be asked (``unreachable``).
 
     With ``inp.recover_on``: a domain defined there but running nowhere is restored from its
     save file (in ``inp.save_dir``, else ``save_dir``) if a cold move left one; once it runs
     there alone, inactive copies with its UUID on the other hosts are undefined. A domain of the
-    same name but another UUID is left alone. Errors: a failed connection call as typed by
-    ``Hypervisors.call``; a call on a domain object raises ``libvirt.libvirtError``.
+    same name but another UUID is left alone.
+
+    Errors: ``HypervisorUnavailable`` when a host could not be asked and the domain runs on none
+    of the others — defined nowhere they know of, or only inactive with a cold move's save file
+    left (it may run on the host not asked; restoring it could run it twice); any other failed
+    connection call as typed by ``Hypervisors.call``; a call on a domain object raises
+    ``libvirt.libvirtError``.
     """
     found: dict[str, libvirt.virDomain] = {}
+    unreachable: list[str] = []
     for host in inp.hosts:
-        with hv.call("locate", host.uri, host.name, inp.name) as conn:
-            dom = lookup(conn, inp.name)
-            if dom is not None:
-                found[host.name] = dom
+        try:
+            with hv.call("locate", host.uri, host.name, inp.name) as conn:
+                dom = lookup(conn, inp.name)
+        except ApplicationError as err:
+            if err.type != ErrorType.HYPERVISOR_UNAVAILABLE:
+                raise
+            unreachable.append(host.name)
+            continue
+        if dom is not None:
+            found[host.name] = dom
     active = [h for h, d in found.items() if d.isActive()]
+    if unreachable and not active and (not found or _saved(inp, found, save_dir)):
+        raise task_error(ErrorType.HYPERVISOR_UNAVAILABLE,
+                         f"where {inp.name} is: running on none of "
+                         f"{', '.join(h.name for h in inp.hosts if h.name not in unreachable)}"
+                         f"; could not ask {', '.join(unreachable)}", host=unreachable[0],
+                         vm=inp.name)
     if inp.recover_on and inp.recover_on in found and not active:
         _resume_saved(hv, inp, found[inp.recover_on], save_dir)
         active = [inp.recover_on]
@@ -52,6 +77,7 @@ def locate(hv: Hypervisors, inp: LocateDomainInput, save_dir: str) -> DomainWher
             if name != inp.recover_on and not dom.isActive() and dom.UUIDString() == uuid:
                 _undefine_stale(hv, inp, name, dom)
                 del found[name]
+    not_asked = f" (could not ask {', '.join(unreachable)})" if unreachable else ""
     where = active[0] if active else next(iter(found), None)
     if where is None:
         return DomainWhereabouts(name=inp.name, host=None, detail="on none of "
@@ -59,9 +85,15 @@ def locate(hv: Hypervisors, inp: LocateDomainInput, save_dir: str) -> DomainWher
     state = power_state(found[where])
     others = sorted(h for h in found if h != where)
     detail = f"{state} on {where}" + (f" (also defined on {', '.join(others)})"
-                                      if others else "")
+                                      if others else "") + not_asked
     return DomainWhereabouts(name=inp.name, host=where, state=state, also_defined_on=others,
-                             detail=detail)
+                             unreachable=unreachable, detail=detail)
+
+
+def _saved(inp: LocateDomainInput, found: dict[str, libvirt.virDomain], save_dir: str) -> bool:
+    """Whether the domain found (inactive) on ``inp.recover_on`` has a cold move's save file."""
+    dom = found.get(inp.recover_on or "")
+    return dom is not None and save_file(inp.save_dir or save_dir, dom.UUIDString()).exists()
 
 
 def _resume_saved(hv: Hypervisors, inp: LocateDomainInput, dom: libvirt.virDomain,
