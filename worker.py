@@ -3,26 +3,41 @@
 ``python worker.py`` and ``taskomatic worker`` both run it. Parallelism is bounded by settings:
 workflow tasks and activities each have a ceiling, and synchronous activities (libvirt, psycopg2)
 run in a fixed-size thread pool.
+
+Stopping (SIGTERM or SIGINT, e.g. a rolling deploy): the worker stops taking work at once and
+drains — the activities it runs (a live migration) may finish for up to
+``TASKOMATIC_WORKER_DRAIN_SECONDS`` (``Worker(graceful_shutdown_timeout=…)``); whatever still runs
+then is cancelled, and Temporal hands it to another worker. Waits of the ordering queue (a task
+waiting for another to end) hold nothing and may take days, so they end at once with a
+retryable ``WorkerStopping`` and are taken over by another worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
+from temporalio import activity
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import Worker
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+    Worker,
+)
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.disks import DiskActivities
 from activities.hosts import HostActivities
-from activities.migration import MigrationActivities
+from activities.migration import HEARTBEAT_THROTTLE, MigrationActivities
 from activities.ordering import OrderingActivities
 from activities.reconcile import HostReconcileActivities, QueueReconcileActivities
 from activities.storage import StorageActivities, StorageInventoryActivities
@@ -50,9 +65,9 @@ def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
                   ) -> Sequence[Any]:
     db = _database(settings)
     inventory = InventoryActivities(db)
-    domains = DomainActivities(hypervisors)
+    domains = DomainActivities(hypervisors, db)
     reconcile = HostReconcileActivities(db, hypervisors)
-    storage = [*StorageActivities(hypervisors).all(), *DiskActivities(db).all(),
+    storage = [*StorageActivities(hypervisors, db).all(), *DiskActivities(db).all(),
                *StorageInventoryActivities(db, settings.pool_roots).all()]
     hosts = HostActivities(db)
     moves = MigrationActivities(hypervisors, db, settings, client)
@@ -77,6 +92,11 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
         "workflows.migration"))
 
 
+def drain_time(settings: Settings) -> timedelta:
+    """How long a stopping worker lets its running activities finish."""
+    return timedelta(seconds=settings.worker_drain_seconds)
+
+
 def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
                  executor: ThreadPoolExecutor) -> Worker:
     return Worker(
@@ -88,7 +108,47 @@ def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
         activity_executor=executor,
         max_concurrent_activities=settings.max_concurrent_activities,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,  # a cancel is heard within ~1 s
+        graceful_shutdown_timeout=drain_time(settings),
     )
+
+
+class WaitsEndAtShutdown(Interceptor):
+    """Ends the activities named in ``waits`` as soon as their worker starts to stop, with a
+    retryable ``WorkerStopping`` (the workflow's retry policy hands the wait to another worker),
+    instead of holding the worker's drain: a wait does no work that could be cut off."""
+
+    def __init__(self, waits: set[str]) -> None:
+        self.waits = waits
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _EndAtShutdown(next, self.waits)
+
+
+class _EndAtShutdown(ActivityInboundInterceptor):
+    def __init__(self, next: ActivityInboundInterceptor, waits: set[str]) -> None:
+        super().__init__(next)
+        self.waits = waits
+
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        if activity.info().activity_type not in self.waits:
+            return await super().execute_activity(input)
+        wait = asyncio.ensure_future(super().execute_activity(input))
+        stopping = asyncio.ensure_future(activity.wait_for_worker_shutdown())
+        try:
+            await asyncio.wait([wait, stopping], return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the activity itself was cancelled: so is the wait
+            wait.cancel()
+            raise
+        finally:
+            stopping.cancel()
+        if wait.done():
+            return wait.result()
+        wait.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await wait
+        raise ApplicationError("the worker is stopping; another worker takes this wait over",
+                               type="WorkerStopping")
 
 
 def build_ordering_worker(client: Client, settings: Settings) -> Worker:
@@ -104,11 +164,14 @@ def build_ordering_worker(client: Client, settings: Settings) -> Worker:
                     ordering.await_task_end, reconcile.drop_stale_claims,
                     reconcile.release_stale_reservations],
         max_concurrent_activities=settings.max_waiting_tasks,
+        graceful_shutdown_timeout=drain_time(settings),
+        interceptors=[WaitsEndAtShutdown({OrderingActivities.await_task_end.__name__})],
     )
 
 
 async def run_worker(settings: Settings | None = None) -> None:
-    """Run until SIGINT/SIGTERM, then drain in-flight activities and stop."""
+    """Run until SIGINT/SIGTERM, then drain: no new work, running activities may finish for up
+    to ``settings.worker_drain_seconds`` (both workers at once), then stop."""
     settings = settings or get_settings()
     client = await connect_temporal(settings)
     await ensure_search_attributes(client, settings.temporal_namespace)
@@ -123,10 +186,14 @@ async def run_worker(settings: Settings | None = None) -> None:
         worker = build_worker(client, settings, hypervisors, executor)
         watcher = build_ordering_worker(client, settings)
         log.info("worker started", task_queue=settings.task_queue,
-                 temporal=settings.temporal_address, namespace=settings.temporal_namespace)
+                 temporal=settings.temporal_address, namespace=settings.temporal_namespace,
+                 drain_seconds=settings.worker_drain_seconds)
         async with worker, watcher:
             await stop.wait()
-            log.info("worker stopping")
+            log.info("worker stopping: no new work; running activities may finish",
+                     drain_seconds=settings.worker_drain_seconds)
+            await asyncio.gather(worker.shutdown(), watcher.shutdown())
+        log.info("worker stopped")
     hypervisors.close()
 
 

@@ -22,32 +22,36 @@ from __future__ import annotations
 import asyncio
 import getpass
 import os
-import uuid
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
+from pydantic import AfterValidator
 from temporalio.client import Client
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from starter.batch import BatchItem, plan_batch
-from starter.errors import RequestError, refusals, request_error, validated
+from starter.errors import RequestError, refusals, request_error, validated, within
 from starter.hosts import HostReads
 from starter.storage import StorageReads
 from starter.tasks import STATE_QUERIES, TaskError, TaskHandle, TaskStatus, status_of
 from taskomatic import inventory
 from taskomatic.errors import error_info
 from taskomatic.hypervisor import Hypervisors
+from taskomatic.hypervisor.identity import probe_identity
 from taskomatic.inventory import ordering
 from taskomatic.inventory.db import Database, get_database
 from taskomatic.models import (
     HostRecord,
     HostSpec,
+    Model,
     TaskRequest,
     TaskState,
     VmRecord,
     capacity_of,
+    check_root_task_id,
+    new_task_id,
 )
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import (
@@ -108,10 +112,13 @@ class TaskomaticClient(HostReads, StorageReads):
         return await asyncio.to_thread(inventory.list_vms, self.db, host)
 
     async def add_host(self, spec: HostSpec, probe: bool = True) -> tuple[HostRecord, bool]:
-        """Register a hypervisor; with ``probe``, first check that its URI answers."""
-        if probe:
-            await asyncio.to_thread(_probe_uri, spec)
-        added: tuple[HostRecord, bool] = await self._inventory(inventory.add_host, self.db, spec)
+        """Register a hypervisor; with ``probe``, first check that its URI answers and read its
+        identity (host UUID), so that one hypervisor cannot be registered twice under another
+        name or URI (``RequestError`` on ``uri`` naming the existing host). Without ``probe``
+        only the URI's spellings are compared."""
+        identity = await asyncio.to_thread(_probe_uri, spec) if probe else None
+        added: tuple[HostRecord, bool] = await self._inventory(inventory.add_host, self.db, spec,
+                                                               identity)
         return added
 
     # --- tasks -----------------------------------------------------------------------------
@@ -148,10 +155,13 @@ class TaskomaticClient(HostReads, StorageReads):
         (key, handle) in submission order. Nothing is submitted unless the whole batch is valid;
         if submitting fails half-way, the tasks already submitted are cancelled."""
         plan = plan_batch(items, KINDS)
+        listed = {item.key: i for i, item in enumerate(items)}
         ready = []
         for task in plan:
-            req = task.request if task.in_batch_after else await self.checked(task.kind,
-                                                                               task.request)
+            req = task.request
+            if not task.in_batch_after:
+                with within(f"items[{listed[task.key]}].request"):
+                    req = await self.checked(task.kind, task.request)
             outside = [t for t in req.after if t not in {p.task_id for p in plan}]
             if outside:
                 await self._check_prerequisites(task.task_id, outside)
@@ -174,7 +184,10 @@ class TaskomaticClient(HostReads, StorageReads):
         req = req.model_copy(update={"requested_by": req.requested_by or self.requested_by})
         resources = sorted(set(req.resources()))
         subject = next((r.split(":", 1)[1] for r in resources), "")
-        task_id = task_id or "-".join(p for p in (spec.slug, subject, uuid.uuid4().hex[:8]) if p)
+        if task_id is None:
+            task_id = new_task_id(spec.slug, subject)
+        else:
+            validated(_ChosenTaskId, task_id=task_id)
         if req.after:
             await self._check_prerequisites(task_id, req.after)
         in_line = bool(resources) and req.ordered and not req.after
@@ -236,12 +249,7 @@ class TaskomaticClient(HostReads, StorageReads):
 
     async def cancel(self, task_id: str) -> None:
         """Cancel a task: it undoes what it did, releases what it held, and ends cancelled."""
-        try:
-            await self.temporal.get_workflow_handle(task_id).cancel()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise RequestError("id", f"no task {task_id!r}") from None
-            raise
+        await self.task(task_id).cancel()
 
     async def tasks(self, *, kind: str | None = None, vm: str | None = None,
                     host: str | None = None, pool: str | None = None,
@@ -308,15 +316,22 @@ def _result_type(kind: str) -> type[Any] | None:
     return KINDS[kind].result_type if kind in KINDS else None
 
 
+class _ChosenTaskId(Model):
+    """A task id a caller chooses: a ``TaskId`` with room for its children's ids."""
+
+    task_id: Annotated[str, AfterValidator(check_root_task_id)]
+
+
 def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def _probe_uri(spec: HostSpec) -> None:
+def _probe_uri(spec: HostSpec) -> str | None:
+    """Connect to ``spec.uri`` and return its hypervisor's identity; ``RequestError`` on
+    ``uri`` if it does not answer."""
     hv = Hypervisors()
     try:
-        with hv.call("connect to", spec.uri, spec.name):
-            pass
+        return probe_identity(hv, spec.uri, spec.name)
     except ApplicationError as err:
         raise RequestError("uri", f"cannot reach {spec.uri}: {error_info(err).message}") from None
     finally:

@@ -49,6 +49,16 @@ def validated(model: type[Model], **fields: Any) -> Any:
 
 
 @contextmanager
+def within(prefix: str) -> Iterator[None]:
+    """Put ``prefix`` before the field of a ``RequestError`` raised inside: a refusal of a
+    batch item's request names the item (``items[2].request`` + ``name``)."""
+    try:
+        yield
+    except RequestError as err:
+        raise RequestError(".".join(filter(None, [prefix, err.field])), err.reason) from None
+
+
+@contextmanager
 def refusals() -> Iterator[None]:
     """Turn a permanent refusal of the inventory layer (a typed ``ApplicationError``, see
     ``taskomatic.errors``) into a ``RequestError`` naming its field; a retryable one (the

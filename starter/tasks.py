@@ -9,9 +9,9 @@ therefore one visibility query, with no call to each task.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from temporalio.client import (
@@ -22,8 +22,9 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
+from starter.errors import RequestError
 from taskomatic.errors import error_info
 from taskomatic.models import (
     Model,
@@ -40,6 +41,8 @@ from taskomatic.temporal import (
     TASK_STATE,
     TASK_VM,
 )
+
+T = TypeVar("T")
 
 _CLOSED: dict[WorkflowExecutionStatus, TaskState] = {
     WorkflowExecutionStatus.COMPLETED: "complete",
@@ -163,7 +166,10 @@ class TaskHandle:
         return waiter.result()
 
     async def describe(self) -> TaskStatus:
-        desc: WorkflowExecutionDescription = await self._handle.describe()
+        """The task's state, what it waits on, its steps and its result or error;
+        ``RequestError`` (field ``id``) if there is no such task."""
+        desc: WorkflowExecutionDescription = await no_such_task_is_refused(
+            self.id, self._handle.describe())
         status = status_of(desc, await desc.memo())
         self.kind = self.kind or status.kind
         status.progress = await self.progress()
@@ -184,9 +190,23 @@ class TaskHandle:
         return status
 
     async def cancel(self) -> None:
-        """Ask the task to stop: it undoes what it did and releases what it held."""
-        await self._handle.cancel()
+        """Ask the task to stop: it undoes what it did and releases what it held;
+        ``RequestError`` (field ``id``) if there is no such task."""
+        await no_such_task_is_refused(self.id, self._handle.cancel())
+
+
+async def no_such_task_is_refused(task_id: str, call: Awaitable[T]) -> T:
+    """Await ``call`` (a Temporal call about the task ``task_id``); Temporal's "not found" (or
+    an id it cannot take, such as an empty one) becomes ``RequestError`` naming ``id``."""
+    try:
+        return await call
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise RequestError("id", f"no task {task_id!r}") from None
+        if err.status == RPCStatusCode.INVALID_ARGUMENT:
+            raise RequestError("id", f"not a task id: {err.message} (got {task_id!r})") from None
+        raise
 
 
 __all__ = ["STATE_QUERIES", "TaskError", "TaskHandle", "TaskStatus", "VmTaskResult", "failure_of",
-           "status_of"]
+           "no_such_task_is_refused", "status_of"]

@@ -6,12 +6,12 @@ the same directory picks them up, so a second shell drives the same stack.
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+import psycopg2.extensions
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -41,6 +41,10 @@ class Settings(BaseSettings):
     max_concurrent_activities: int = Field(64, ge=1, le=10_000)
     max_concurrent_workflow_tasks: int = Field(64, ge=1, le=10_000)
     activity_threads: int = Field(64, ge=1, le=1_000)
+    # A worker told to stop (SIGTERM/SIGINT, a rolling deploy) takes no new work and lets the
+    # activities it runs (a live migration) finish for up to this long before it cancels them.
+    worker_drain_seconds: float = Field(60.0, ge=0, le=86_400,
+                                        description="drain time of a stopping worker")
 
     # Task behaviour.
     stop_timeout_seconds: float = Field(60.0, gt=0, le=3600)
@@ -107,17 +111,30 @@ class Settings(BaseSettings):
 
 
 def libpq_url_with(url: str, params: dict[str, str]) -> str:
-    """``url`` (a postgresql:// URL or a key=value string) with ``params`` added where absent."""
+    """``url`` (a postgresql:// URL or a key=value string) with ``params`` added where absent.
+
+    What the DSN already sets is decided by libpq's own parser (``parse_dsn``), so a quoted value
+    that mentions a parameter (``password='x sslmode=disable'``) sets nothing but itself. A URL
+    stays a URL (the parameters join its query string); a key=value string is rewritten by libpq's
+    ``make_dsn``. Raises ValueError naming ``TASKOMATIC_DATABASE_URL`` if libpq cannot parse it
+    and there is something to add (else it is left for libpq to refuse when connecting).
+    """
+    if not params:
+        return url
+    try:
+        present = psycopg2.extensions.parse_dsn(url)
+    except psycopg2.ProgrammingError as err:
+        raise ValueError(f"TASKOMATIC_DATABASE_URL is not a libpq URL or key=value string: "
+                         f"{str(err).strip()}") from None
+    added = {k: v for k, v in params.items() if k not in present}
+    if not added:
+        return url
     if "://" in url:
         parts = urlsplit(url)
-        query = dict(parse_qsl(parts.query, keep_blank_values=True))
-        added = {k: v for k, v in params.items() if k not in query}
-        if not added:
-            return url
-        return urlunsplit(parts._replace(query=urlencode({**query, **added}, quote_via=quote)))
-    present = {m.group(1) for m in re.finditer(r"(\w+)\s*=", url)}
-    added_kv = [f"{k}='{_libpq_quote(v)}'" for k, v in params.items() if k not in present]
-    return " ".join([url, *added_kv]) if added_kv else url
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        return urlunsplit(parts._replace(query=urlencode([*query, *added.items()],
+                                                         quote_via=quote)))
+    return str(psycopg2.extensions.make_dsn(url, **added))
 
 
 def split_address(address: str, variable: str) -> tuple[str, int]:
@@ -130,10 +147,6 @@ def split_address(address: str, variable: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"{variable} must be host:port (got {address!r})")
     return host, int(port)
-
-
-def _libpq_quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 @lru_cache(maxsize=1)

@@ -70,3 +70,24 @@ def check_migration_uri(value: str) -> str:
     if any(ch in value for ch in "<>\"'\n\r\t "):
         raise ValueError(f"must not contain spaces, quotes or angle brackets (got {value!r})")
     return value
+
+
+def canonical_uri(value: str) -> str:
+    """``value`` (a URI ``check_uri`` accepts) in one spelling: scheme and host name in lower
+    case, the path and the path parameters (``socket``, ``pkipath``, …) without empty or ``.``
+    segments (``/./`` and ``//`` as ``/``; ``..`` is kept, a symlink may make it mean another
+    place) and the parameters in order. Two URIs with one canonical form reach one hypervisor;
+    the converse needs the hypervisor's own identity (``taskomatic.hypervisor.identity``)."""
+    parts = urlsplit(value)
+    params = sorted((key, _clean_path(param) if key in _PATHS else param)
+                    for key, param in parse_qsl(parts.query, keep_blank_values=True))
+    query = "&".join(f"{key}={param}" for key, param in params)
+    return parts._replace(scheme=parts.scheme.lower(), netloc=parts.netloc.lower(),
+                          path=_clean_path(parts.path), query=query).geturl()
+
+
+def _clean_path(path: str) -> str:
+    if not path:
+        return path
+    kept = [seg for seg in path.split("/") if seg not in ("", ".")]
+    return ("/" if path.startswith("/") else "") + "/".join(kept)

@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.migration import HEARTBEAT_THROTTLE
 from starter.client import TaskomaticClient
 from taskomatic import inventory
 from taskomatic.errors import ErrorInfo, error_info
@@ -142,6 +143,7 @@ async def faulty_client(temporal_env: WorkflowEnvironment, settings: Settings,
     with ThreadPoolExecutor(max_workers=8) as executor:
         async with Worker(temporal_env.client, task_queue=queue.task_queue,
                           workflows=TASK_WORKFLOWS, workflow_runner=WORKFLOW_RUNNER,
-                          activities=[*acts, replaced], activity_executor=executor), \
+                          activities=[*acts, replaced], activity_executor=executor,
+                          max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE), \
                 build_ordering_worker(temporal_env.client, queue):
             yield TaskomaticClient(temporal_env.client, queue, db)

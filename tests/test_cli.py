@@ -165,6 +165,9 @@ def test_refused_requests_exit_2_naming_the_field(shell: Shell) -> None:
         (["vm", "migrate", "ghost", "--to", "bad name"], "to"),
         (["host", "clear", "nope"], "host"),
         (["host", "restore", "nope", "--wait"], "host"),
+        (["tasks", "show", "no-such-task"], "id"),
+        (["tasks", "cancel", "no-such-task"], "id"),
+        (["vm", "list", "--host", "nope"], "host"),
     ]
     for args, field in cases:
         done = shell.run(*args)
@@ -173,6 +176,8 @@ def test_refused_requests_exit_2_naming_the_field(shell: Shell) -> None:
         assert "Traceback" not in done.stderr
     assert shell.json("vm", "list") == []
     assert len(shell.json("host", "list")) == 2
+    shown = shell.run("tasks", "show", "no-such-task")
+    assert "error: id: no task 'no-such-task'" in " ".join(shown.stderr.split()), shown.stderr
 
 
 def test_a_failed_task_exits_1_with_the_structured_error(shell: Shell) -> None:

@@ -4,8 +4,7 @@ injected into a domain definition, never a half-made resource."""
 
 from __future__ import annotations
 
-import contextlib
-import io
+import json
 import re
 import uuid
 import xml.etree.ElementTree as ET
@@ -13,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import cli_on_stack, named_field, run_cli, run_cli_async
 from helpers import force_host_state
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import Lab
 from starter.cli import common
-from starter.cli import main as cli
 from starter.client import RequestError, TaskError, TaskomaticClient, validated
 from taskomatic import inventory
 from taskomatic.hypervisor import Hypervisors
@@ -155,18 +154,6 @@ VERBS: dict[str, st.SearchStrategy[list[str]]] = {
 }
 
 
-def _run_cli(argv: list[str]) -> tuple[int, str]:
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        try:
-            cli.main(argv)
-        except SystemExit as exit_:
-            code = exit_.code if isinstance(exit_.code, int) else 1
-        else:
-            code = 0
-    return code, " ".join(err.getvalue().split())
-
-
 @pytest.fixture
 def cli_without_stack(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setattr(common, "connect", _no_stack)
@@ -182,7 +169,7 @@ def test_cli_verbs_refuse_clearly_or_reach_submission(cli_without_stack: Any, ve
                                                       data: st.DataObject) -> None:
     parts = data.draw(VERBS[verb])
     argv = [*verb.split(), *[arg for part in parts for arg in part]]
-    code, stderr = _run_cli(argv)
+    code, stderr = run_cli(argv)
     assert "Traceback" not in stderr, (argv, stderr)
     if code == 3:  # passed parsing and validation: it would have been submitted now
         assert "stopped before submission" in stderr, (argv, stderr)
@@ -227,3 +214,136 @@ async def test_creates_of_any_size_succeed_or_leave_nothing(
         cur.execute("SELECT count(*) AS n FROM reservations WHERE vm_name = %s", (name,))
         assert cur.fetchone() == {"n": 0}
     force_host_state(db, host.name, HostState.DOWN)
+
+
+# --- against the real stack: unknown and malformed ids, names and files ----------------------
+
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
+HEX = st.text("0123456789abcdef", min_size=8, max_size=8)
+UNKNOWN_NAME = HEX.map(lambda h: f"ghost-{h}")
+BAD_NAME = st.one_of(
+    st.sampled_from(["a b", "x/y", "..", "ü", "a<b", "", "a'b", "x" * 64, "vm\n", ".hidden",
+                     "_x", "a;b", "$(id)"]),
+    ARG_TEXT.filter(lambda t: not _NAME_RE.fullmatch(t)))
+NAME_ARG = st.one_of(UNKNOWN_NAME, BAD_NAME)
+TASK_ID_ARG = st.one_of(HEX.map(lambda h: f"vm-stop-ghost-{h}"), BAD_NAME,
+                        st.sampled_from(["no-such-task", "x" * 201, "a:b/c"]))
+VOLUME_ARG = st.one_of(
+    st.tuples(NAME_ARG, st.sampled_from(["d.qcow2", "a..b", "..", "", "x/y", "ü"])).map("/".join),
+    st.sampled_from(["p", "/x", "p/", "a b/c", "//", "p//v"]))
+FRESH = HEX.map(lambda h: f"fresh-{h}")  # a well-formed name nothing has
+NEW_VM = ["--vcpus", "1", "--memory-mib", "64"]
+_FILE_TEXTS = ["", "{", "[]", "{}", "null", '{"tasks": 3}', "\x00\x01", '[{"key": "a b", '
+               '"kind": "StopVm"}]', '[{"key": "a", "kind": "Nope"}]', '[{"key": "a"}]',
+               '[{"key": "a", "kind": "StopVm", "request": {"name": "ghost-00000000"}}]',
+               '[{"key": "a", "kind": "StopVm", "request": {"name": "a b"}}]',
+               '[{"key": "a", "kind": "StopVm", "request": {"name": "x"}, "after": ["a"]}]',
+               '[{"key": "a", "kind": "StopVm", "request": {"name": "x"}, "after": ["no-task"]}]']
+FILE_CONTENT = st.one_of(st.sampled_from(_FILE_TEXTS), st.binary(max_size=40),
+                         ARG_TEXT.map(lambda t: t.encode()))
+
+# verb → (its arguments, the fields a refusal may name). ``{}`` in the arguments is the drawn
+# value; every case must be refused (exit 2) naming one of the fields, never a traceback.
+CASES: dict[str, tuple[list[str], st.SearchStrategy[str], set[str]]] = {
+    "vm start": (["vm", "start", "{}"], NAME_ARG, {"name"}),
+    "vm stop": (["vm", "stop", "{}", "--force"], NAME_ARG, {"name"}),
+    "vm destroy": (["vm", "destroy", "{}"], NAME_ARG, {"name"}),
+    "vm migrate": (["vm", "migrate", "{}"], NAME_ARG, {"name"}),
+    "vm migrate --to": (["vm", "migrate", "{}", "--to", "{}"], NAME_ARG, {"name", "to"}),
+    "vm create --host": (["vm", "create", "<fresh>", *NEW_VM, "--host", "{}"], NAME_ARG,
+                         {"host"}),
+    "vm create --disk": (["vm", "create", "<fresh>", *NEW_VM, "--disk", "{}"], VOLUME_ARG,
+                         {"disks.0.volume"}),
+    "vm create --pool": (["vm", "create", "<fresh>", *NEW_VM, "--disk-size", "1GiB", "--pool",
+                          "{}"], NAME_ARG, {"disks.0.pool"}),
+    **{f"{verb} --after": ([*verb.split(), *args, "--after", "{}"], TASK_ID_ARG,
+                           {"after", "after.0"})
+       for verb, args in (("vm start", ["<fresh>"]), ("vm stop", ["<fresh>"]),
+                          ("vm destroy", ["<fresh>"]), ("vm migrate", ["<fresh>"]),
+                          ("vm create", ["<fresh>", *NEW_VM]), ("host clear", ["<fresh>"]),
+                          ("host activate", ["<fresh>"]), ("host restore", ["<fresh>"]),
+                          ("pool create", ["<fresh>", "--host", "<fresh>", "--path",
+                                           "/var/lib/taskomatic/pools/x"]),
+                          ("pool destroy", ["<fresh>"]), ("pool refresh", ["<fresh>"]),
+                          ("pool autostart", ["<fresh>", "off"]),
+                          ("volume create", ["<fresh>/v.qcow2", "--size", "1GiB"]),
+                          ("volume delete", ["<fresh>/v.qcow2"]),
+                          ("volume resize", ["<fresh>/v.qcow2", "--size", "2GiB"]))},
+    "vm list --host": (["vm", "list", "--host", "{}"], NAME_ARG, {"host"}),
+    "host clear": (["host", "clear", "{}"], NAME_ARG, {"host"}),
+    "host activate": (["host", "activate", "{}"], NAME_ARG, {"host"}),
+    "host restore": (["host", "restore", "{}"], NAME_ARG, {"host"}),
+    "host add": (["host", "add", "{}", "--uri", "test:///default"], BAD_NAME, {"name"}),
+    "host add --uri": (["host", "add", "<fresh>", "--uri", "test:///nonexistent/{}.xml"],
+                       NAME_ARG, {"uri"}),
+    "pool create --host": (["pool", "create", "<fresh>", "--host", "{}", "--path",
+                            "/var/lib/taskomatic/pools/x"], NAME_ARG, {"host"}),
+    "pool destroy": (["pool", "destroy", "{}"], NAME_ARG, {"name"}),
+    "pool refresh": (["pool", "refresh", "{}"], NAME_ARG, {"name"}),
+    "pool autostart": (["pool", "autostart", "{}", "on"], NAME_ARG, {"name"}),
+    "pool list --host": (["pool", "list", "--host", "{}"], NAME_ARG, {"host"}),
+    "volume create": (["volume", "create", "{}", "--size", "1GiB"], VOLUME_ARG,
+                      {"volume", "pool", "name"}),
+    "volume create --clone-from": (["volume", "create", "<fresh>/v.qcow2", "--size", "1GiB",
+                                    "--clone-from", "{}"], NAME_ARG, {"pool", "clone_from"}),
+    "volume delete": (["volume", "delete", "{}"], VOLUME_ARG, {"volume", "pool", "name"}),
+    "volume resize": (["volume", "resize", "{}", "--size", "2GiB"], VOLUME_ARG,
+                      {"volume", "pool", "name"}),
+    "volume list --pool": (["volume", "list", "--pool", "{}"], NAME_ARG, {"pool"}),
+    "tasks show": (["tasks", "show", "{}"], TASK_ID_ARG, {"id"}),
+    "tasks cancel": (["tasks", "cancel", "{}"], TASK_ID_ARG, {"id"}),
+    "tasks list --vm": (["tasks", "list", "--vm", "{}"], BAD_NAME, {"vm"}),
+    "tasks list --host": (["tasks", "list", "--host", "{}"], BAD_NAME, {"host"}),
+    "tasks list --pool": (["tasks", "list", "--pool", "{}"], BAD_NAME, {"pool"}),
+    "tasks list --kind": (["tasks", "list", "--kind", "{}"], NAME_ARG, {"kind"}),
+    "tasks watch --vm": (["tasks", "watch", "--times", "1", "--vm", "{}"], BAD_NAME, {"vm"}),
+    "reconcile now --after": (["reconcile", "now", "--after", "{}"], TASK_ID_ARG,
+                              {"after", "after.0"}),
+    "batch --after": (["batch", "<file>", "--after", "{}"], TASK_ID_ARG, {"after", "after.0"}),
+}
+
+
+def _argv(template: list[str], value: str, fresh: str, file: Path) -> list[str]:
+    return [part.replace("{}", value).replace("<fresh>", fresh).replace("<file>", str(file))
+            for part in template]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+async def test_every_verb_refuses_unknown_and_malformed_values_naming_the_field(
+        monkeypatch: pytest.MonkeyPatch, temporal_env: Any, settings: Any, worker: Any,
+        tmp_path: Path, case: str, data: st.DataObject) -> None:
+    template, values, fields = CASES[case]
+    value = data.draw(values, label="value")
+    good_batch = tmp_path / "good.json"
+    good_batch.write_text(json.dumps([{"key": "a", "kind": "Reconcile"}]))
+    argv = _argv(template, value, data.draw(FRESH), good_batch)
+    with cli_on_stack(monkeypatch, temporal_env, settings, worker):
+        code, stderr = await run_cli_async(argv)
+    assert "Traceback" not in stderr, (argv, stderr)
+    assert code == 2, (argv, code, stderr)
+    assert named_field(stderr) in fields or "usage: taskomatic" in stderr, (argv, stderr)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(content=st.one_of(st.none(), FILE_CONTENT), as_dir=st.booleans())
+async def test_batch_refuses_unreadable_and_malformed_files_naming_the_field(
+        monkeypatch: pytest.MonkeyPatch, temporal_env: Any, settings: Any, worker: Any,
+        tmp_path: Path, content: bytes | str | None, as_dir: bool) -> None:
+    """A missing file, a directory, bytes that are not UTF-8 or not JSON, JSON of the wrong
+    shape, bad items: exit 2 naming ``file``, ``tasks``, the item's field, or ``after`` for a
+    prerequisite outside the batch that does not exist."""
+    path = tmp_path / f"batch-{uuid.uuid4().hex[:6]}.json"
+    if as_dir:
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+    with cli_on_stack(monkeypatch, temporal_env, settings, worker):
+        code, stderr = await run_cli_async(["batch", str(path)])
+    assert "Traceback" not in stderr, (content, stderr)
+    assert code == 2, (content, code, stderr)
+    field = named_field(stderr) or ""
+    assert field in ("file", "tasks", "after") or field.startswith("tasks["), (content, stderr)

@@ -16,10 +16,12 @@ import getpass
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 
-from starter import TaskError, TaskHandle, TaskomaticClient
+from starter import RequestError, TaskError, TaskHandle, TaskomaticClient
 from starter.cli import render
+from taskomatic.models import Name, TaskId
 from taskomatic.settings import get_settings
 
 console = Console()
@@ -44,6 +46,46 @@ async def connect() -> TaskomaticClient:
             f"{err}; is `taskomatic dev` "
             "or a worker stack running? (settings: TASKOMATIC_TEMPORAL_ADDRESS or .taskomatic/env)"
         ) from None
+
+
+_NAME: TypeAdapter[str] = TypeAdapter(Name)
+_TASK_ID: TypeAdapter[str] = TypeAdapter(TaskId)
+
+
+def checked_name(field: str, value: str | None) -> str | None:
+    """``value`` (a VM, host or pool name given on the command line) if it is None or well
+    formed; ``RequestError`` naming ``field`` otherwise."""
+    return _checked(_NAME, field, value)
+
+
+def checked_task_id(field: str, value: str) -> str:
+    """``value`` if it is a well-formed task id; ``RequestError`` naming ``field`` otherwise."""
+    checked = _checked(_TASK_ID, field, value)
+    assert checked is not None
+    return checked
+
+
+def _checked(adapter: TypeAdapter[str], field: str, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return adapter.validate_python(value)
+    except ValidationError as err:
+        raise RequestError(field, err.errors()[0]["msg"].removeprefix("Value error, ")
+                           ) from None
+
+
+async def existing(client: TaskomaticClient, field: str, kind: str, name: str | None
+                   ) -> str | None:
+    """``name`` if it is None or names a ``kind`` ("host" or "pool") of the inventory: a list
+    filtered by a typo would look like an empty inventory. ``RequestError`` naming ``field``."""
+    if checked_name(field, name) is None:
+        return None
+    known = ({h.name for h in await client.hosts()} if kind == "host"
+             else {p.name for p in await client.pools()})
+    if name not in known:
+        raise RequestError(field, f"no {kind} named {name!r}")
+    return name
 
 
 def who(args: argparse.Namespace) -> str:

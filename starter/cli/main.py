@@ -11,6 +11,8 @@ import asyncio
 import os
 import sys
 
+from pydantic import ValidationError
+
 from starter import RequestError
 from starter.cli import hosts, lab, operations, reconcile, storage, tasks, vms
 from starter.cli.common import ServiceUnavailable, errors
@@ -43,7 +45,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except ValidationError as err:  # a TASKOMATIC_* variable (or .taskomatic/env) is unusable
+        errors.print(f"[red]error:[/] {settings_problem(err)}", highlight=False)
+        sys.exit(3)
     # The CLI reports problems itself; its own log lines would only repeat them.
     configure_logging(settings.log_format, "error")
     code = run(args)
@@ -54,6 +60,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.flush()
         os._exit(code)
     sys.exit(code)
+
+
+def settings_problem(err: ValidationError) -> str:
+    """The first problem of the settings, naming its ``TASKOMATIC_*`` variable."""
+    first = err.errors()[0]
+    message = first["msg"].removeprefix("Value error, ")
+    if not first["loc"]:  # a check across settings names its variable itself
+        return message
+    return f"TASKOMATIC_{'_'.join(str(p) for p in first['loc']).upper()}: {message}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -67,7 +67,8 @@ async def pool_autostart(args: argparse.Namespace) -> int:
 
 
 async def pool_list(args: argparse.Namespace) -> int:
-    pools = await (await common.connect()).pools(host=args.host)
+    client = await common.connect()
+    pools = await client.pools(host=await common.existing(client, "host", "host", args.host))
     render.print_json(pools) if args.json else console.print(pools_table(pools))
     return 0
 
@@ -96,7 +97,9 @@ async def volume_resize(args: argparse.Namespace) -> int:
 
 
 async def volume_list(args: argparse.Namespace) -> int:
-    volumes = await (await common.connect()).volumes(pool=args.pool)
+    client = await common.connect()
+    volumes = await client.volumes(pool=await common.existing(client, "pool", "pool",
+                                                              args.pool))
     render.print_json(volumes) if args.json else console.print(volumes_table(volumes))
     return 0
 

@@ -5,8 +5,9 @@
     taskomatic batch FILE|-
 
 A batch file is JSON: a list of tasks, or ``{"tasks": [...]}``, each ``{"key", "kind",
-"request", "after"}`` (see ``starter.batch.BatchItem``). With ``--wait`` the exit status is 1 if
-any task of the batch failed.
+"request", "after"}`` (see ``starter.batch.BatchItem``), at most ``MAX_BATCH_TASKS`` of them.
+With ``--wait`` the exit status is 1 if any task of the batch failed. A task id that is malformed
+or unknown (``show``, ``cancel``, ``--after``) is refused naming ``id`` (``after``): exit 2.
 """
 
 from __future__ import annotations
@@ -21,33 +22,39 @@ from typing import Any
 from pydantic import ValidationError
 
 from starter import RequestError, TaskError
-from starter.batch import BatchItem
+from starter.batch import MAX_BATCH_TASKS, BatchItem
 from starter.cli import common, render
 from starter.cli.common import console, errors, noun, verb, who
 from starter.errors import request_error
 from taskomatic.models import TASK_STATES
+from workflows.kinds import KINDS
 
 
 async def tasks_list(args: argparse.Namespace) -> int:
-    tasks = await (await common.connect()).tasks(kind=args.kind, vm=args.vm, host=args.host,
-                                                 pool=args.pool, state=args.state,
-                                                 limit=args.limit)
+    filters = _filters(args)
+    tasks = await (await common.connect()).tasks(**filters)
     render.print_json(tasks) if args.json else console.print(render.tasks_table(tasks))
     return 0
 
 
 async def tasks_show(args: argparse.Namespace) -> int:
-    status = await (await common.connect()).task(args.id).describe()
+    task_id = common.checked_task_id("id", args.id)
+    status = await (await common.connect()).task(task_id).describe()
     render.print_json(status) if args.json else console.print(render.task_view(status))
     return 0
 
 
 async def tasks_watch(args: argparse.Namespace) -> int:
+    filters = _filters(args)
+    if not 0 < args.every < 3600:  # also refuses nan
+        raise RequestError("every", f"must be more than 0 and less than 3600 seconds (got "
+                                    f"{args.every})")
+    if args.times is not None:
+        _at_least_one("times", args.times)
     client = await common.connect()
 
     async def snapshot() -> Any:
-        tasks = await client.tasks(kind=args.kind, vm=args.vm, host=args.host, pool=args.pool,
-                                   state=args.state, limit=args.limit)
+        tasks = await client.tasks(**filters)
         return render.queue_view(tasks)
 
     await render.live(snapshot, console, every_seconds=args.every, times=args.times)
@@ -55,8 +62,9 @@ async def tasks_watch(args: argparse.Namespace) -> int:
 
 
 async def tasks_cancel(args: argparse.Namespace) -> int:
+    task_id = common.checked_task_id("id", args.id)
     client = await common.connect()
-    await client.cancel(args.id)
+    await client.cancel(task_id)
     if args.json:
         render.print_json({"id": args.id, "cancel_requested": True})
     else:
@@ -66,11 +74,18 @@ async def tasks_cancel(args: argparse.Namespace) -> int:
 
 
 async def batch(args: argparse.Namespace) -> int:
-    items = _batch_items(sys.stdin.read() if args.file == "-" else _read(args.file))
+    after = [common.checked_task_id("after", task_id) for task_id in args.after]
+    items = _batch_items(_read(args.file))
     for item in items:  # --after: the whole batch waits; --requested-by: every task's author
-        item.after = [*item.after, *args.after]
+        item.after = [*item.after, *after]
         item.request.setdefault("requested_by", who(args))
-    submitted = await (await common.connect()).submit_batch(items)
+    client = await common.connect()
+    try:
+        submitted = await client.submit_batch(items)
+    except RequestError as err:  # the library names items[i]; the file has tasks[i]
+        if err.field and err.field.startswith("items"):
+            raise RequestError("tasks" + err.field.removeprefix("items"), err.reason) from None
+        raise
     rows: list[dict[str, Any]] = [{"key": key, "id": handle.id, "kind": handle.kind}
                                   for key, handle in submitted]
     if not args.wait:
@@ -98,10 +113,33 @@ async def batch(args: argparse.Namespace) -> int:
 
 
 def _read(path: str) -> str:
+    """The text of the file ``path`` (``-``: standard input); ``RequestError`` naming ``file``
+    if it cannot be read or is not UTF-8."""
     try:
-        return Path(path).read_text()
+        return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as err:
         raise RequestError("file", f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        raise RequestError("file", f"{path} is not UTF-8 text ({err.reason} at byte "
+                                   f"{err.start})") from None
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    """The filters of ``tasks list|watch``: well-formed names (a VM that is gone still has its
+    tasks, so a name need not exist) and a known kind; ``RequestError`` naming the option."""
+    if args.kind is not None and args.kind not in KINDS:
+        raise RequestError("kind", f"unknown task kind {args.kind!r} (known: "
+                                   f"{', '.join(sorted(KINDS))})")
+    return {"kind": args.kind, "vm": common.checked_name("vm", args.vm),
+            "host": common.checked_name("host", args.host),
+            "pool": common.checked_name("pool", args.pool), "state": args.state,
+            "limit": _at_least_one("limit", args.limit)}
+
+
+def _at_least_one(field: str, value: int) -> int:
+    if value < 1:
+        raise RequestError(field, f"must be at least 1 (got {value})")
+    return value
 
 
 def _batch_items(text: str) -> list[BatchItem]:
@@ -112,6 +150,9 @@ def _batch_items(text: str) -> list[BatchItem]:
     entries = data.get("tasks") if isinstance(data, dict) else data
     if not isinstance(entries, list) or not entries:
         raise RequestError("tasks", "expected a non-empty list of tasks (or {\"tasks\": [...]})")
+    if len(entries) > MAX_BATCH_TASKS:
+        raise RequestError("tasks", f"at most {MAX_BATCH_TASKS} tasks per batch (got "
+                                    f"{len(entries)}); split it, using --after between the parts")
     items = []
     for i, entry in enumerate(entries):
         try:

@@ -57,7 +57,8 @@ async def vm_migrate(args: argparse.Namespace) -> int:
 
 
 async def vm_list(args: argparse.Namespace) -> int:
-    vms = await (await common.connect()).vms(host=args.host)
+    client = await common.connect()
+    vms = await client.vms(host=await common.existing(client, "host", "host", args.host))
     render.print_json(vms) if args.json else console.print(render.vms_table(vms))
     return 0
 

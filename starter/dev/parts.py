@@ -10,7 +10,12 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
+from taskomatic.inventory.db import Database
+from taskomatic.logs import get_logger
+from taskomatic.models import HostSpec
 from taskomatic.temporal import SEARCH_ATTRIBUTES
+
+log = get_logger(component="dev")
 
 
 def temporal_binary() -> str:
@@ -88,3 +93,29 @@ def write_test_host(directory: Path, name: str, vcpus: int, memory_mib: int) -> 
     path = (directory / f"{name}.xml").resolve()
     ET.ElementTree(node).write(path, encoding="unicode")
     return f"test://{path}"
+
+
+def reset_dev_hosts(db: Database, specs: list[HostSpec], uri_prefix: str) -> tuple[int, int]:
+    """Forget the VMs and reservations of the dev hosts, adopt same-named test-driver hosts of
+    another directory, and mark test hosts of this directory beyond ``specs`` down.
+
+    Returns (VM rows, reservation rows) deleted.
+    """
+    names = [s.name for s in specs]
+    with db.transaction() as cur:
+        cur.execute("SELECT id FROM hosts WHERE left(uri, length(%(p)s)) = %(p)s"
+                    " OR (name = ANY(%(names)s) AND uri LIKE 'test://%%') ORDER BY id FOR UPDATE",
+                    {"p": uri_prefix, "names": names})
+        ids = [row["id"] for row in cur.fetchall()]
+        cur.execute("DELETE FROM reservations WHERE host_id = ANY(%s)", (ids,))
+        reservations = cur.rowcount
+        cur.execute("DELETE FROM vms WHERE host_id = ANY(%s)", (ids,))
+        vms = cur.rowcount
+        for spec in specs:
+            cur.execute("UPDATE hosts SET uri = %s, updated_at = now()"
+                        " WHERE name = %s AND uri <> %s AND uri LIKE 'test://%%'",
+                        (spec.uri, spec.name, spec.uri))
+        cur.execute("UPDATE hosts SET state = CASE WHEN name = ANY(%s) THEN 'up' ELSE 'down' END,"
+                    " updated_at = now() WHERE id = ANY(%s)", (names, ids))
+    log.info("dev hosts reset", hosts=names, vms_removed=vms, reservations_removed=reservations)
+    return vms, reservations

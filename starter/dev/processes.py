@@ -10,7 +10,8 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,15 +43,24 @@ class Child:
     log_path: Path
     stop_seconds: float
 
+    argv: list[str]
+    env: dict[str, str] | None = None
+
     @classmethod
     def spawn(cls, name: str, argv: list[str], log_path: Path, stop_seconds: float,
-              env: dict[str, str] | None = None) -> Child:
-        with log_path.open("wb") as out:
+              env: dict[str, str] | None = None, append: bool = False) -> Child:
+        """Start ``argv``; its output goes to ``log_path`` (appended to with ``append``)."""
+        with log_path.open("ab" if append else "wb") as out:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out,
                                     stderr=subprocess.STDOUT, env=env, start_new_session=True,
                                     preexec_fn=_parent_death_hook())
         log.info("process started", process=name, pid=proc.pid, log=str(log_path))
-        return cls(name, proc, log_path, stop_seconds)
+        return cls(name, proc, log_path, stop_seconds, argv, env)
+
+    def respawn(self) -> Child:
+        """The same program started again, its output added to the same log."""
+        return Child.spawn(self.name, self.argv, self.log_path, self.stop_seconds, self.env,
+                           append=True)
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL if it is still there after ``stop_seconds``."""
@@ -75,11 +85,16 @@ class Child:
 
     def check_alive(self) -> None:
         """A DevError with the last lines of its log if the process has ended."""
+        if self.proc.poll() is not None:
+            raise DevError(f"{self.name} {self.ending()}; last lines of "
+                           f"{shown(self.log_path)}:\n{self.tail()}")
+
+    def ending(self) -> str:
+        """How the process ended ("exited (1)", "was killed by SIGKILL"); "" while it runs."""
         code = self.proc.poll()
-        if code is not None:
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
-            raise DevError(f"{self.name} {how}; last lines of {shown(self.log_path)}:\n"
-                           f"{self.tail()}")
+        if code is None:
+            return ""
+        return f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited ({code})"
 
 
 def shown(path: Path) -> str:
@@ -98,3 +113,18 @@ def port_in_use(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+@contextlib.contextmanager
+def signals_ignored() -> Iterator[None]:
+    """SIGINT and SIGTERM ignored inside (the main thread only): a second Ctrl-C must not cut
+    a clean-up short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

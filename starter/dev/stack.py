@@ -5,6 +5,12 @@ PostgreSQL (the server in ``TASKOMATIC_DATABASE_URL`` if it answers, else an emb
 ``<state>/pg``, database ``taskomatic``), migrated; N libvirt test-driver hosts ``host-1`` …;
 a worker subprocess. Logs: ``<state>/temporal.log``, ``<state>/worker.log`` (JSON lines).
 
+The worker is restarted when it exits (killed, crashed, or stopped with SIGTERM, which drains it
+first: ``TASKOMATIC_WORKER_DRAIN_SECONDS``), with a line saying so: tasks wait for it in Temporal
+and carry on. It is not restarted when it exits with status 3 (unusable keys, unreachable
+inventory: a restart cannot mend that) or more than ``WORKER_RESTARTS`` times within
+``RESTART_WINDOW_SECONDS``; then the stack stops. Any other child that ends stops the stack.
+
 Settings are ``TASKOMATIC_*`` variables over defaults; ``<state>/env`` is this command's *output*
 (rewritten on every start) so that ``taskomatic`` commands run from the same directory drive this
 stack. Port policy: if the Temporal port or UI port is taken, start-up fails and says which
@@ -25,9 +31,8 @@ import os
 import re
 import signal
 import sys
-import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -48,10 +53,11 @@ from starter.dev.demo import demo_exit_status
 from starter.dev.parts import (
     embedded_postgres,
     forget_dead_pg_users,
+    reset_dev_hosts,
     temporal_dev_server_argv,
     write_test_host,
 )
-from starter.dev.processes import Child, DevError, port_in_use, shown
+from starter.dev.processes import Child, DevError, port_in_use, shown, signals_ignored
 from taskomatic import inventory
 from taskomatic.inventory.db import (
     Database,
@@ -71,7 +77,9 @@ log = get_logger(component="dev")
 HOST_VCPUS = 16
 HOST_MEMORY_MIB = 32_768
 READY_SECONDS = 20.0
-WORKER_STOP_SECONDS = 10.0
+WORKER_STOP_SECONDS = 10.0  # beyond the worker's drain time
+WORKER_RESTARTS = 5
+RESTART_WINDOW_SECONDS = 60.0
 SERVER_STOP_SECONDS = 5.0
 
 
@@ -110,6 +118,9 @@ class DevStack:
         self.embedded_pg: Any = None
         self._lock: IO[str] | None = None
         self.lab: DevLab | None = None  # `taskomatic dev --lab`
+        self.worker: Child | None = None
+        self._restarts: list[float] = []  # when the worker was restarted (monotonic)
+        self._test_hosts: tuple[str, int] | None = None  # database URL, count (test driver)
 
     # start-up, in order
 
@@ -190,7 +201,7 @@ class DevStack:
                  for name in (f"host-{i}" for i in range(1, count + 1))]
         db = Database(database_url, max_connections=2)
         try:
-            vms, reservations = _reset_dev_hosts(db, specs, f"test://{hosts_dir}/")
+            vms, reservations = reset_dev_hosts(db, specs, f"test://{hosts_dir}/")
             if vms or reservations:
                 self.console.print(f"[dim]The test-driver hosts restart empty: removed {vms} VM "
                                    f"and {reservations} reservation rows of the previous run.")
@@ -200,6 +211,7 @@ class DevStack:
             raise DevError(f"cannot register the dev hosts: {err}") from None
         finally:
             db.close()
+        self._test_hosts = (database_url, count)
         return specs
 
     def write_env(self, settings: Settings) -> Path:
@@ -211,7 +223,8 @@ class DevStack:
 
     async def start_worker(self, settings: Settings, client: Client) -> None:
         worker = self.spawn_python("worker", "worker", "worker.log", settings,
-                                   WORKER_STOP_SECONDS)
+                                   settings.worker_drain_seconds + WORKER_STOP_SECONDS)
+        self.worker = worker
         await self.await_ready(worker, lambda: _is_polling(client, settings, worker.proc.pid),
                                f"the worker did not poll task queue {settings.task_queue!r}",
                                interval=0.2)
@@ -265,15 +278,47 @@ class DevStack:
             self.console.print("[bold]Ctrl-C to stop.[/]")
 
     async def supervise(self) -> int:
-        """Wait until a child dies (non-zero exit) or we are interrupted."""
+        """Run until we are interrupted, restarting the worker when it exits; 1 when another
+        child ends or the worker cannot be restarted (see the module)."""
         while True:
-            for child in self.children:
+            for i, child in enumerate(self.children):
+                if child.proc.poll() is None:
+                    continue
+                if child is self.worker and self._may_restart(child):
+                    self.children[i] = await self.restart_worker(child)
+                    continue
                 try:
                     child.check_alive()
                 except DevError as err:
                     self.console.print(f"[bold red]{escape(str(err))}[/]", highlight=False)
-                    return 1
+                return 1
             await asyncio.sleep(0.5)
+
+    def _may_restart(self, worker: Child) -> bool:
+        if worker.proc.returncode == 3:
+            return False
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_SECONDS]
+        if len(self._restarts) >= WORKER_RESTARTS:
+            self.console.print(f"[bold red]The worker exited {len(self._restarts) + 1} times "
+                               f"within {RESTART_WINDOW_SECONDS:.0f} s; not restarting it.[/]")
+            return False
+        self._restarts.append(now)
+        return True
+
+    async def restart_worker(self, worker: Child) -> Child:
+        """Start the worker again (its log continues). Test-driver hosts live in the worker
+        process, so they restart empty: their VM and reservation rows are reset as at start."""
+        ending = worker.ending()
+        log.warning("worker ended; restarting it", ending=ending, pid=worker.proc.pid,
+                    restarts=len(self._restarts))
+        self.console.print(f"[yellow]The worker {ending}; restarting it[/] (log: "
+                           f"{shown(worker.log_path)})", highlight=False)
+        if self.lab is None and self._test_hosts is not None:
+            await asyncio.to_thread(self.prepare_hosts, *self._test_hosts)
+        self.worker = worker.respawn()
+        log.info("worker restarted", pid=self.worker.proc.pid)
+        return self.worker
 
     def stop(self) -> None:
         """Worker, then server, then the embedded PostgreSQL; the state directory stays."""
@@ -296,32 +341,6 @@ async def _is_polling(client: Client, settings: Settings, pid: int) -> bool:
         namespace=settings.temporal_namespace, task_queue=TaskQueue(name=settings.task_queue),
         task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW))
     return any(p.identity.startswith(f"{pid}@") for p in resp.pollers)
-
-
-def _reset_dev_hosts(db: Database, specs: list[HostSpec], uri_prefix: str) -> tuple[int, int]:
-    """Forget the VMs and reservations of the dev hosts, adopt same-named test-driver hosts of
-    another directory, and mark test hosts of this directory beyond ``specs`` down.
-
-    Returns (VM rows, reservation rows) deleted.
-    """
-    names = [s.name for s in specs]
-    with db.transaction() as cur:
-        cur.execute("SELECT id FROM hosts WHERE left(uri, length(%(p)s)) = %(p)s"
-                    " OR (name = ANY(%(names)s) AND uri LIKE 'test://%%') ORDER BY id FOR UPDATE",
-                    {"p": uri_prefix, "names": names})
-        ids = [row["id"] for row in cur.fetchall()]
-        cur.execute("DELETE FROM reservations WHERE host_id = ANY(%s)", (ids,))
-        reservations = cur.rowcount
-        cur.execute("DELETE FROM vms WHERE host_id = ANY(%s)", (ids,))
-        vms = cur.rowcount
-        for spec in specs:
-            cur.execute("UPDATE hosts SET uri = %s, updated_at = now()"
-                        " WHERE name = %s AND uri <> %s AND uri LIKE 'test://%%'",
-                        (spec.uri, spec.name, spec.uri))
-        cur.execute("UPDATE hosts SET state = CASE WHEN name = ANY(%s) THEN 'up' ELSE 'down' END,"
-                    " updated_at = now() WHERE id = ANY(%s)", (names, ids))
-    log.info("dev hosts reset", hosts=names, vms_removed=vms, reservations_removed=reservations)
-    return vms, reservations
 
 
 # --- entry point -----------------------------------------------------------------------------
@@ -379,18 +398,5 @@ def run_dev(hosts: int = 3, demo: bool = False, state_dir: Path = Path(".taskoma
         console.print("\n[yellow]stopping…[/]")
         return 130 if demo else 0
     finally:
-        with _signals_ignored():  # a second Ctrl-C or SIGTERM must not cut the clean-up short
+        with signals_ignored():  # a second Ctrl-C or SIGTERM must not cut the clean-up short
             stack.stop()
-
-
-@contextlib.contextmanager
-def _signals_ignored() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)

@@ -15,11 +15,12 @@ from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.db import Database
 from taskomatic.models import BeginMaintenanceResult, HostRecord, HostSpec, HostStateResult
 from taskomatic.states import TRANSITIONS, HostState, HostTransition, check_transition
+from taskomatic.uris import canonical_uri
 
 # The one host-load query: each host with its capacity, what its VMs use and what the
 # reservations of tasks still placing VMs there hold.
 _HOST_LOAD = """
-    SELECT h.name, h.uri, h.state, h.migration_uri, h.vcpus, h.memory_mib,
+    SELECT h.name, h.uri, h.state, h.migration_uri, h.hypervisor_id, h.vcpus, h.memory_mib,
            v.vcpus AS used_vcpus, v.memory_mib AS used_memory_mib, v.n AS vm_count,
            r.vcpus AS reserved_vcpus, r.memory_mib AS reserved_memory_mib
     FROM hosts h
@@ -53,35 +54,77 @@ def lock_hosts(cur: Any, name: str | None = None) -> dict[str, int]:
     return {row["name"]: row["id"] for row in cur.fetchall()}
 
 
-def add_host(db: Database, spec: HostSpec) -> tuple[HostRecord, bool]:
-    """Register a host. Adding the same name and URI again is a no-op; returns (host, created).
+def add_host(db: Database, spec: HostSpec, identity: str | None = None
+             ) -> tuple[HostRecord, bool]:
+    """Register a host; returns (host, created). ``identity`` is its hypervisor's own, when the
+    caller read it (``taskomatic.hypervisor.identity``): one hypervisor is one host.
 
-    Raises ``InvalidRequest`` (field ``name`` or ``uri``) when either is taken by another host.
+    Adding the same name and URI again is a no-op, which records ``identity`` for a host
+    registered without one (or re-pointed to another hypervisor). Raises ``InvalidRequest``
+    naming the existing host: on ``name`` when the name is taken with another URI; on ``uri``
+    when the URI, another spelling of it (``canonical_uri``: ``/./``, ``//``) or the hypervisor
+    ``identity`` belongs to another host. Registrations run one at a time (an advisory lock),
+    so two spellings of one URI cannot both get in at once.
     """
+    canonical = _canonical(spec.uri)
     with db.transaction() as cur:
-        cur.execute("SELECT name, uri FROM hosts WHERE name = %s OR uri = %s",
-                    (spec.name, spec.uri))
-        clash = cur.fetchone()
-        if clash is None:
-            cur.execute(
-                "INSERT INTO hosts (name, uri, vcpus, memory_mib, migration_uri)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (spec.name, spec.uri, spec.vcpus, spec.memory_mib, spec.migration_uri),
-            )
-            created = True
-        elif clash["name"] == spec.name and clash["uri"] == spec.uri:
-            created = False
-        elif clash["name"] == spec.name:
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRATION_LOCK_KEY,))
+        cur.execute("SELECT id, name, uri, hypervisor_id FROM hosts ORDER BY id")
+        rows: list[dict[str, Any]] = cur.fetchall()
+        same = next((r for r in rows if r["name"] == spec.name), None)
+        if same is not None and same["uri"] != spec.uri:
             raise task_error(ErrorType.INVALID_REQUEST,
-                             f"host {spec.name!r} already exists with URI {clash['uri']}",
+                             f"host {spec.name!r} already exists with URI {same['uri']}",
                              field="name", host=spec.name)
-        else:
-            raise task_error(ErrorType.INVALID_REQUEST,
-                             f"{spec.uri} is already registered as host {clash['name']!r}",
-                             field="uri", host=spec.name)
+        others = [r for r in rows if r is not same]
+        if same is None:
+            _refuse_another_spelling(others, spec, canonical)
+        if identity is not None:
+            _refuse_same_hypervisor(others, spec, identity)
+        if same is None:
+            cur.execute(
+                "INSERT INTO hosts (name, uri, vcpus, memory_mib, migration_uri, hypervisor_id)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (spec.name, spec.uri, spec.vcpus, spec.memory_mib, spec.migration_uri,
+                 identity))
+        elif identity is not None and same["hypervisor_id"] != identity:
+            cur.execute("UPDATE hosts SET hypervisor_id = %s, updated_at = now() WHERE id = %s",
+                        (identity, same["id"]))
     host = get_host(db, spec.name)
     assert host is not None
-    return host, created
+    return host, same is None
+
+
+_REGISTRATION_LOCK_KEY = 0x7A5C0_0002  # beside the migrations' 0x7A5C0_0001 (inventory.db)
+
+
+def _canonical(uri: str) -> str | None:
+    try:
+        return canonical_uri(uri)
+    except ValueError:  # a row written by hand: compared as it is spelled only
+        return None
+
+
+def _refuse_another_spelling(rows: list[dict[str, Any]], spec: HostSpec,
+                             canonical: str | None) -> None:
+    for row in rows:
+        if row["uri"] == spec.uri:
+            raise task_error(ErrorType.INVALID_REQUEST,
+                             f"{spec.uri} is already registered as host {row['name']!r}",
+                             field="uri", host=spec.name)
+        if canonical is not None and _canonical(row["uri"]) == canonical:
+            raise task_error(ErrorType.INVALID_REQUEST,
+                             f"{spec.uri} is another spelling of {row['uri']}, already "
+                             f"registered as host {row['name']!r}", field="uri", host=spec.name)
+
+
+def _refuse_same_hypervisor(rows: list[dict[str, Any]], spec: HostSpec, identity: str) -> None:
+    for row in rows:
+        if row["hypervisor_id"] == identity:
+            raise task_error(ErrorType.INVALID_REQUEST,
+                             f"{spec.uri} reaches the hypervisor already registered as host "
+                             f"{row['name']!r} ({row['uri']}; identity {identity})",
+                             field="uri", host=spec.name)
 
 
 def list_hosts(db: Database) -> list[HostRecord]:

@@ -30,6 +30,7 @@ from taskomatic.models import (
     VolumePlacement,
     VolumeRecord,
     check_pool_path,
+    owned_volume_name,
 )
 
 _POOLS = """
@@ -303,7 +304,11 @@ def plan_disks(db: Database, inp: PlanDisksInput) -> DiskPlan:
         else:
             pool_name = str(disk.pool)
             placed = require_pool(db, pool_name, field=f"{field}.pool")
-            volume = f"{inp.vm}-disk{i}.{disk.format}"
+            try:
+                volume = owned_volume_name(inp.vm, i, disk.format)
+            except ValueError as err:
+                raise task_error(ErrorType.INVALID_REQUEST, f"the VM's volume name {err}",
+                                 field="name", vm=inp.vm) from None
             if get_volume(db, pool_name, volume) is not None:
                 raise task_error(ErrorType.DUPLICATE_VOLUME, f"volume {pool_name}/{volume} "
                                  "already exists", field=f"{field}.pool", vm=inp.vm)

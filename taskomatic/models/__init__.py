@@ -4,6 +4,7 @@ rows. One module per feature (the same stems as ``taskomatic.inventory``, ``acti
 """
 
 from taskomatic.models.base import (
+    ROOT_TASK_ID_MAX,
     LibvirtUri,
     MigrationUri,
     Model,
@@ -19,7 +20,10 @@ from taskomatic.models.base import (
     VolumeFormat,
     VolumeName,
     VolumePath,
+    check_root_task_id,
+    child_task_id,
     host_resource,
+    new_task_id,
     pool_resource,
     vm_resource,
 )
@@ -34,6 +38,7 @@ from taskomatic.models.disks import (
     VmDisks,
     VmIdentity,
     VmNameInput,
+    owned_volume_name,
 )
 from taskomatic.models.hosts import (
     ActivateHostRequest,
@@ -172,6 +177,7 @@ __all__ = [
     "MAX_MIGRATION_HOSTS",
     "MAX_VCPUS",
     "MIN_MEMORY_MIB",
+    "ROOT_TASK_ID_MAX",
     "TASK_STATES",
     "AbsPath",
     "ActivateHostRequest",
@@ -310,7 +316,11 @@ __all__ = [
     "WaitShutoffInput",
     "capacity_of",
     "check_pool_path",
+    "check_root_task_id",
+    "child_task_id",
     "host_resource",
+    "new_task_id",
+    "owned_volume_name",
     "pool_resource",
     "vm_resource",
 ]

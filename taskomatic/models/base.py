@@ -8,6 +8,7 @@ message that names the field.
 from __future__ import annotations
 
 import re
+import uuid
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -32,11 +33,14 @@ def _check_name(value: str) -> str:
 _VOLUME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,119}")
 
 
-def _check_volume_name(value: str) -> str:
-    if not _VOLUME_RE.fullmatch(value) or ".." in value:
+def check_volume_name(value: str) -> str:
+    """A volume name is one file name in its pool: no '/', and it starts with a letter or digit,
+    so it is never '.' or '..' (dots inside, as in ``a..b-disk0.qcow2``, are harmless: the
+    name of a VM's own volume starts with the VM's name, which may hold them)."""
+    if not _VOLUME_RE.fullmatch(value):
         raise ValueError(
             "must be 1-120 characters of letters, digits, '.', '_' or '-', starting with a "
-            f"letter or digit, without '/' or '..' (got {value!r})"
+            f"letter or digit (no '/'; got {value!r})"
         )
     return value
 
@@ -46,14 +50,14 @@ def _check_volume_path(value: str) -> str:
     if not sep:
         raise ValueError(f"must be POOL/VOLUME (got {value!r})")
     _check_name(pool)
-    _check_volume_name(volume)
+    check_volume_name(volume)
     return value
 
 
 Name = Annotated[str, AfterValidator(_check_name)]
 
 
-VolumeName = Annotated[str, AfterValidator(_check_volume_name)]
+VolumeName = Annotated[str, AfterValidator(check_volume_name)]
 
 
 VolumePath = Annotated[str, AfterValidator(_check_volume_path)]
@@ -85,6 +89,32 @@ def _check_task_id(value: str) -> str:
 
 
 TaskId = Annotated[str, AfterValidator(_check_task_id)]
+
+ROOT_TASK_ID_MAX = 128
+"""The longest id of a task that is not a child: a child's id adds ``-<slug>-<VM name>`` (at
+most 72 characters) and must still be a ``TaskId`` (200)."""
+
+
+def check_root_task_id(value: str) -> str:
+    """``value`` if it can be the id of a task that is not a child (ValueError if not)."""
+    _check_task_id(value)
+    if len(value) > ROOT_TASK_ID_MAX:
+        raise ValueError(f"must be at most {ROOT_TASK_ID_MAX} characters, leaving room for the "
+                         f"ids of its child tasks (got {len(value)})")
+    return value
+
+
+def new_task_id(slug: str, subject: str = "", suffix: str | None = None) -> str:
+    """A readable unique task id, ``<slug>-<subject>-<8 hex digits>`` (``vm-create-web1-…``);
+    ``subject`` (a resource name or a batch key) may be empty. Always a ``TaskId`` of at most
+    ``ROOT_TASK_ID_MAX`` characters for a slug and subject of the registry's and names' sizes."""
+    return "-".join(p for p in (slug, subject, suffix or uuid.uuid4().hex[:8]) if p)
+
+
+def child_task_id(parent: str, slug: str, name: str) -> str:
+    """The id of the child task ``slug`` (``migrate``, ``stop``) of task ``parent`` for the VM
+    ``name``: ``<parent>-<slug>-<name>``; deterministic (workflow code makes it)."""
+    return f"{parent}-{slug}-{name}"
 
 
 def _check_requester(value: str) -> str:

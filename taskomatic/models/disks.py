@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from taskomatic.models.base import Model, Name, VolumeFormat, VolumePath
+from taskomatic.models.base import Model, Name, VolumeFormat, VolumePath, check_volume_name
 from taskomatic.models.storage import VolumeInfo, VolumeRef
 from taskomatic.units import Capacity
 
@@ -29,6 +29,13 @@ class DiskRequest(Model):
     @property
     def pool_name(self) -> str:
         return self.volume.partition("/")[0] if self.volume else str(self.pool)
+
+
+def owned_volume_name(vm: str, index: int, fmt: VolumeFormat) -> str:
+    """The name of the new volume ``index`` (0-15) a create of VM ``vm`` makes, owned by it:
+    ``<vm>-disk<index>.<format>`` (``web1-disk0.qcow2``). Checked as every volume name is
+    (ValueError if it would not be one), so the volume verbs always take it."""
+    return check_volume_name(f"{vm}-disk{index}.{fmt}")
 
 
 class PlannedDisk(Model):

@@ -29,6 +29,9 @@ class HostRecord(Model):
     uri: str
     state: HostState
     migration_uri: str | None = None
+    hypervisor_id: str | None = Field(
+        None, description="the hypervisor's own identity (its host UUID; test driver: its "
+                          "host file), None if registered without reading it")
     vcpus: int
     memory_mib: int
     used_vcpus: int = 0

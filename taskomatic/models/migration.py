@@ -90,6 +90,8 @@ class DomainWhereabouts(Model):
     host: str | None
     state: VmState | None = None
     also_defined_on: list[str] = Field(default_factory=list)
+    unreachable: list[str] = Field(default_factory=list,
+                                   description="hosts that could not be asked")
     detail: str
 
 
