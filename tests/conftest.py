@@ -80,7 +80,8 @@ def db(database_url: str) -> Iterator[Database]:
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return Settings(database_url=database_url, task_queue=f"tq-{uuid.uuid4().hex[:6]}",
                     stop_timeout_seconds=5, migration_save_dir=tmp_path_factory.mktemp("saves"),
-                    _env_file=None)  # type: ignore[call-arg]
+                    # The session's workers stop at teardown: no need to drain for a minute.
+                    worker_drain_seconds=2, _env_file=None)  # type: ignore[call-arg]
 
 
 @pytest.fixture(scope="session")
