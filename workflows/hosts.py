@@ -8,6 +8,10 @@ ClearHost's runbook:
     history (continue-as-new) every ``batch`` VMs so a host with a thousand VMs stays bounded;
  5. end in ``maintenance`` (empty, or only stopped VMs left with ``stop_unmigratable``) or in
     ``maintenance_failed`` with a per-VM report of what could not move and why.
+
+Cancelled, a fan-out task passes the cancel to each child it started (a child is never cut off
+mid-move: each undoes its own work), waits until every one has ended, and only then undoes its own
+steps (the host ends ``maintenance_failed``) and ends ``cancelled``; no further child starts.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any, TypeVar
 from temporalio import workflow
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
+from temporalio.workflow import ChildWorkflowCancellationType, ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     from activities.hosts import HostActivities
@@ -41,10 +46,12 @@ with workflow.unsafe.imports_passed_through():
         TaskRequest,
         VmMoveOutcome,
         VmTaskResult,
+        child_task_id,
     )
     from taskomatic.states import HostTransition
     from taskomatic.temporal import TASK_KIND, TASK_VM
 
+from workflows.cancels import settle
 from workflows.migration import MigrateVm
 from workflows.runbook import DATABASE, Runbook, Undo, workflow_type
 from workflows.vms import StopVm
@@ -120,7 +127,7 @@ class HostTask(Runbook):
                 self._carry.outcomes.append(outcome)
                 self._count()
 
-        await asyncio.gather(*(one(name) for name in names))
+        await self.together(one(name) for name in names)
 
     async def _child_migration(self, name: str, req: MigrateVmRequest) -> VmMoveOutcome:
         try:
@@ -136,13 +143,34 @@ class HostTask(Runbook):
     async def child(self, run: Callable[[Any, R], Awaitable[VmTaskResult]], req: R, slug: str,
                     vm: str) -> VmTaskResult:
         """Run the child task ``run`` (e.g. ``MigrateVm.run``) on ``req``, with the id
-        ``<this task's id>-<slug>-<vm>``; its result, or ``ChildWorkflowError`` if it failed."""
+        ``<this task's id>-<slug>-<vm>``; its result, or ``ChildWorkflowError`` if it failed.
+
+        If this task is cancelled meanwhile (CANCEL_PATCH), the child is cancelled too (once it
+        has started, if it was starting) and awaited until it has finished its own undo; then
+        ``asyncio.CancelledError`` is raised, whatever the child did. Should this task close
+        anyway, the child is asked to cancel, never terminated."""
         info = workflow.info()
-        result: VmTaskResult = await workflow.execute_child_workflow(
-            run, req, id=f"{info.workflow_id}-{slug}-{vm}",
+        options: dict[str, Any] = dict(
+            id=child_task_id(info.workflow_id, slug, vm),
             search_attributes=TypedSearchAttributes([SearchAttributePair(TASK_KIND,
                                                                          workflow_type(run)),
                                                      SearchAttributePair(TASK_VM, vm)]))
+        if not self.cancel_safe:
+            old: VmTaskResult = await workflow.execute_child_workflow(run, req, **options)
+            return old
+        starting = asyncio.ensure_future(workflow.start_child_workflow(
+            run, req, parent_close_policy=ParentClosePolicy.REQUEST_CANCEL,
+            cancellation_type=ChildWorkflowCancellationType.WAIT_CANCELLATION_COMPLETED,
+            **options))
+        cancelled = await settle(starting, lambda: None)
+        handle = starting.result()
+        if cancelled:
+            handle.cancel()
+        cancelled = await settle(handle, handle.cancel) or cancelled
+        if cancelled:
+            self.log("child ended after the cancel", child=handle.id)
+            raise asyncio.CancelledError()
+        result: VmTaskResult = handle.result()
         return result
 
     def result(self, host: str, state: HostState | None, **more: object) -> HostTaskResult:
@@ -177,17 +205,23 @@ class ClearHost(HostTask):
         carry = self._carry
         if req.dry_run:
             return await self._plan(req)
+        fail = Undo("mark maintenance failed", Hosts.set_host_state, SetHostStateInput(
+            host=req.host, transition=HostTransition.FAIL_MAINTENANCE), DATABASE)
+        # With CANCEL_PATCH the host is marked failed once it is in maintenance, so that a cancel
+        # from then on (while waiting for tasks placed there, say) leaves it so; before, from
+        # the first run's end of waiting.
+        early = self.cancel_safe and carry.source is None
         if carry.source is None:
             entered = await self.step("enter maintenance", Hosts.begin_maintenance,
-                                      HostNameInput(host=req.host), options=DATABASE)
+                                      HostNameInput(host=req.host), options=DATABASE,
+                                      undo_once_done=fail if early else None)
             carry.source = HostRef(name=entered.host, uri=entered.uri,
                                    migration_uri=entered.migration_uri)
             placed = [t for t in entered.placed_tasks if t != workflow.info().workflow_id]
             if placed:
                 await self.wait_for_tasks("wait for tasks placed before maintenance", placed)
-        self.undo.add(Undo("mark maintenance failed", Hosts.set_host_state, SetHostStateInput(
-            host=req.host, transition=HostTransition.FAIL_MAINTENANCE),
-            DATABASE))
+        if not early:
+            self.undo.add(fail)
         self.phase("run")
         listed = await self.step("list VMs on the host", Moves.list_host_domains, carry.source)
         todo = [d.name for d in listed.domains if d.name not in self.handled()]

@@ -42,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         VmTaskResult,
     )
 
+from workflows.cancels import CANCEL_HEARTBEAT
 from workflows.runbook import DATABASE, ActivityOptions, Runbook, TaskFailed, Undo
 from workflows.vm_steps import VmSteps
 
@@ -50,21 +51,24 @@ Moves = MigrationActivities
 Inventory = InventoryActivities
 
 # A move's own progress and completion timeouts govern it; the activity timeouts are a backstop.
-# The heartbeat timeout lets a new worker take over a move whose worker died.
+# The heartbeat timeout lets a new worker take over a move whose worker died, and bounds how late
+# a cancel reaches the move (CANCEL_HEARTBEAT for tasks started with CANCEL_PATCH).
 MOVE_HEARTBEAT = timedelta(seconds=10)
 _NOT_RETRIED = ["MigrationFailed", "MigrationStalled", "MigrationTimedOut", "DomainNotFound",
                 "DuplicateDomain", "InvalidRequest"]
 _CONFIRM = "confirm where it runs and record it"
 
 
-def migrate_options(limits: MigrationLimits) -> ActivityOptions:
-    """Options of the migrate step: its timeout is the move's completion timeout plus 2 min."""
+def migrate_options(limits: MigrationLimits, cancel_safe: bool = False) -> ActivityOptions:
+    """Options of the migrate step: its timeout is the move's completion timeout plus 2 min.
+    ``cancel_safe``: the task awaits a cancelled move to its end, which a cancel reaches within
+    ``CANCEL_HEARTBEAT`` (``workflows.cancels``)."""
     return ActivityOptions(
         start_to_close=timedelta(seconds=limits.completion_timeout_seconds + 120),
         retry=RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2.0,
                           maximum_interval=timedelta(seconds=10), maximum_attempts=4,
                           non_retryable_error_types=_NOT_RETRIED),
-        heartbeat=MOVE_HEARTBEAT)
+        heartbeat=CANCEL_HEARTBEAT if cancel_safe else MOVE_HEARTBEAT)
 
 
 def source_of(found: VmPlacement) -> HostRef:
@@ -197,7 +201,7 @@ class Mover:
                 f"migrate to {destination.name}", Moves.migrate_domain,
                 MigrateDomainInput(name=name, source=source, destination=destination,
                                    limits=limits),
-                options=migrate_options(limits))
+                options=migrate_options(limits, self._task.cancel_safe))
         finally:
             await self._task.unhold(slots)
         return report

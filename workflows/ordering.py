@@ -19,6 +19,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.ordering import WAKE_SIGNAL, OrderingActivities
@@ -33,6 +34,8 @@ with workflow.unsafe.imports_passed_through():
         TaskState,
     )
     from taskomatic.temporal import TASK_STATE
+
+from workflows.cancels import settle
 
 Ordering = OrderingActivities
 
@@ -78,6 +81,12 @@ class InLine:
         # What the task has published: memo entries and the state search attribute.
         self._memo: dict[str, Any] = {}
         self._shown_state: TaskState | None = None
+        # Set by the runbook when the task starts: whether this run awaits what a cancel
+        # interrupts to its end (``workflows.cancels.CANCEL_PATCH``).
+        self.cancel_safe = False
+        # A cancel that arrived while the task released resources (a release always finishes):
+        # the runbook honours it at the next step.
+        self.cancel_pending = False
 
     @workflow.signal(name=WAKE_SIGNAL)
     def wake(self) -> None:
@@ -132,16 +141,31 @@ class InLine:
         while True:
             self._woken = False
             self._claimed = True
-            result: ClaimResult = await workflow.execute_activity_method(
-                Ordering.claim_resources,
-                ClaimInput(task_id=task_id, kind=kind, resources=resources, closed=closed),
-                task_queue=ordering_queue(workflow.info().task_queue),
-                start_to_close_timeout=_CLAIM_TIMEOUT, retry_policy=_CLAIM_RETRY)
+            result = await self._claim(ClaimInput(task_id=task_id, kind=kind,
+                                                  resources=resources, closed=closed))
             if result.granted:
                 return result
             if on_wait is not None:
                 on_wait(result)
             closed = await self._sleep_until_moved(result)
+
+    async def _claim(self, inp: ClaimInput) -> ClaimResult:
+        """One try at taking the resources (a place in line at the first). A cancel meanwhile
+        lets the claim finish (its rows stay consistent and the task's release drops them), then
+        raises ``asyncio.CancelledError``; tasks started before CANCEL_PATCH keep try-cancel."""
+        queue = ordering_queue(workflow.info().task_queue)
+        if not self.cancel_safe:
+            result: ClaimResult = await workflow.execute_activity_method(
+                Ordering.claim_resources, inp, task_queue=queue,
+                start_to_close_timeout=_CLAIM_TIMEOUT, retry_policy=_CLAIM_RETRY)
+            return result
+        handle = workflow.start_activity_method(
+            Ordering.claim_resources, inp, task_queue=queue,
+            start_to_close_timeout=_CLAIM_TIMEOUT, retry_policy=_CLAIM_RETRY,
+            cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
+        if await settle(handle, handle.cancel):
+            raise asyncio.CancelledError()
+        return handle.result()
 
     async def _sleep_until_moved(self, waiting: ClaimResult) -> list[str]:
         """Sleep until woken or until the task we queue behind ends; returns the tasks seen
@@ -166,11 +190,20 @@ class InLine:
         """Give up claimed resources (all of them by default) and wake whoever is next."""
         if not self._claimed:
             return None
-        result: ReleaseClaimsResult = await workflow.execute_activity_method(
-            Ordering.release_resources,
-            ReleaseInput(task_id=workflow.info().workflow_id, resources=resources),
-            task_queue=ordering_queue(workflow.info().task_queue),
-            start_to_close_timeout=_CLAIM_TIMEOUT, retry_policy=_CLAIM_RETRY)
+        inp = ReleaseInput(task_id=workflow.info().workflow_id, resources=resources)
+        queue = ordering_queue(workflow.info().task_queue)
+        if not self.cancel_safe:
+            result: ReleaseClaimsResult = await workflow.execute_activity_method(
+                Ordering.release_resources, inp, task_queue=queue,
+                start_to_close_timeout=_CLAIM_TIMEOUT, retry_policy=_CLAIM_RETRY)
+        else:  # a release is never cut short; a cancel meanwhile waits for the next step
+            handle = workflow.start_activity_method(
+                Ordering.release_resources, inp, task_queue=queue,
+                start_to_close_timeout=_CLAIM_TIMEOUT, retry_policy=_CLAIM_RETRY,
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED)
+            if await settle(handle, lambda: None):
+                self.cancel_pending = True
+            result = handle.result()
         if resources is None:
             self._claimed = False
         return result

@@ -11,7 +11,6 @@ reconcile schedule``; it shows under Schedules in the Temporal Web UI.
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 from datetime import timedelta
 
@@ -66,9 +65,9 @@ class Reconcile(Runbook):
                                            options=ON_ORDERING_QUEUE)
         hosts: list[HostCheck] = await self.step("list hosts", Hosts.hosts_to_check, inp,
                                                  options=DATABASE)
-        per_host: list[Findings] = list(await asyncio.gather(*(
+        per_host: list[Findings] = await self.together(
             self.step(f"compare {h.host} with libvirt", Hosts.compare_host, h,
-                      options=HYPERVISOR) for h in hosts)))
+                      options=HYPERVISOR) for h in hosts)
         found = [f for part in (stale, leaked, *per_host) for f in part.findings]
         if found:
             self.log("reconciliation found problems", count=len(found),

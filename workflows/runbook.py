@@ -15,6 +15,11 @@ that belong to no single step go through the task's ``undo`` stack (``add``, ``d
 A task moves through the phases of ``Phase``: it plans, runs and finalizes (the task says when),
 then the runbook ends it in ``done``, or in ``compensate`` and then ``failed``.
 
+A cancel of the task is met wherever the task is: in a step, whose activity is awaited to its
+real end first (``workflows.cancels``), or in a wait for prerequisites, a place in line or other
+tasks. Either way the undos run once nothing the task started still runs, what it held is
+released, and it ends ``cancelled``.
+
 Behaviours only some tasks need are helper objects they create in ``__init__`` (the VM steps, the
 disk steps, moving a VM), not base classes every task inherits.
 """
@@ -22,7 +27,7 @@ disk steps, moving a VM), not base classes every task inherits.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -30,7 +35,14 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    ChildWorkflowError,
+    is_cancelled_exception,
+)
+from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from taskomatic.errors import ErrorInfo, error_info
@@ -48,6 +60,7 @@ with workflow.unsafe.imports_passed_through():
     from taskomatic.states import check_task_transition
     from taskomatic.temporal import TASK_HOST
 
+from workflows.cancels import CANCEL_PATCH, Interrupted, settle, together
 from workflows.ordering import InLine, ordering_queue
 
 # Histories recorded before tasks waited for prerequisites and resources replay without it.
@@ -63,6 +76,9 @@ class ActivityOptions:
     heartbeat: timedelta | None = None
     # Activities about the queue itself run on the ordering queue (see worker.py).
     ordering_queue: bool = False
+    # A cancel of the task reaches the activity (at its next heartbeat) and is awaited until it
+    # has ended, so no undo runs beside it (CANCEL_PATCH; before it, the SDK's try-cancel).
+    cancellation: ActivityCancellationType = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 
 
 # Database steps are short; a lost connection is retried briefly, anything else is final.
@@ -202,13 +218,29 @@ class Runbook(InLine):
         return record
 
     async def step(self, name: str, activity: Callable[..., Any], arg: Any, *,
-                   options: ActivityOptions = HYPERVISOR, undo: Undo | None = None) -> Any:
+                   options: ActivityOptions = HYPERVISOR, undo: Undo | None = None,
+                   undo_once_done: Undo | None = None) -> Any:
+        """Run ``activity(arg)`` as the step ``name``, ``undo`` registered first; its result.
+        ``undo_once_done`` is registered only once the step has done its work (also when a
+        cancel came meanwhile): for an undo that is wrong unless the step happened.
+
+        Raises ``TaskFailed`` if the activity failed, ``asyncio.CancelledError`` if the task was
+        cancelled meanwhile (once the activity has ended; the step shows what it did)."""
+        if self.cancel_pending:  # a cancel met while releasing resources
+            raise asyncio.CancelledError()
         if undo is not None:
             self.undo.add(undo)
         record = self.begin(name)
         self.log("step started", step=name)
         try:
             result = await self._run(activity, arg, options)
+        except Interrupted as cut:
+            cut.record(record)
+            self.log("step interrupted by a cancel", step=name, state=record.state,
+                     detail=record.detail)
+            if undo_once_done is not None and record.state == StepState.DONE:
+                self.undo.add(undo_once_done)
+            raise asyncio.CancelledError() from None
         except ActivityError as err:
             if isinstance(err.cause, CancelledError):
                 record.state, record.finished_at, record.detail = (
@@ -222,14 +254,31 @@ class Runbook(InLine):
         record.state, record.finished_at = StepState.DONE, workflow.now()
         record.detail = getattr(result, "detail", None)
         self.log("step done", step=name, detail=record.detail)
+        if undo_once_done is not None:
+            self.undo.add(undo_once_done)
         return result
 
+    async def together(self, aws: Iterable[Awaitable[T]]) -> list[T]:
+        """Await ``aws`` (steps, children) at once: ``workflows.cancels.together``."""
+        return await together(aws, self.cancel_safe)
+
     async def _run(self, activity: Callable[..., Any], arg: Any, options: ActivityOptions) -> Any:
+        """The activity's result. Raises ``ActivityError``, or (with CANCEL_PATCH) ``Interrupted``
+        once the activity has ended if the task was cancelled while it ran."""
         queue = ordering_queue(workflow.info().task_queue) if options.ordering_queue else None
-        return await workflow.execute_activity_method(
+        if not self.cancel_safe:
+            return await workflow.execute_activity_method(
+                activity, arg, start_to_close_timeout=options.start_to_close,
+                retry_policy=options.retry, heartbeat_timeout=options.heartbeat,
+                task_queue=queue,
+            )
+        handle = workflow.start_activity_method(
             activity, arg, start_to_close_timeout=options.start_to_close,
             retry_policy=options.retry, heartbeat_timeout=options.heartbeat, task_queue=queue,
-        )
+            cancellation_type=options.cancellation)
+        if await settle(handle, handle.cancel):
+            raise Interrupted(handle)
+        return handle.result()
 
     # --- the whole task --------------------------------------------------------------------
 
@@ -237,6 +286,7 @@ class Runbook(InLine):
         """Run the task: wait for its prerequisites and its turn on its resources, run the body,
         release. On failure or cancellation undo what was done, newest first, then release."""
         self._ordered = workflow.patched(ORDERING_PATCH)
+        self.cancel_safe = workflow.patched(CANCEL_PATCH)
         try:
             if self._ordered:
                 await self._wait_turn(request)
@@ -247,12 +297,15 @@ class Runbook(InLine):
             await self.release()
             raise self._failure(failed, *undone) from None
         except (asyncio.CancelledError, CancelledError):
-            self.log("task cancelled; undoing")
-            await asyncio.shield(self._compensate())
-            await asyncio.shield(self.release())
-            self.phase("failed")
-            self._set_state("cancelled")
+            await self._cancelled()
             raise
+        except (ActivityError, ChildWorkflowError) as err:
+            # A cancel met in a wait outside the steps (prerequisites, tasks placed on a host):
+            # the wait's activities were cancelled. Before CANCEL_PATCH it ended the task as is.
+            if not (self.cancel_safe and is_cancelled_exception(err)):
+                raise
+            await self._cancelled()
+            raise asyncio.CancelledError() from None
         except workflow.ContinueAsNewError:
             raise  # the next run carries on with the claims this one holds
         await self.release()
@@ -260,6 +313,19 @@ class Runbook(InLine):
         self._state.current_step = None
         self._set_state("complete")
         return result
+
+    async def _cancelled(self) -> None:
+        """The task was cancelled: the waits it was in end, its undos run newest first, what it
+        held is released, and it is ``cancelled``."""
+        self.log("task cancelled; undoing")
+        for record in self._state.steps:
+            if record.state == StepState.RUNNING:  # a wait the cancel ended
+                record.state, record.finished_at, record.detail = (
+                    StepState.FAILED, workflow.now(), "cancelled")
+        await asyncio.shield(self._compensate())
+        await asyncio.shield(self.release())
+        self.phase("failed")
+        self._set_state("cancelled")
 
     async def _wait_turn(self, request: TaskRequest) -> None:
         if request.after:

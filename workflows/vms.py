@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         WaitShutoffInput,
     )
 
+from workflows.cancels import CANCEL_HEARTBEAT
 from workflows.disks import DISKS_PATCH, DiskSteps, disk_specs
 from workflows.migration import Mover
 from workflows.runbook import DATABASE, HYPERVISOR, ActivityOptions, Runbook, Undo
@@ -163,7 +164,8 @@ class StopVm(Runbook):
                 WaitShutoffInput(**ref.model_dump(), timeout_seconds=timeout),
                 options=ActivityOptions(start_to_close=timedelta(seconds=timeout + 60),
                                         retry=HYPERVISOR.retry,
-                                        heartbeat=timedelta(seconds=15)))
+                                        heartbeat=CANCEL_HEARTBEAT if self.cancel_safe
+                                        else timedelta(seconds=15)))
             notes.append(waited.detail)
             if waited.state in (VmState.SHUTOFF, VmState.CRASHED):
                 await self.vm.record_state(req.name, VmState.SHUTOFF)
