@@ -63,7 +63,7 @@ def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
         domains.define_domain, domains.undefine_domain, domains.start_domain,
         domains.shutdown_domain, domains.wait_domain_shutoff, domains.destroy_domain,
         hosts.reserve_destination, hosts.host_ref, hosts.begin_maintenance, hosts.set_host_state,
-        hosts.record_move, hosts.vms_with_origin, hosts.plan_moves,
+        hosts.vms_with_origin, hosts.plan_moves,
         moves.migrate_domain, moves.confirm_move, moves.locate_domain, moves.list_host_domains,
     ]
 
