@@ -1,4 +1,6 @@
-"""Inventory activities of moving VMs: one transaction each (see ``activities.hosts``)."""
+"""Inventory activities of the host tasks and of moves: maintenance and host state transitions,
+the destination of a move, the VMs a host had (restore) and the clear-host plan (dry run); one
+transaction each."""
 
 from __future__ import annotations
 
@@ -17,11 +19,9 @@ from taskomatic.models import (
     MoveReservation,
     OriginVmsInput,
     PlanInput,
-    RecordMoveInput,
     ReserveCapacityInput,
     SetHostStateInput,
     VmNames,
-    VmRecord,
 )
 
 
@@ -60,12 +60,6 @@ class HostActivities:
         res = inventory.set_host_state(self.db, inp.host, inp.transition)
         get_logger(host=inp.host).info("host state", detail=res.detail)
         return res
-
-    @activity.defn
-    def record_move(self, inp: RecordMoveInput) -> VmRecord:
-        vm = inventory.record_move(self.db, inp)
-        get_logger(vm=vm.name, host=vm.host).info("move recorded", origin=vm.origin_host)
-        return vm
 
     @activity.defn
     def vms_with_origin(self, inp: OriginVmsInput) -> VmNames:

@@ -111,6 +111,11 @@ def _blocking(name: str, method: Callable[..., Any]) -> Callable[..., Any]:
         out = bound(*(_inward(a) for a in args), **{k: _inward(v) for k, v in kwargs.items()})
         return _outward(self._loop.run(out) if waits else out, self._loop)
 
+    # What help() and IDEs show: the same parameters, a task handle returned as the blocking one.
+    signature = inspect.signature(method)
+    if signature.return_annotation in (TaskHandle, "TaskHandle"):
+        signature = signature.replace(return_annotation=SyncTaskHandle)
+    call.__signature__ = signature  # type: ignore[attr-defined]
     return call
 
 

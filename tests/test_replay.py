@@ -24,7 +24,8 @@ from worker import TASK_WORKFLOWS as WORKFLOWS
 
 HISTORIES = Path(__file__).parent / "histories"
 KINDS = {"CreateVm", "StartVm", "StopVm", "DestroyVm", "MigrateVm", "ClearHost", "ActivateHost",
-         "RestoreHost"}
+         "RestoreHost", "CreateStoragePool", "DestroyStoragePool", "RefreshStoragePool",
+         "SetPoolAutostart", "CreateVolume", "DeleteVolume", "ResizeVolume", "Reconcile"}
 
 
 def _replayer() -> Replayer:

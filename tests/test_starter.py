@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import inspect
 import pkgutil
+import typing
 
 import pytest
 from temporalio import workflow
@@ -21,6 +22,7 @@ from taskomatic.models import (
     DestroyVmRequest,
     HostState,
     HostTaskResult,
+    TaskRequest,
 )
 from worker import TASK_WORKFLOWS
 from workflows.kinds import KINDS, kind_of
@@ -97,7 +99,15 @@ def test_the_registry_has_every_workflow_the_worker_runs_once() -> None:
     for kind in rows:
         assert kind_of(kind.request) is kind
         if kind.method is not None:
-            assert inspect.iscoroutinefunction(getattr(TaskomaticClient, kind.method))
+            method = getattr(TaskomaticClient, kind.method)
+            assert inspect.iscoroutinefunction(method)
+            assert typing.get_type_hints(method)["req"] is kind.request, kind.method
+    # And no typed task method of the client (``start``/``submit`` take any kind) is missing
+    # from the registry.
+    typed = {name for name, fn in inspect.getmembers(TaskomaticClient, inspect.iscoroutinefunction)
+             if isinstance(typing.get_type_hints(fn).get("req"), type)
+             and issubclass(typing.get_type_hints(fn)["req"], TaskRequest)}
+    assert typed - {"start", "submit"} == {k.method for k in rows if k.method is not None}
     assert (KINDS["ClearHost"].slug, KINDS["ClearHost"].method) == ("host-clear", "clear_host")
 
 

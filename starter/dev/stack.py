@@ -235,7 +235,7 @@ class DevStack:
         its output in ``<state>/LOG_NAME``."""
         env = {**os.environ, **_settings_env(settings), "TASKOMATIC_LOG_FORMAT": "json",
                "PYTHONUNBUFFERED": "1"}
-        child = Child.spawn(name, [sys.executable, "-m", module], self.dir / log_name,
+        child = Child.spawn(name, [sys.executable, "-P", "-m", module], self.dir / log_name,
                             stop_seconds, env=env)
         self.children.append(child)
         return child

@@ -1,9 +1,10 @@
 """The inventory, in PostgreSQL, one module per feature: ``hosts`` (register, load, state
 transitions, maintenance), ``vms`` (VMs and the capacity reservations that place them),
-``migration`` (moves and the clear-host plan), ``storage``, and ``ordering`` (the claims of the
-resource lines). Every function is one transaction; every writer of a host's load locks that
-host's row first (see ``vms.reserve_capacity``). Import the functions from here; ``ordering`` and
-``db`` (connections, schema upgrades) are used as modules.
+``migration`` (moves and the clear-host plan), ``storage`` (pools, volumes and the disks of VMs),
+``ordering`` (the claims of the resource lines), ``reconcile`` (what the safety net reads) and
+``checks`` (the client's advisory checks of requests). Every write is one transaction; every
+writer of a host's load locks that host's row first (see ``vms.reserve_capacity``). Import the
+functions from here; ``ordering`` and ``db`` (connections, schema upgrades) are used as modules.
 """
 
 from taskomatic.inventory import db, ordering

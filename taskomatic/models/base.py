@@ -187,7 +187,7 @@ class TaskProgress(Model):
     steps: list[StepRecord] = []
     vm: str | None = None
     host: str | None = None
-    state: TaskState = "running"
+    state: TaskState = "new"
     waiting_on: list[str] = []
     percent: float | None = Field(None, description="how far the task's long step is, 0-100")
 
