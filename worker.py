@@ -90,7 +90,8 @@ def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
 # without the sandbox's checks.
 WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules(
-        "workflows.runbook", "workflows.ordering", "workflows.vm_steps", "workflows.disks"))
+        "workflows.runbook", "workflows.ordering", "workflows.vm_steps", "workflows.disks",
+        "workflows.cancels"))
 
 
 def drain_time(settings: Settings) -> timedelta:
