@@ -70,10 +70,10 @@ CLI = str(Path(sys.executable).parent / "taskomatic")
 
 
 def _worker_pid(stack: psutil.Process) -> int | None:
-    """The dev stack's worker process (``python -m worker``), if one runs."""
+    """The dev stack's worker process (``python -P -m worker``), if one runs."""
     for child in stack.children():
         try:
-            if child.cmdline()[1:3] == ["-m", "worker"] and child.status() != "zombie":
+            if child.cmdline()[-2:] == ["-m", "worker"] and child.status() != "zombie":
                 return int(child.pid)
         except psutil.Error:
             continue
