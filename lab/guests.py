@@ -1,7 +1,8 @@
 """Guests for lab hosts: tiny TCG VMs.
 
-- The default guest is what ``CreateVm`` defines (``taskomatic.hypervisor.domain_xml``): disk-less, SeaBIOS
-  only (it finds no bootable device and idles), 64 MiB. It ignores ACPI shutdown.
+- The default guest is what ``CreateVm`` defines (``taskomatic.hypervisor.domain_xml``):
+  disk-less, SeaBIOS only (it finds no bootable device and idles), 64 MiB. It ignores ACPI
+  shutdown.
 - The Linux guest boots a Debian cloud kernel with a busybox initramfs whose init prints
   ``tick N uptime S`` to the serial console every second; the console is a file under the lab
   cache that every host appends to, so a test reads one counter across a migration. Kernel and
