@@ -106,9 +106,10 @@ def assert_consistent(lab: Lab | QemuLab, db: Database, names: list[str]) -> Non
     assert not problems, "\n".join(problems)
 
 
-async def still_running(client: TaskomaticClient, task_ids: list[str]) -> list[str]:
-    """Those of ``task_ids`` Temporal has and has not closed (an id never started is fine)."""
-    running = []
+async def in_status(client: TaskomaticClient, task_ids: list[str],
+                    status: WorkflowExecutionStatus) -> list[str]:
+    """Those of ``task_ids`` whose execution is in ``status`` (an id never started is none)."""
+    found = []
     for task_id in task_ids:
         try:
             desc = await client.temporal.get_workflow_handle(task_id).describe()
@@ -116,9 +117,14 @@ async def still_running(client: TaskomaticClient, task_ids: list[str]) -> list[s
             if err.status == RPCStatusCode.NOT_FOUND:
                 continue
             raise
-        if desc.status == WorkflowExecutionStatus.RUNNING:
-            running.append(task_id)
-    return running
+        if desc.status == status:
+            found.append(task_id)
+    return found
+
+
+async def still_running(client: TaskomaticClient, task_ids: list[str]) -> list[str]:
+    """Those of ``task_ids`` Temporal has and has not closed (an id never started is fine)."""
+    return await in_status(client, task_ids, WorkflowExecutionStatus.RUNNING)
 
 
 async def ends_cancelled(handle: TaskHandle, within: float = 120) -> None:
@@ -151,17 +157,7 @@ async def assert_replays(client: TaskomaticClient, task_ids: list[str], record: 
 
 async def cancelled_among(client: TaskomaticClient, task_ids: list[str]) -> list[str]:
     """Those of ``task_ids`` that ended cancelled."""
-    ended = []
-    for task_id in task_ids:
-        try:
-            desc = await client.temporal.get_workflow_handle(task_id).describe()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                continue
-            raise
-        if desc.status == WorkflowExecutionStatus.CANCELED:
-            ended.append(task_id)
-    return ended
+    return await in_status(client, task_ids, WorkflowExecutionStatus.CANCELED)
 
 
 async def until(probe: Callable[[], Awaitable[Any]], what: str, seconds: float = 30.0) -> Any:
