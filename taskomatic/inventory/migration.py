@@ -61,10 +61,13 @@ def vms_with_origin(db: Database, host: str, exclude: list[str]) -> list[str]:
 
 def plan_moves(db: Database, host: str, vms: list[str]) -> list[PlannedMove]:
     """Where placement would put each of ``vms`` if ``host`` were cleared now: ``placement.plan``
-    over the hosts' current load. Reads only, without locks: a plan, not a promise."""
+    over the hosts' current load, inside ``host``'s cluster. Reads only, without locks: a plan,
+    not a promise."""
     with db.transaction() as cur:
         cur.execute("SELECT name, vcpus, memory_mib FROM vms WHERE name = ANY(%s)", (vms,))
         sizes = {r["name"]: placement.VmSize(r["vcpus"], r["memory_mib"])
                  for r in cur.fetchall()}
-        loads = [placement.HostLoad.of(h) for h in read_hosts(cur)]
-    return placement.plan(host, vms, sizes, loads)
+        hosts = read_hosts(cur)
+    loads = [placement.HostLoad.of(h) for h in hosts]
+    cluster = next((h.cluster for h in hosts if h.name == host), None)
+    return placement.plan(host, vms, sizes, loads, cluster)

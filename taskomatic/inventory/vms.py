@@ -191,10 +191,12 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
             if existing is not None:
                 return existing
             hosts = {h.name: h for h in read_hosts(cur, ids=list(locked.values()))}
+            cluster = inp.cluster or (vm_cluster(cur, inp.vm_name) if moving else None)
             chosen = placement.choose(
                 placement.PlacementRequest(vm=inp.vm_name, vcpus=inp.vcpus,
                                            memory_mib=inp.memory_mib, host=inp.host,
-                                           exclude=tuple(inp.exclude), field=inp.host_field),
+                                           exclude=tuple(inp.exclude), field=inp.host_field,
+                                           cluster=cluster),
                 [placement.HostLoad.of(h) for h in hosts.values()])
             cur.execute(
                 "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib)"
@@ -212,6 +214,14 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
         raise task_error(ErrorType.DUPLICATE_VM,
                          f"VM {inp.vm_name!r} is already being {doing} by another task",
                          field="name", vm=inp.vm_name) from err
+
+
+def vm_cluster(cur: Any, name: str) -> str | None:
+    """The cluster of the host VM ``name`` is recorded on (None: not in the inventory)."""
+    cur.execute("SELECT c.name FROM vms v JOIN hosts h ON h.id = v.host_id"
+                " JOIN clusters c ON c.id = h.cluster_id WHERE v.name = %s", (name,))
+    row = cur.fetchone()
+    return str(row["name"]) if row else None
 
 
 def release_capacity(db: Database, task_id: str) -> Reservation | None:

@@ -27,6 +27,12 @@ from taskomatic.models.base import (
     pool_resource,
     vm_resource,
 )
+from taskomatic.models.clusters import (
+    ClusterRecord,
+    ClusterSpec,
+    HostFacts,
+    Weigher,
+)
 from taskomatic.models.disks import (
     AttachedDisk,
     DiskPlan,
@@ -188,6 +194,8 @@ __all__ = [
     "ClaimInput",
     "ClaimResult",
     "ClearHostRequest",
+    "ClusterRecord",
+    "ClusterSpec",
     "ConfirmMoveInput",
     "CreatePoolRequest",
     "CreateVmRequest",
@@ -208,6 +216,7 @@ __all__ = [
     "HostCheck",
     "HostDomain",
     "HostDomains",
+    "HostFacts",
     "HostInfo",
     "HostName",
     "HostNameInput",
@@ -314,6 +323,7 @@ __all__ = [
     "VolumeSpec",
     "VolumeTaskRequest",
     "WaitShutoffInput",
+    "Weigher",
     "capacity_of",
     "check_pool_path",
     "check_root_task_id",
