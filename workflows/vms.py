@@ -77,7 +77,9 @@ class CreateVm(Runbook):
             "reserve capacity", Inventory.reserve_capacity,
             ReserveCapacityInput(task_id=task_id, vm_name=req.name, vcpus=req.vcpus,
                                  memory_mib=req.memory_mib,
-                                 host=plan.host if plan and plan.host else req.host),
+                                 host=plan.host if plan and plan.host else req.host,
+                                 cluster=req.cluster, group=req.group,
+                                 group_policy=req.group_policy),
             options=DATABASE,
             undo=Undo("release capacity", Inventory.release_capacity,
                       ReleaseCapacityInput(task_id=task_id), DATABASE))

@@ -54,11 +54,15 @@ def read_hosts(cur: Any, *, name: str | None = None, ids: Sequence[int] | None =
     return [HostRecord.model_validate(row) for row in cur.fetchall()]
 
 
-def lock_hosts(cur: Any, name: str | None = None) -> dict[str, int]:
-    """Lock the host named ``name`` (None: every host) ``FOR UPDATE``, in id order (the global
-    lock order); returns name → id of the rows locked (empty for an unknown name)."""
-    cur.execute("SELECT id, name FROM hosts WHERE %(name)s::text IS NULL OR name = %(name)s"
-                " ORDER BY id FOR UPDATE", {"name": name})
+def lock_hosts(cur: Any, name: str | None = None, cluster: str | None = None
+               ) -> dict[str, int]:
+    """Lock the host named ``name`` (None: every host of ``cluster``; both None: every host)
+    ``FOR UPDATE``, in id order (the global lock order); returns name → id of the rows locked
+    (empty for an unknown name)."""
+    cur.execute("SELECT h.id, h.name FROM hosts h JOIN clusters c ON c.id = h.cluster_id"
+                " WHERE (%(name)s::text IS NULL OR h.name = %(name)s)"
+                " AND (%(cluster)s::text IS NULL OR c.name = %(cluster)s)"
+                " ORDER BY h.id FOR UPDATE OF h", {"name": name, "cluster": cluster})
     return {row["name"]: row["id"] for row in cur.fetchall()}
 
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 from taskomatic import placement
 from taskomatic.errors import ErrorType, task_error
+from taskomatic.inventory.clusters import placement_policy
 from taskomatic.inventory.db import Database
 from taskomatic.inventory.hosts import read_hosts
-from taskomatic.inventory.vms import get_vm
+from taskomatic.inventory.vms import get_vm, loads
 from taskomatic.models import PlannedMove, RecordMoveInput, VmRecord
 from taskomatic.states import IN_MAINTENANCE, HostState
 
@@ -61,13 +62,19 @@ def vms_with_origin(db: Database, host: str, exclude: list[str]) -> list[str]:
 
 def plan_moves(db: Database, host: str, vms: list[str]) -> list[PlannedMove]:
     """Where placement would put each of ``vms`` if ``host`` were cleared now: ``placement.plan``
-    over the hosts' current load, inside ``host``'s cluster. Reads only, without locks: a plan,
-    not a promise."""
+    over the current load of the hosts of ``host``'s cluster, with each VM's affinity group.
+    Reads only, without locks: a plan, not a promise."""
     with db.transaction() as cur:
-        cur.execute("SELECT name, vcpus, memory_mib FROM vms WHERE name = ANY(%s)", (vms,))
-        sizes = {r["name"]: placement.VmSize(r["vcpus"], r["memory_mib"])
-                 for r in cur.fetchall()}
-        hosts = read_hosts(cur)
-    loads = [placement.HostLoad.of(h) for h in hosts]
-    cluster = next((h.cluster for h in hosts if h.name == host), None)
-    return placement.plan(host, vms, sizes, loads, cluster)
+        cur.execute("SELECT v.name, v.vcpus, v.memory_mib, g.name AS group, g.policy"
+                    " FROM vms v LEFT JOIN affinity_groups g ON g.id = v.affinity_group_id"
+                    " WHERE v.name = ANY(%s)", (vms,))
+        rows = {r["name"]: r for r in cur.fetchall()}
+        policy = placement_policy(cur, host=host)
+        hosts = loads(cur, read_hosts(cur), with_groups=True)
+    moves = [(vm, None if vm not in rows else placement.PlacementRequest(
+        vm=vm, vcpus=rows[vm]["vcpus"], memory_mib=rows[vm]["memory_mib"], exclude=(host,),
+        cluster=policy["name"] if policy else None,
+        hypervisor_type=policy["hypervisor_type"] if policy else None,
+        weigher=policy["weigher"] if policy else "spread", group=rows[vm]["group"],
+        group_policy=rows[vm]["policy"] or "anti-affinity")) for vm in vms]
+    return placement.plan(moves, hosts)

@@ -9,15 +9,18 @@ reservation gets is ``taskomatic.placement``'s choice, over the rows locked here
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import psycopg2.errors
 
 from taskomatic import placement
 from taskomatic.errors import ErrorType, task_error
+from taskomatic.inventory.clusters import host_groups, lock_group, placement_policy
 from taskomatic.inventory.db import Database
 from taskomatic.inventory.hosts import lock_hosts, read_hosts
 from taskomatic.models import (
+    HostRecord,
     RecordVmInput,
     Reservation,
     ReserveCapacityInput,
@@ -29,9 +32,10 @@ from taskomatic.states import IN_MAINTENANCE
 
 _VM_COLUMNS = """
     SELECT v.name, v.uuid::text AS uuid, h.name AS host, v.vcpus, v.memory_mib, v.state,
-           v.origin_host, v.created_at, v.updated_at, h.uri AS host_uri,
+           v.origin_host, g.name AS group, v.created_at, v.updated_at, h.uri AS host_uri,
            h.state AS host_state, h.migration_uri AS host_migration_uri
     FROM vms v JOIN hosts h ON h.id = v.host_id
+    LEFT JOIN affinity_groups g ON g.id = v.affinity_group_id
 """
 _HOST_FIELDS = ("host_uri", "host_state", "host_migration_uri")
 
@@ -59,16 +63,31 @@ def get_vm(db: Database, name: str) -> VmPlacement | None:
                            host_migration_uri=row["host_migration_uri"])
 
 
-def check_new_vm(db: Database, name: str, host: str | None) -> None:
-    """Refuse a create early when the name is taken or the host is unknown (advisory only:
+def check_new_vm(db: Database, name: str, host: str | None, cluster: str | None = None,
+                 group: str | None = None, group_policy: str | None = None) -> None:
+    """Refuse a create early when the name is taken, the host or cluster unknown, the host not
+    in the cluster, or the affinity group of another policy (advisory only:
     ``reserve_capacity`` re-checks under locks)."""
     with db.transaction() as cur:
         _refuse_taken_name(cur, name)
+        cur.execute("SELECT policy FROM affinity_groups WHERE name = %s", (group,))
+        found = cur.fetchone()
+        if group_policy is not None and found is not None and found["policy"] != group_policy:
+            raise task_error(ErrorType.INVALID_REQUEST, f"affinity group {group!r} is "
+                             f"{found['policy']!r}, not {group_policy!r}", field="group_policy",
+                             vm=name)
+        policy = placement_policy(cur, cluster=cluster) if cluster else None
         if host is not None:
-            cur.execute("SELECT 1 FROM hosts WHERE name = %s", (host,))
-            if cur.fetchone() is None:
+            cur.execute("SELECT c.name AS cluster FROM hosts h JOIN clusters c"
+                        " ON c.id = h.cluster_id WHERE h.name = %s", (host,))
+            row = cur.fetchone()
+            if row is None:
                 raise task_error(ErrorType.UNKNOWN_HOST, f"no host named {host!r}", field="host",
                                  host=host, vm=name)
+            if policy is not None and row["cluster"] != policy["name"]:
+                raise task_error(ErrorType.INVALID_REQUEST,
+                                 f"host {host!r} is in cluster {row['cluster']!r}, not "
+                                 f"{cluster!r}", field="host", host=host, vm=name)
 
 
 def _refuse_taken_name(cur: Any, name: str, task_id: str | None = None) -> None:
@@ -148,12 +167,14 @@ def record_vm(db: Database, inp: RecordVmInput) -> VmRecord:
             raise task_error(ErrorType.UNKNOWN_HOST, f"no host named {inp.host!r}", field="host",
                              host=inp.host, vm=inp.name)
         cur.execute(
-            "INSERT INTO vms (name, uuid, host_id, vcpus, memory_mib, state)"
-            " VALUES (%s, %s, %s, %s, %s, %s)"
+            "INSERT INTO vms (name, uuid, host_id, vcpus, memory_mib, state, affinity_group_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s,"
+            " (SELECT affinity_group_id FROM reservations WHERE task_id = %s))"
             " ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, updated_at = now()"
             " WHERE vms.uuid = EXCLUDED.uuid AND vms.host_id = EXCLUDED.host_id"
             " RETURNING name",
-            (inp.name, inp.uuid, host["id"], inp.vcpus, inp.memory_mib, inp.state.value),
+            (inp.name, inp.uuid, host["id"], inp.vcpus, inp.memory_mib, inp.state.value,
+             inp.task_id),
         )
         if cur.fetchone() is None:
             raise task_error(ErrorType.DUPLICATE_VM,
@@ -185,23 +206,32 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
                 return existing
             if not moving:
                 _refuse_taken_name(cur, inp.vm_name, inp.task_id)
-            locked = lock_hosts(cur, inp.host)  # the pinned host, or every host
+            group = lock_group(cur, vm=inp.vm_name, group=inp.group, policy=inp.group_policy,
+                               moving=moving)
+            policy = placement_policy(cur, cluster=inp.cluster,
+                                      vm=inp.vm_name if moving else None, host=inp.host)
+            cluster = policy["name"] if policy else None
+            # The pinned host, or every host of the cluster (of every cluster if none).
+            locked = lock_hosts(cur, inp.host, None if inp.host else cluster)
             # An overlapping attempt of this same task may have committed while we waited.
             existing = _reservation_of(cur, inp.task_id)
             if existing is not None:
                 return existing
             hosts = {h.name: h for h in read_hosts(cur, ids=list(locked.values()))}
-            cluster = inp.cluster or (vm_cluster(cur, inp.vm_name) if moving else None)
             chosen = placement.choose(
-                placement.PlacementRequest(vm=inp.vm_name, vcpus=inp.vcpus,
-                                           memory_mib=inp.memory_mib, host=inp.host,
-                                           exclude=tuple(inp.exclude), field=inp.host_field,
-                                           cluster=cluster),
-                [placement.HostLoad.of(h) for h in hosts.values()])
+                placement.PlacementRequest(
+                    vm=inp.vm_name, vcpus=inp.vcpus, memory_mib=inp.memory_mib, host=inp.host,
+                    exclude=tuple(inp.exclude), field=inp.host_field, cluster=cluster,
+                    hypervisor_type=policy["hypervisor_type"] if policy else None,
+                    weigher=policy["weigher"] if policy else "spread",
+                    group=group["name"] if group else None,
+                    group_policy=group["policy"] if group else "anti-affinity"),
+                loads(cur, hosts.values(), with_groups=group is not None))
             cur.execute(
-                "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (inp.task_id, locked[chosen.name], inp.vm_name, inp.vcpus, inp.memory_mib),
+                "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib,"
+                " affinity_group_id) VALUES (%s, %s, %s, %s, %s, %s)",
+                (inp.task_id, locked[chosen.name], inp.vm_name, inp.vcpus, inp.memory_mib,
+                 group["id"] if group else None),
             )
             # Checked again after the insert: a create that finalized meanwhile is visible now.
             if not moving:
@@ -216,12 +246,12 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
                          field="name", vm=inp.vm_name) from err
 
 
-def vm_cluster(cur: Any, name: str) -> str | None:
-    """The cluster of the host VM ``name`` is recorded on (None: not in the inventory)."""
-    cur.execute("SELECT c.name FROM vms v JOIN hosts h ON h.id = v.host_id"
-                " JOIN clusters c ON c.id = h.cluster_id WHERE v.name = %s", (name,))
-    row = cur.fetchone()
-    return str(row["name"]) if row else None
+def loads(cur: Any, hosts: Iterable[HostRecord], *, with_groups: bool
+          ) -> list[placement.HostLoad]:
+    """The hosts as placement sees them; ``with_groups``: with the affinity groups that have a
+    member on each (read only when the placement has a group)."""
+    groups = host_groups(cur) if with_groups else {}
+    return [placement.HostLoad.of(h, groups=groups.get(h.name, frozenset())) for h in hosts]
 
 
 def release_capacity(db: Database, task_id: str) -> Reservation | None:

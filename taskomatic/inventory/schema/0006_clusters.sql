@@ -52,3 +52,19 @@ WHERE c.hypervisor_type = lower(split_part(split_part(h.uri, ':', 1), '+', 1));
 
 ALTER TABLE hosts ALTER COLUMN cluster_id SET NOT NULL;
 CREATE INDEX hosts_cluster_id ON hosts (cluster_id);
+
+-- Affinity groups (oVirt's affinity groups, Nova's server groups): VMs of an 'anti-affinity'
+-- group never share a host, of a 'soft-anti-affinity' group preferably not, of an 'affinity'
+-- group always do. A group is made by the first `vm create --group` naming it. A reservation
+-- carries its VM's group, so placements running at once see each other's; placements of one
+-- group serialize on its row.
+CREATE TABLE affinity_groups (
+    id          bigserial   PRIMARY KEY,
+    name        text        NOT NULL UNIQUE,
+    policy      text        NOT NULL
+                CHECK (policy IN ('anti-affinity', 'soft-anti-affinity', 'affinity')),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+ALTER TABLE vms ADD COLUMN affinity_group_id bigint REFERENCES affinity_groups (id);
+ALTER TABLE reservations ADD COLUMN affinity_group_id bigint REFERENCES affinity_groups (id);
+CREATE INDEX vms_affinity_group_id ON vms (affinity_group_id);
