@@ -11,7 +11,8 @@ from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.clusters import placement_policy
 from taskomatic.inventory.db import Database
 from taskomatic.inventory.hosts import read_hosts
-from taskomatic.inventory.vms import get_vm, loads
+from taskomatic.inventory.placement import loads
+from taskomatic.inventory.vms import get_vm
 from taskomatic.models import PlannedMove, RecordMoveInput, VmRecord
 from taskomatic.states import IN_MAINTENANCE, HostState
 

@@ -9,18 +9,16 @@ reservation gets is ``taskomatic.placement``'s choice, over the rows locked here
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import psycopg2.errors
 
 from taskomatic import placement
 from taskomatic.errors import ErrorType, task_error
-from taskomatic.inventory.clusters import host_groups, lock_group, placement_policy
+from taskomatic.inventory.clusters import lock_group, placement_policy
 from taskomatic.inventory.db import Database
-from taskomatic.inventory.hosts import lock_hosts, read_hosts
+from taskomatic.inventory.placement import place
 from taskomatic.models import (
-    HostRecord,
     RecordVmInput,
     Reservation,
     ReserveCapacityInput,
@@ -90,20 +88,25 @@ def check_new_vm(db: Database, name: str, host: str | None, cluster: str | None 
                                  f"{cluster!r}", field="host", host=host, vm=name)
 
 
-def _refuse_taken_name(cur: Any, name: str, task_id: str | None = None) -> None:
-    cur.execute("SELECT h.name AS host FROM vms v JOIN hosts h ON h.id = v.host_id "
-                "WHERE v.name = %s", (name,))
+def _refuse_taken_name(cur: Any, name: str, task_id: str | None = None) -> bool:
+    """Raise ``DuplicateVm`` (field ``name``) when VM ``name`` is recorded, or reserved by
+    another task than ``task_id``; else whether ``task_id`` holds a reservation. One query."""
+    cur.execute(
+        "SELECT (SELECT h.name FROM vms v JOIN hosts h ON h.id = v.host_id"
+        "        WHERE v.name = %(name)s) AS host,"
+        " (SELECT task_id FROM reservations WHERE vm_name = %(name)s"
+        "  AND task_id IS DISTINCT FROM %(task)s LIMIT 1) AS other,"
+        " EXISTS (SELECT 1 FROM reservations WHERE task_id = %(task)s) AS held",
+        {"name": name, "task": task_id})
     row = cur.fetchone()
-    if row:
+    if row["host"]:
         raise task_error(ErrorType.DUPLICATE_VM, f"VM {name!r} already exists on {row['host']}",
                          field="name", vm=name)
-    cur.execute("SELECT task_id FROM reservations"
-                " WHERE vm_name = %s AND task_id IS DISTINCT FROM %s", (name, task_id))
-    row = cur.fetchone()
-    if row:
+    if row["other"]:
         raise task_error(ErrorType.DUPLICATE_VM,
-                         f"VM {name!r} is already being created by task {row['task_id']}",
+                         f"VM {name!r} is already being created by task {row['other']}",
                          field="name", vm=name)
+    return bool(row["held"])
 
 
 def set_vm_state(db: Database, name: str, state: VmState) -> bool:
@@ -190,68 +193,59 @@ def record_vm(db: Database, inp: RecordVmInput) -> VmRecord:
 
 def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = False
                      ) -> Reservation:
-    """Reserve a VM's vCPUs and memory on a host, in one transaction under host row locks.
+    """Reserve a VM's vCPUs and memory on a host, in one transaction under the chosen host's
+    row lock.
 
-    Locks the candidate rows (the pinned ``inp.host``, or every host) in id order, reads their
-    load, and lets ``placement.choose`` pick (never a host in ``inp.exclude``); its typed errors
-    (``UnknownHost``, ``HostNotAvailable``, ``NoCapacity``) propagate. Idempotent: a task that
+    The placement happens in the VM's cluster (a move: its source's; a create: ``inp.cluster``
+    or the pinned host's; else any), with its affinity group (its row locked: placements of one
+    group run one at a time); ``inventory.placement.place`` finds the host (never one in
+    ``inp.exclude``) and locks only it; ``placement.choose``'s typed errors (``UnknownHost``,
+    ``HostNotAvailable``, ``NoCapacity``) propagate. Idempotent: a task that
     already holds a reservation gets it back unchanged. ``moving`` reserves room for an existing
     VM about to move there (a migration), so its name is expected to exist; otherwise a taken
     name is ``DuplicateVm``.
     """
     try:
         with db.transaction() as cur:
-            existing = _reservation_of(cur, inp.task_id)
+            held = (_refuse_taken_name(cur, inp.vm_name, inp.task_id) if not moving
+                    else _reservation_of(cur, inp.task_id) is not None)
+            existing = _reservation_of(cur, inp.task_id) if held else None
             if existing is not None:
                 return existing
-            if not moving:
-                _refuse_taken_name(cur, inp.vm_name, inp.task_id)
             group = lock_group(cur, vm=inp.vm_name, group=inp.group, policy=inp.group_policy,
                                moving=moving)
             policy = placement_policy(cur, cluster=inp.cluster,
                                       vm=inp.vm_name if moving else None, host=inp.host)
             cluster = policy["name"] if policy else None
-            # The pinned host, or every host of the cluster (of every cluster if none).
-            locked = lock_hosts(cur, inp.host, None if inp.host else cluster)
-            # An overlapping attempt of this same task may have committed while we waited.
-            existing = _reservation_of(cur, inp.task_id)
-            if existing is not None:
-                return existing
-            hosts = {h.name: h for h in read_hosts(cur, ids=list(locked.values()))}
-            chosen = placement.choose(
-                placement.PlacementRequest(
-                    vm=inp.vm_name, vcpus=inp.vcpus, memory_mib=inp.memory_mib, host=inp.host,
-                    exclude=tuple(inp.exclude), field=inp.host_field, cluster=cluster,
-                    hypervisor_type=policy["hypervisor_type"] if policy else None,
-                    weigher=policy["weigher"] if policy else "spread",
-                    group=group["name"] if group else None,
-                    group_policy=group["policy"] if group else "anti-affinity"),
-                loads(cur, hosts.values(), with_groups=group is not None))
+            request = placement.PlacementRequest(
+                vm=inp.vm_name, vcpus=inp.vcpus, memory_mib=inp.memory_mib, host=inp.host,
+                exclude=tuple(inp.exclude), field=inp.host_field, cluster=cluster,
+                hypervisor_type=policy["hypervisor_type"] if policy else None,
+                weigher=policy["weigher"] if policy else "spread",
+                group=group["name"] if group else None,
+                group_policy=group["policy"] if group else "anti-affinity")
+            host_id, chosen = place(cur, request)
             cur.execute(
                 "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib,"
-                " affinity_group_id) VALUES (%s, %s, %s, %s, %s, %s)",
-                (inp.task_id, locked[chosen.name], inp.vm_name, inp.vcpus, inp.memory_mib,
+                " affinity_group_id) VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (task_id) DO NOTHING RETURNING task_id",
+                (inp.task_id, host_id, inp.vm_name, inp.vcpus, inp.memory_mib,
                  group["id"] if group else None),
             )
+            if cur.fetchone() is None:  # an overlapping attempt of this same task committed
+                existing = _reservation_of(cur, inp.task_id)
+                assert existing is not None
+                return existing
             # Checked again after the insert: a create that finalized meanwhile is visible now.
             if not moving:
                 _refuse_taken_name(cur, inp.vm_name, inp.task_id)
             return Reservation(task_id=inp.task_id, vm_name=inp.vm_name, host=chosen.name,
-                               host_uri=hosts[chosen.name].uri, vcpus=inp.vcpus,
-                               memory_mib=inp.memory_mib)
+                               host_uri=chosen.uri, vcpus=inp.vcpus, memory_mib=inp.memory_mib)
     except psycopg2.errors.UniqueViolation as err:
         doing = "moved" if moving else "created"
         raise task_error(ErrorType.DUPLICATE_VM,
                          f"VM {inp.vm_name!r} is already being {doing} by another task",
                          field="name", vm=inp.vm_name) from err
-
-
-def loads(cur: Any, hosts: Iterable[HostRecord], *, with_groups: bool
-          ) -> list[placement.HostLoad]:
-    """The hosts as placement sees them; ``with_groups``: with the affinity groups that have a
-    member on each (read only when the placement has a group)."""
-    groups = host_groups(cur) if with_groups else {}
-    return [placement.HostLoad.of(h, groups=groups.get(h.name, frozenset())) for h in hosts]
 
 
 def release_capacity(db: Database, task_id: str) -> Reservation | None:
