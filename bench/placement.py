@@ -71,7 +71,8 @@ def run_all(threads: int, n: int, one: Callable[[int], Any]) -> tuple[float, lis
 def placements(db: Database, tag: str) -> Callable[[int], Any]:
     def one(i: int) -> Any:
         return inventory.reserve_capacity(db, ReserveCapacityInput(
-            task_id=f"{tag}-{i}", vm_name=f"{tag}-{i}", vcpus=1, memory_mib=64))
+            task_id=f"{tag}-{i}", vm_name=f"{tag}-{i}", vcpus=1, memory_mib=64,
+            cluster=CLUSTER))
     return one
 
 

@@ -48,6 +48,10 @@ def test_existing_hosts_move_into_a_default_cluster_per_hypervisor_type(
                           ("t2", "test:///tmp/t2.xml"), ("q2", "qemu:///system")):
             cur.execute("INSERT INTO hosts (name, uri, vcpus, memory_mib) VALUES (%s, %s, 8, 4096)",
                         (name, uri))
+        cur.execute("INSERT INTO vms (name, uuid, host_id, vcpus, memory_mib, state) SELECT 'v1',"
+                    " gen_random_uuid(), id, 2, 512, 'running' FROM hosts WHERE name = 't1'")
+        cur.execute("INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib)"
+                    " SELECT 'task-1', id, 'v2', 1, 256 FROM hosts WHERE name = 't1'")
     conn.close()
     assert upgrade(scratch_database_url) == ["0006_clusters.sql"]
     db = Database(scratch_database_url)
@@ -60,6 +64,12 @@ def test_existing_hosts_move_into_a_default_cluster_per_hypervisor_type(
         # Capacities registered before stay what they were (explicit).
         assert {(h.name, h.vcpus, h.memory_mib) for h in inventory.list_hosts(db)} == {
             (n, 8, 4096) for n in ("t1", "t2", "q1", "q2")}
+        with db.transaction() as cur:  # the usage counters start from what is recorded
+            cur.execute("SELECT name, vcpus, memory_mib, vcpus_total, memory_total"
+                        " FROM host_usage ORDER BY name")
+            assert [tuple(r.values()) for r in cur.fetchall()] == [
+                ("q1", 0, 0, 8, 4096), ("q2", 0, 0, 8, 4096), ("t1", 3, 768, 8, 4096),
+                ("t2", 0, 0, 8, 4096)]
     finally:
         db.close()
 
