@@ -203,3 +203,33 @@ async def test_cluster_cli_creates_lists_shows_and_refuses_by_field(
             code_, err = await asyncio.to_thread(run_cli, argv)
             assert (code_, named_field(err)) == (2, field), err
 
+
+
+@pytest.mark.asyncio
+async def test_a_mixed_inventory_never_moves_vms_between_hypervisor_types(
+        client: TaskomaticClient, lab: Lab, db: Database) -> None:
+    """Test-driver hosts and a (roomier) QEMU host registered without a cluster land in
+    different default clusters, and no move or plan ever picks the QEMU host."""
+    a, b = lab.host(1, vcpus=2, memory_mib=1024), lab.host(2, vcpus=2, memory_mib=1024)
+    qemu = HostSpec(name=f"q{lab.prefix}", uri=f"qemu+tcp://127.0.0.1:1/{lab.prefix}",
+                    vcpus=64, memory_mib=65536)
+    inventory.add_host(db, qemu)
+    lab.hosts.append(qemu)
+    kinds = {h.name: (h.cluster, h.hypervisor_type) for h in inventory.list_hosts(db)}
+    assert kinds[a.name][1] == kinds[b.name][1] == "test" and kinds[qemu.name][1] == "qemu"
+    assert kinds[a.name][0] == kinds[b.name][0] != kinds[qemu.name][0]
+    name = lab.vm_name("mixed")
+    await (await client.create_vm(CreateVmRequest(name=name, host=a.name, memory_mib=256))
+           ).result()
+    assert [m.destination for m in inventory.plan_moves(db, a.name, [name])] == [b.name]
+    moved = await (await client.migrate_vm(MigrateVmRequest(name=name))).result()
+    assert moved.host == b.name
+    with pytest.raises(RequestError) as refused:
+        await client.migrate_vm(MigrateVmRequest(name=name, to=qemu.name))
+    assert refused.value.field == "to"
+    # With the other test host out of service, nothing is left: the QEMU host is no option.
+    with db.transaction() as cur:
+        cur.execute("UPDATE hosts SET state = 'down' WHERE name = %s", (a.name,))
+    [move] = inventory.plan_moves(db, b.name, [name])
+    assert move.destination is None and move.reason is not None
+    assert qemu.name not in move.reason and "hosts of other clusters" in move.reason
