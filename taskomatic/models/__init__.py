@@ -79,6 +79,7 @@ from taskomatic.models.migration import (
     RecordMoveInput,
     Seconds,
 )
+from taskomatic.models.monitor import ContactChange
 from taskomatic.models.ordering import (
     AwaitTaskInput,
     Blocker,
@@ -189,6 +190,7 @@ __all__ = [
     "ClaimResult",
     "ClearHostRequest",
     "ConfirmMoveInput",
+    "ContactChange",
     "CreatePoolRequest",
     "CreateVmRequest",
     "CreateVolumeRequest",

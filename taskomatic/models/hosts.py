@@ -28,6 +28,8 @@ class HostRecord(Model):
     name: str
     uri: str
     state: HostState
+    state_reason: str | None = Field(None, description="why the host monitor set the state "
+                                                       "(non_responsive: what it saw)")
     migration_uri: str | None = None
     hypervisor_id: str | None = Field(
         None, description="the hypervisor's own identity (its host UUID; test driver: its "
