@@ -27,6 +27,7 @@ from taskomatic.inventory import ordering
 from taskomatic.inventory.db import Database
 from taskomatic.inventory.monitor import lose_contact, observe_vm_state, regain_contact
 from taskomatic.models import (
+    ContactChange,
     DomainSpec,
     HostSpec,
     HostState,
@@ -183,7 +184,7 @@ async def test_the_monitor_marks_a_silent_host_and_brings_it_back(
     assert not any(c.host == name for c in await monitor.check())  # silent, not for long yet
     record = inventory.get_host(db, name)
     assert record is not None and record.state is HostState.UP
-    changes = []
+    changes: list[ContactChange] = []
     deadline = time.monotonic() + 5
     while not changes and time.monotonic() < deadline:
         changes = [c for c in await monitor.check() if c.host == name]
@@ -237,13 +238,12 @@ def test_libvirt_events_reach_the_inventory_within_2_s(db: Database, lab: Lab,
         holder = f"task-{uuid.uuid4().hex[:10]}"
         ordering.enqueue(db, holder, "StopVm", {f"vm:{held}": 1})
         # Behind taskomatic's back: paused, resumed, crashed (destroyed), started again.
-        for change, expected in ((lambda d: d.suspend(), VmState.PAUSED),
-                                 (lambda d: d.resume(), VmState.RUNNING),
-                                 (lambda d: d.destroy(), VmState.SHUTOFF),
-                                 (lambda d: d.create(), VmState.RUNNING)):
-            change(doms[free])
-            change(doms[held])
+        for change, expected in (("suspend", VmState.PAUSED), ("resume", VmState.RUNNING),
+                                 ("destroy", VmState.SHUTOFF), ("create", VmState.RUNNING)):
+            getattr(doms[free], change)()
+            getattr(doms[held], change)()
             _until(lambda e=expected: _state(db, free)[0] is e, 2.0)  # type: ignore[misc]
+            assert _state(db, held)[0] is VmState.RUNNING  # its task owns it
         ordering.release(db, holder)
         doms[held].suspend()  # no task holds it any more: recorded
         _until(lambda: _state(db, held)[0] is VmState.PAUSED, 2.0)
