@@ -207,8 +207,22 @@ class Hypervisors:
     def private(self, uri: str) -> Iterator[libvirt.virConnect]:
         """A connection to ``uri`` of the caller's own, closed afterwards: for one call that
         blocks for a long time (a migration) while other threads use the shared one. Not for
-        ``test:///`` hosts, whose state lives in the shared connection. It has a keepalive too."""
-        conn = libvirt.open(uri)
+        ``test:///`` hosts, whose state lives in the shared connection. It has a keepalive too,
+        and its open waits at most ``connect_timeout_seconds`` (``HypervisorUnavailable``)."""
+        opened: Future[libvirt.virConnect] = Future()
+
+        def open_it() -> None:
+            try:
+                opened.set_result(libvirt.open(uri))
+            except libvirt.libvirtError as err:
+                opened.set_exception(err)
+        threading.Thread(target=open_it, daemon=True, name="libvirt-open").start()
+        try:
+            conn = opened.result(timeout=self.limits.connect_timeout_seconds)
+        except TimeoutError:  # closed if it ever opens: nobody will use it
+            opened.add_done_callback(lambda f: f.exception() is None and f.result().close())
+            raise unavailable(f"connect to {uri}: no answer within "
+                              f"{self.limits.connect_timeout_seconds:g} s", uri) from None
         try:
             with suppress(libvirt.libvirtError):
                 conn.setKeepAlive(self.limits.keepalive_interval_seconds,
