@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 from prometheus_client import REGISTRY
 from temporalio import activity
@@ -15,6 +16,8 @@ from starter.client import TaskomaticClient
 from taskomatic.health import HealthServer
 from taskomatic.inventory.db import Database
 from taskomatic.models import CreateVmRequest
+from taskomatic.settings import Settings
+from taskomatic.temporal import connect_temporal, sdk_runtime
 from worker import liveness_checks, readiness_checks
 
 
@@ -92,3 +95,25 @@ async def test_not_ready_names_what_is_wrong(temporal_env: WorkflowEnvironment,
         assert checks["database"] != "ok"
     finally:
         await server.stop()
+
+
+async def test_the_sdk_runtime_serves_temporal_metrics(temporal_env: WorkflowEnvironment,
+                                                       settings: Settings) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    own = settings.model_copy(update={
+        "temporal_metrics_address": f"127.0.0.1:{port}",
+        "temporal_address": temporal_env.client.service_client.config.target_host})
+    runtime = sdk_runtime(own)
+    assert runtime is not None
+    client = await connect_temporal(own, runtime)
+    await client.count_workflows()
+    status, body = 0, b""
+    for _ in range(50):  # the exporter publishes what the client recorded shortly after
+        status, body = await _get(port, "/metrics")
+        if b"temporal_request" in body:
+            break
+        await asyncio.sleep(0.1)
+    assert status == 200 and b"temporal_request" in body
+    assert sdk_runtime(settings.model_copy(update={"temporal_metrics_address": ""})) is None

@@ -287,3 +287,39 @@ def test_events_skip_a_vm_a_task_holds(db: Database, lab: Lab, tmp_path: Path) -
     finally:
         ordering.release(db, holder)
         hv.close()
+
+
+def test_pool_events_reach_the_inventory(db: Database, lab: Lab, tmp_path: Path) -> None:
+    name = f"h{lab.prefix}-pools"
+    spec = HostSpec(name=name, uri=write_test_host(tmp_path, name, 4, 4096), vcpus=4,
+                    memory_mib=4096)
+    inventory.add_host(db, spec)
+    lab.hosts.append(spec)
+    pool = f"pool-{lab.prefix}"
+    with db.transaction() as cur:  # recorded as a finished create would have
+        cur.execute("INSERT INTO storage_pools (name, host_id, type, path, state)"
+                    " SELECT %s, id, 'dir', %s, 'active' FROM hosts WHERE name = %s",
+                    (pool, str(tmp_path / pool), name))
+    hv = Hypervisors()
+    recorder = EventRecorder(db, hv)
+    recorder.start()
+    try:
+        conn = hv.connection(spec.uri)
+        defined = conn.storagePoolDefineXML(
+            f"<pool type='dir'><name>{pool}</name><target><path>{tmp_path / pool}</path>"
+            "</target></pool>")
+        defined.create()
+
+        def pool_state() -> str:
+            found = inventory.get_pool(db, pool)
+            assert found is not None
+            return str(found.pool.state)
+        defined.destroy()  # stopped behind taskomatic's back
+        _until(lambda: pool_state() == "inactive", 2.0)
+        defined.create()
+        _until(lambda: pool_state() == "active", 2.0)
+    finally:
+        recorder.stop()
+        hv.close()
+        with db.transaction() as cur:
+            cur.execute("DELETE FROM storage_pools WHERE name = %s", (pool,))
