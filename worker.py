@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import os
 import signal
 import sys
@@ -329,6 +330,7 @@ def main() -> None:
     """``python -m worker`` (and ``taskomatic worker``, which runs it). Exit status 3, with the
     reason on stderr, when the encryption keys or TLS files are unusable or the inventory
     database cannot be reached, as for every other taskomatic command."""
+    faulthandler.enable()  # a crash in C (libvirt, the SDK) leaves its stack in the log
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
     code = 0

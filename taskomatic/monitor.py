@@ -106,7 +106,7 @@ class HostMonitor:
     def _probe(self, host: HostRecord) -> str | None:
         """None if ``host`` answered, else why not."""
         try:
-            with self.hv.call("probe", host.uri, host.name) as conn:
+            with self.hv.call("probe", host.uri, host.name, primary=True) as conn:
                 conn.getLibVersion()
             return None
         except ApplicationError as err:

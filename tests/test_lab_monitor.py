@@ -25,7 +25,7 @@ from test_clear_host import placement
 from test_migration import reservations
 from worker_procs import WorkerProcesses
 
-from starter.client import TaskError, TaskomaticClient
+from starter.client import RequestError, TaskError, TaskomaticClient
 from taskomatic import inventory
 from taskomatic.inventory.db import Database
 from taskomatic.inventory.storage import remove_pool
@@ -48,12 +48,14 @@ async def _until(what: str, check: Callable[[], bool], timeout: float = 60.0) ->
 
 @pytest.fixture
 async def worker_process(temporal_env: WorkflowEnvironment, settings: Settings, db: Database,
-                         tmp_path: Path) -> AsyncIterator[tuple[TaskomaticClient,
-                                                                WorkerProcesses]]:
+                         tmp_path: Path, qemu_lab: QemuLab
+                         ) -> AsyncIterator[tuple[TaskomaticClient, WorkerProcesses]]:
+    for host in qemu_lab.hosts:  # a fresh libvirtd's first connection probes QEMU (seconds)
+        qemu_lab.conn(host).getLibVersion()
     own = settings.model_copy(update={
         "task_queue": f"hang-{uuid.uuid4().hex[:6]}",
         "temporal_address": temporal_env.client.service_client.config.target_host})
-    procs = WorkerProcesses(own, tmp_path, HOST_UNRESPONSIVE_SECONDS="6",
+    procs = WorkerProcesses(own, tmp_path, HOST_UNRESPONSIVE_SECONDS="15",
                             HOST_CHECK_INTERVAL_SECONDS="1")
     procs.start()
     try:
@@ -84,7 +86,7 @@ async def test_a_hung_host_is_isolated_and_nothing_is_orphaned(
     await asyncio.wait_for((await client.create_vm(CreateVmRequest(
         name=before, host=hung.name, memory_mib=64, start=True))).result(), 120)
     pools = [f"hang-{qemu_lab.prefix}-{i}" for i in range(QUEUED)]
-    os.kill(hung.pid, signal.SIGSTOP)
+    os.kill(hung.pid, signal.SIGSTOP)  # 70 submissions take seconds: all land while it is up
     try:
         queued = [await client.create_pool(CreatePoolRequest(
             name=name, host=hung.name, path=str(POOL_ROOT / name))) for name in pools]
@@ -101,6 +103,10 @@ async def test_a_hung_host_is_isolated_and_nothing_is_orphaned(
         print(f"hung host non_responsive after {marked:.1f} s more")
         state, reason = _state(db, before)
         assert state is VmState.UNKNOWN and reason is not None and hung.name in reason
+        with pytest.raises(RequestError) as refused:  # new work for it is refused at the door
+            await client.create_pool(CreatePoolRequest(
+                name=f"{pools[0]}-late", host=hung.name, path=str(POOL_ROOT / "late")))
+        assert refused.value.field == "host" and "non_responsive" in refused.value.reason
     finally:
         os.kill(hung.pid, signal.SIGCONT)
     await _until("the host is up again", lambda: _host_state(db, hung.name) is HostState.UP, 60)

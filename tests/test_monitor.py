@@ -16,6 +16,7 @@ import pytest
 from helpers import app_error
 
 from conftest import Lab
+from starter.client import RequestError, TaskomaticClient
 from starter.dev.parts import write_test_host
 from taskomatic import inventory
 from taskomatic.errors import ErrorType
@@ -27,6 +28,7 @@ from taskomatic.inventory import ordering
 from taskomatic.inventory.db import Database
 from taskomatic.inventory.monitor import lose_contact, observe_vm_state, regain_contact
 from taskomatic.models import (
+    ClearHostRequest,
     ContactChange,
     DomainSpec,
     HostSpec,
@@ -205,6 +207,17 @@ async def test_the_monitor_marks_a_silent_host_and_brings_it_back(
     hv.close()
 
 
+def _own_host(db: Database, lab: Lab, tmp_path: Path, label: str) -> HostSpec:
+    """A registered test-driver host whose connections are the test's own (not the session
+    worker's); it leaves service after the test, like the lab's."""
+    name = f"h{lab.prefix}-{label}"
+    spec = HostSpec(name=name, uri=write_test_host(tmp_path, name, 4, 4096), vcpus=4,
+                    memory_mib=4096)
+    inventory.add_host(db, spec)
+    lab.hosts.append(spec)
+    return spec
+
+
 def _until(check: Callable[[], bool], seconds: float) -> float:
     """Seconds until ``check()`` held (polled every 10 ms); fails after ``seconds``."""
     started = time.monotonic()
@@ -216,11 +229,8 @@ def _until(check: Callable[[], bool], seconds: float) -> float:
 
 def test_libvirt_events_reach_the_inventory_within_2_s(db: Database, lab: Lab,
                                                        tmp_path: Path) -> None:
-    name = f"h{lab.prefix}-events"
-    spec = HostSpec(name=name, uri=write_test_host(tmp_path, name, 4, 4096), vcpus=4,
-                    memory_mib=4096)
-    inventory.add_host(db, spec)
-    lab.hosts.append(spec)
+    spec = _own_host(db, lab, tmp_path, "events")
+    name = spec.name
     hv = Hypervisors()
     recorder = EventRecorder(db, hv)
     recorder.start()
@@ -254,11 +264,8 @@ def test_libvirt_events_reach_the_inventory_within_2_s(db: Database, lab: Lab,
 
 
 def test_events_skip_a_vm_a_task_holds(db: Database, lab: Lab, tmp_path: Path) -> None:
-    name = f"h{lab.prefix}-held"
-    spec = HostSpec(name=name, uri=write_test_host(tmp_path, name, 4, 4096), vcpus=4,
-                    memory_mib=4096)
-    inventory.add_host(db, spec)
-    lab.hosts.append(spec)
+    spec = _own_host(db, lab, tmp_path, "held")
+    name = spec.name
     hv = Hypervisors()
     recorder = EventRecorder(db, hv)
     conn = hv.connection(spec.uri)
@@ -290,11 +297,8 @@ def test_events_skip_a_vm_a_task_holds(db: Database, lab: Lab, tmp_path: Path) -
 
 
 def test_pool_events_reach_the_inventory(db: Database, lab: Lab, tmp_path: Path) -> None:
-    name = f"h{lab.prefix}-pools"
-    spec = HostSpec(name=name, uri=write_test_host(tmp_path, name, 4, 4096), vcpus=4,
-                    memory_mib=4096)
-    inventory.add_host(db, spec)
-    lab.hosts.append(spec)
+    spec = _own_host(db, lab, tmp_path, "pools")
+    name = spec.name
     pool = f"pool-{lab.prefix}"
     with db.transaction() as cur:  # recorded as a finished create would have
         cur.execute("INSERT INTO storage_pools (name, host_id, type, path, state)"
@@ -323,3 +327,15 @@ def test_pool_events_reach_the_inventory(db: Database, lab: Lab, tmp_path: Path)
         hv.close()
         with db.transaction() as cur:
             cur.execute("DELETE FROM storage_pools WHERE name = %s", (pool,))
+
+
+async def test_a_clear_of_a_non_responsive_host_is_refused_at_submission(
+        client: TaskomaticClient, db: Database, lab: Lab) -> None:
+    host = lab.host(1)
+    lose_contact(db, host.name, "keepalive timed out")
+    for dry_run in (True, False):
+        with pytest.raises(RequestError) as refused:
+            await client.clear_host(ClearHostRequest(host=host.name, dry_run=dry_run))
+        assert refused.value.field == "host"
+        assert "non_responsive (keepalive timed out)" in refused.value.reason
+        assert "clear it then" in refused.value.reason

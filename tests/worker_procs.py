@@ -1,5 +1,6 @@
 """Worker processes for tests: the real entry point (``python -P -m worker``) in processes of
-their own, sharing one task queue; each logs to its own file."""
+their own, sharing one task queue; each logs to its own file. They run in the log directory (no
+``.taskomatic/env`` of the checkout is read) with the checkout on ``PYTHONPATH``."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class WorkerProcesses:
     def start(self) -> subprocess.Popen[bytes]:
         with (self.log_dir / f"worker-{len(self.procs)}.log").open("ab") as out:
             proc = subprocess.Popen([sys.executable, "-P", "-m", "worker"], env=self.env,
-                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                    cwd=self.log_dir, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True)
         self.procs.append(proc)
         return proc

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 
@@ -109,10 +109,12 @@ class Hypervisors:
         self._conns: dict[str, libvirt.virConnect] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._gates: dict[str, threading.BoundedSemaphore] = {}
-        self._opening: dict[str, Future[libvirt.virConnect]] = {}
+        self._opening: dict[tuple[str, bool], Future[libvirt.virConnect]] = {}
+        self._free: dict[str, list[libvirt.virConnect]] = {}  # idle leased connections by URI
         self._guard = threading.Lock()
         self._on_open: list[OpenListener] = []
         self._on_close: list[CloseListener] = []
+        self._retired: list[libvirt.virConnect] = []  # dead, maybe still in use: see _retire
         self.lost: dict[str, str] = {}  # URI → why its last connection closed (until reopened)
 
     def on_open(self, listener: OpenListener) -> None:
@@ -144,49 +146,83 @@ class Hypervisors:
                 return conn
             if conn is not None:
                 log.warning("libvirt connection lost; reopening", uri=uri)
-                self._conns.pop(uri, None)
-            return self._open(uri)
+                self._retire(uri, conn)
+            conn = self._open(uri, primary=True)
+            self._conns[uri] = conn
+            return conn
 
-    def _open(self, uri: str) -> libvirt.virConnect:
-        pending = self._opening.get(uri)
-        waiting = pending is not None and not pending.done()
-        if pending is None:
-            pending = Future()
-            self._opening[uri] = pending
-            threading.Thread(target=self._opener, args=(uri, pending), daemon=True,
-                             name="libvirt-open").start()
-        try:
-            conn = pending.result(timeout=0 if waiting else self.limits.connect_timeout_seconds)
-        except TimeoutError:
-            why = ("an earlier connection attempt is still waiting for an answer" if waiting
-                   else f"no answer within {self.limits.connect_timeout_seconds:g} s")
+    def _lease(self, uri: str) -> libvirt.virConnect:
+        """A connection to ``uri`` for one call's exclusive use (``_give_back`` after): an idle
+        one, else a new one. libvirt 9.0's client crashed (SIGSEGV, measured here) when a
+        keepalive timeout closed a connection that several threads were waiting on, so a remote
+        connection serves one call at a time; an in-process driver (``test:``) cannot hang and
+        its state lives in its one connection, which every call shares."""
+        if uri.startswith("test:"):
+            return self.connection(uri)
+        with self._guard:
+            free = self._free.setdefault(uri, [])
+            while free:
+                conn = free.pop()
+                if _alive(conn):
+                    return conn
+                self._retired.append(conn)
+        return self._open(uri, primary=False)
+
+    def _give_back(self, uri: str, conn: libvirt.virConnect) -> None:
+        if uri.startswith("test:"):
+            return
+        with self._guard:
+            (self._free.setdefault(uri, []) if _alive(conn) else self._retired).append(conn)
+
+    def _open(self, uri: str, primary: bool) -> libvirt.virConnect:
+        """A new connection (the primary one: with the open listeners), opened on a thread of
+        its own and waited for at most ``connect_timeout_seconds``. At most one open per URI
+        (and kind) is pending: a caller finding one pending fails at once, and an open's
+        connection goes to exactly one caller (the opener, or the first to come after it gave
+        up waiting), never to two."""
+        key = (uri, primary)
+        with self._guard:
+            pending = self._opening.get(key)
+            created = pending is None
+            mine = pending is None or pending.done()
+            if pending is None:
+                pending = Future()
+                self._opening[key] = pending
+                threading.Thread(target=self._opener, args=(uri, primary, pending), daemon=True,
+                                 name="libvirt-open").start()
+        if mine:
+            wait([pending], timeout=self.limits.connect_timeout_seconds)
+        with self._guard:
+            mine = mine and pending.done() and self._opening.get(key) is pending
+            if mine:
+                del self._opening[key]
+        if not mine:
+            why = (f"no answer within {self.limits.connect_timeout_seconds:g} s" if created
+                   else "an earlier connection attempt is still waiting for an answer")
             self.lost.setdefault(uri, why)
-            raise unavailable(f"connect to {uri}: {why}", uri) from None
-        finally:
-            if pending.done():
-                self._opening.pop(uri, None)
-        self._conns[uri] = conn
+            raise unavailable(f"connect to {uri}: {why}", uri)
+        conn = pending.result()  # or its libvirtError
         self.lost.pop(uri, None)
         return conn
 
-    def _opener(self, uri: str, result: Future[libvirt.virConnect]) -> None:
+    def _opener(self, uri: str, primary: bool, result: Future[libvirt.virConnect]) -> None:
         try:
             conn = libvirt.open(uri)
+            self._watch(uri, conn, primary)
         except libvirt.libvirtError as err:
             result.set_exception(err)
             return
-        self._watch(uri, conn)
         result.set_result(conn)
 
-    def _watch(self, uri: str, conn: libvirt.virConnect) -> None:
-        """Keepalive, close callback and the open listeners for a new connection."""
+    def _watch(self, uri: str, conn: libvirt.virConnect, primary: bool) -> None:
+        """Keepalive, close callback and (on the primary connection) the open listeners."""
         try:
             conn.setKeepAlive(self.limits.keepalive_interval_seconds, self.limits.keepalive_count)
         except libvirt.libvirtError as err:  # the test driver has none (code 3): it cannot hang
             if err.get_error_code() != libvirt.VIR_ERR_NO_SUPPORT:
                 raise
         conn.registerCloseCallback(self._closed, uri)
-        for listener in self._on_open:
+        for listener in self._on_open if primary else ():
             try:
                 listener(uri, conn)
             except Exception as err:
@@ -233,16 +269,35 @@ class Hypervisors:
                 conn.close()
 
     def forget(self, uri: str) -> None:
-        """Drop a connection that failed, so the next call reconnects."""
+        """Close and drop the connection to ``uri`` (the next call reconnects): only when no
+        call uses it (a test:/// host's state goes with it). A connection found dead is
+        retired instead (``_retire``)."""
         with self._guard:
-            conn = self._conns.pop(uri, None)
-        if conn is not None:
-            with suppress(libvirt.libvirtError):
-                conn.close()
+            conns = [self._conns.pop(uri, None), *self._free.pop(uri, [])]
+        for conn in conns:
+            if conn is not None:
+                with suppress(libvirt.libvirtError):
+                    conn.close()
+
+    def _retire(self, uri: str, dead: libvirt.virConnect | None = None) -> None:
+        """Drop the dead connection to ``uri`` (``dead``, or whichever is there) without closing
+        it: other threads may still be inside calls on it (libvirt wakes them with an error as
+        it closes), and ``virConnectClose`` now would free it under them. Retired connections
+        are closed by ``close`` (the worker's end)."""
+        with self._guard:
+            current = self._conns.get(uri)
+            if current is not None and (dead is None or current is dead):
+                del self._conns[uri]
+                self._retired.append(current)  # (a leased one is retired when given back)
 
     def close(self) -> None:
-        for uri in list(self._conns):
+        """Close every connection (the worker's end)."""
+        for uri in {*self._conns, *self._free}:
             self.forget(uri)
+        for conn in self._retired:
+            with suppress(libvirt.libvirtError):
+                conn.close()
+        self._retired.clear()
 
     def _gate(self, uri: str) -> threading.BoundedSemaphore:
         with self._guard:
@@ -250,10 +305,12 @@ class Hypervisors:
                 uri, threading.BoundedSemaphore(self.limits.calls_per_host))
 
     @contextmanager
-    def call(self, op: str, uri: str, host: str, vm: str | None = None
-             ) -> Iterator[libvirt.virConnect]:
+    def call(self, op: str, uri: str, host: str, vm: str | None = None, *,
+             primary: bool = False) -> Iterator[libvirt.virConnect]:
         """Run libvirt calls against ``uri``; any libvirt error leaves as a typed error.
 
+        The block has a connection of its own (``_lease``), or the primary one (``primary``:
+        the host monitor's probe, which also keeps the primary's event subscriptions alive).
         Takes one of the host's ``calls_per_host`` slots for the block; raises
         ``HypervisorUnavailable`` when none frees within ``slot_wait_seconds`` (the host's
         calls are not returning) or the host cannot be connected to in time.
@@ -264,25 +321,30 @@ class Hypervisors:
             raise task_error(ErrorType.HYPERVISOR_UNAVAILABLE,
                              f"{op} {target}: {self.limits.calls_per_host} calls to {host} are "
                              f"still waiting for an answer; not waiting longer", host=host, vm=vm)
+        conn: libvirt.virConnect | None = None
         try:
             try:
-                conn = self.connection(uri)
+                conn = self.connection(uri) if primary else self._lease(uri)
             except ApplicationError as err:  # the open timed out: name the host and the VM
                 raise task_error(ErrorType.HYPERVISOR_UNAVAILABLE, f"{op} {target}: {err.message}",
                                  host=host, vm=vm) from err
             yield conn
         except libvirt.libvirtError as err:
-            raise self.translate(err, op=op, uri=uri, host=host, vm=vm) from err
+            raise self.translate(err, op=op, uri=uri, host=host, vm=vm, conn=conn) from err
         finally:
+            if conn is not None and not primary:
+                self._give_back(uri, conn)
             gate.release()
 
     def translate(self, err: libvirt.libvirtError, *, op: str, uri: str, host: str,
-                  vm: str | None) -> ApplicationError:
+                  vm: str | None, conn: libvirt.virConnect | None = None) -> ApplicationError:
+        """``err`` (raised by a call on ``conn``, default the primary connection) as a typed
+        error; a dead connection counts as ``HypervisorUnavailable`` and is dropped."""
         code = err.get_error_code() or 0
-        conn = self._conns.get(uri)
+        conn = conn if conn is not None else self._conns.get(uri)
         lost = conn is None or not _alive(conn)
         if lost:  # only a dead connection is dropped: a test:/// host dies with its connection
-            self.forget(uri)
+            self._retire(uri, conn)
         if code in _UNAVAILABLE or lost:
             kind = ErrorType.HYPERVISOR_UNAVAILABLE
         elif code == libvirt.VIR_ERR_OPERATION_FAILED and "already exists" in str(err):

@@ -9,9 +9,11 @@ granted): the task owns that truth until it ends. Each function is one transacti
 
 from __future__ import annotations
 
+from typing import Any
+
 from taskomatic.inventory.db import Database
 from taskomatic.models import ContactChange, HostState, VmState
-from taskomatic.states import HostTransition, check_transition
+from taskomatic.states import TRANSITIONS, HostTransition
 
 _NOT_HELD = "NOT EXISTS (SELECT 1 FROM claims c WHERE c.resource = %(prefix)s || {table}.name)"
 
@@ -21,66 +23,70 @@ def lose_contact(db: Database, host: str, reason: str) -> ContactChange:
     holds become ``unknown`` with the reason "host H non_responsive: <reason>". A host in any
     other state is left alone (``changed`` False)."""
     with db.transaction() as cur:
-        cur.execute("SELECT id, state FROM hosts WHERE name = %s FOR UPDATE", (host,))
-        row = cur.fetchone()
-        if row is None:
-            return ContactChange(host=host, changed=False)
-        before = HostState(row["state"])
-        if before != HostState.UP:
-            return ContactChange(host=host, changed=False, state=before)
-        after = check_transition(HostTransition.LOSE_CONTACT, host, before)
-        cur.execute("UPDATE hosts SET state = %s, state_reason = %s, updated_at = now()"
-                    " WHERE id = %s", (after.value, reason, row["id"]))
+        done = _transition(cur, host, HostTransition.LOSE_CONTACT, reason)
+        if isinstance(done, ContactChange):
+            return done
         cur.execute(
             "UPDATE vms SET state = %(unknown)s, state_reason = %(why)s, updated_at = now()"
             " WHERE host_id = %(host_id)s AND " + _NOT_HELD.format(table="vms") +
             " RETURNING name",
             {"unknown": VmState.UNKNOWN.value, "why": f"host {host} non_responsive: {reason}",
-             "host_id": row["id"], "prefix": "vm:"})
+             "host_id": done, "prefix": "vm:"})
         vms = sorted(r["name"] for r in cur.fetchall())
-    return ContactChange(host=host, changed=True, state=after, vms=vms)
+    return ContactChange(host=host, changed=True, state=HostState.NON_RESPONSIVE, vms=vms)
 
 
 def regain_contact(db: Database, host: str) -> ContactChange:
     """``host`` (if ``non_responsive``) is ``up`` again; its VMs keep their state until the
     caller records what libvirt says of them (``observe_vm_state``)."""
     with db.transaction() as cur:
-        cur.execute("SELECT id, state FROM hosts WHERE name = %s FOR UPDATE", (host,))
-        row = cur.fetchone()
-        if row is None:
-            return ContactChange(host=host, changed=False)
-        before = HostState(row["state"])
-        if before != HostState.NON_RESPONSIVE:
-            return ContactChange(host=host, changed=False, state=before)
-        after = check_transition(HostTransition.REGAIN_CONTACT, host, before)
-        cur.execute("UPDATE hosts SET state = %s, state_reason = NULL, updated_at = now()"
-                    " WHERE id = %s", (after.value, row["id"]))
-    return ContactChange(host=host, changed=True, state=after)
+        done = _transition(cur, host, HostTransition.REGAIN_CONTACT, None)
+    if isinstance(done, ContactChange):
+        return done
+    return ContactChange(host=host, changed=True, state=HostState.UP)
+
+
+def _transition(cur: Any, host: str, transition: HostTransition, reason: str | None
+                ) -> ContactChange | int:
+    """Apply ``transition`` to ``host`` under its row lock, with ``reason``: the host's id, or
+    the unchanged outcome when there is no such host or the transition may not start from its
+    state (the monitor's transitions only ever start from their one source state)."""
+    cur.execute("SELECT id, state FROM hosts WHERE name = %s FOR UPDATE", (host,))
+    row = cur.fetchone()
+    if row is None:
+        return ContactChange(host=host, changed=False)
+    before = HostState(row["state"])
+    rule = TRANSITIONS[transition]
+    if before not in rule.sources:
+        return ContactChange(host=host, changed=False, state=before)
+    cur.execute("UPDATE hosts SET state = %s, state_reason = %s, updated_at = now()"
+                " WHERE id = %s", (rule.target.value, reason, row["id"]))
+    return int(row["id"])
 
 
 def observe_vm_state(db: Database, host: str, vm: str, state: VmState) -> bool:
     """Record ``state`` (what libvirt on ``host`` says now) for VM ``vm`` if the inventory has
     it on ``host``, no task holds it and its recorded state differs; True if a row changed."""
-    with db.transaction() as cur:
-        cur.execute(
-            "UPDATE vms SET state = %(state)s, state_reason = NULL, updated_at = now()"
-            " WHERE name = %(vm)s AND state <> %(state)s"
-            " AND host_id = (SELECT id FROM hosts WHERE name = %(host)s) AND "
-            + _NOT_HELD.format(table="vms"),
-            {"state": state.value, "vm": vm, "host": host, "prefix": "vm:"})
-        return bool(cur.rowcount)
+    return _observe(db, "vms", "UPDATE vms SET state = %(state)s, state_reason = NULL,"
+                    " updated_at = now() WHERE name = %(name)s AND state <> %(state)s",
+                    {"state": state.value, "name": vm, "host": host, "prefix": "vm:"})
 
 
 def observe_pool_state(db: Database, host: str, pool: str, active: bool) -> bool:
     """Record a pool on ``host`` as ``active`` or ``inactive`` (libvirt started or stopped it)
     if the inventory has it there, recorded (not still being created), no task holds it and its
     state differs; True if a row changed."""
-    state = "active" if active else "inactive"
+    return _observe(db, "storage_pools", "UPDATE storage_pools SET state = %(state)s,"
+                    " updated_at = now() WHERE name = %(name)s"
+                    " AND state NOT IN (%(state)s, 'creating')",
+                    {"state": "active" if active else "inactive", "name": pool, "host": host,
+                     "prefix": "pool:"})
+
+
+def _observe(db: Database, table: str, update: str, params: dict[str, str]) -> bool:
+    """Run ``update`` (of ``table``) restricted to the row on ``params["host"]`` that no task
+    holds; True if a row changed."""
     with db.transaction() as cur:
-        cur.execute(
-            "UPDATE storage_pools SET state = %(state)s, updated_at = now()"
-            " WHERE name = %(pool)s AND state NOT IN (%(state)s, 'creating')"
-            " AND host_id = (SELECT id FROM hosts WHERE name = %(host)s) AND "
-            + _NOT_HELD.format(table="storage_pools"),
-            {"state": state, "pool": pool, "host": host, "prefix": "pool:"})
+        cur.execute(update + " AND host_id = (SELECT id FROM hosts WHERE name = %(host)s)"
+                    " AND " + _NOT_HELD.format(table=table), params)
         return bool(cur.rowcount)
