@@ -145,3 +145,23 @@ def _drop_pools(qemu_lab: QemuLab, db: Database, host: object, pools: list[str])
     for name in pools:
         remove_pool(db, name)
         shutil.rmtree(POOL_ROOT / name, ignore_errors=True)
+
+
+async def test_lab_events_reach_the_inventory_within_2_s(
+        worker_process: tuple[TaskomaticClient, WorkerProcesses], qemu_lab: QemuLab,
+        db: Database) -> None:
+    client, _ = worker_process
+    host = qemu_lab.host(2)
+    name = qemu_lab.vm_name("evented")
+    await asyncio.wait_for((await client.create_vm(CreateVmRequest(
+        name=name, host=host.name, memory_mib=64, start=True))).result(), 120)
+    # The worker subscribes on the primary connection its host monitor opens at its first
+    # probe: three probe rounds (TASKOMATIC_HOST_CHECK_INTERVAL_SECONDS=1) are plenty.
+    await asyncio.sleep(3)
+    dom = qemu_lab.conn(host).lookupByName(name)
+    for change, expected in (("suspend", VmState.PAUSED), ("resume", VmState.RUNNING),
+                             ("destroy", VmState.SHUTOFF), ("create", VmState.RUNNING)):
+        getattr(dom, change)()  # behind taskomatic's back, as `virsh suspend` would
+        took = await _until(f"{change} recorded", lambda e=expected: _state(  # type: ignore[misc]
+            db, name)[0] is e, 2.0)
+        print(f"{change}: recorded after {took * 1000:.0f} ms")
