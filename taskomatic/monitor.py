@@ -44,6 +44,9 @@ from taskomatic.settings import Settings
 log = get_logger(component="monitor")
 
 _WATCHED = (HostState.UP, HostState.NON_RESPONSIVE)
+# Hosts probed at once (one probe per host at a time). Beyond this many hosts hanging at once,
+# a probe still waiting for a thread counts as silence too: size it above the fleet's size.
+PROBE_THREADS = 64
 
 
 def connection_limits(settings: Settings) -> ConnectionLimits:
@@ -66,7 +69,11 @@ class HostMonitor:
         self.unresponsive = unresponsive_seconds
         self._probes: dict[str, tuple[asyncio.Future[str | None], float]] = {}  # and its start
         self._silent_since: dict[str, float] = {}  # host → start of its first unanswered probe
-        self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="host-probe")
+        # Probes may hang (up to a keepalive timeout each): they get threads of their own, so
+        # the inventory work of a round never waits behind them.
+        self._probing = ThreadPoolExecutor(max_workers=PROBE_THREADS,
+                                           thread_name_prefix="host-probe")
+        self._recording = ThreadPoolExecutor(max_workers=2, thread_name_prefix="host-monitor")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Check every ``interval_seconds`` until ``stop`` is set; a failed round is logged."""
@@ -77,13 +84,14 @@ class HostMonitor:
                 log.error("host check failed", error=str(err))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=self.interval)
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self._probing.shutdown(wait=False, cancel_futures=True)
+        self._recording.shutdown(wait=False, cancel_futures=True)
 
     async def check(self) -> list[ContactChange]:
         """One round: start the probes not in flight, wait up to one interval for them, and
         apply the transitions due. Returns the changes made."""
         loop = asyncio.get_running_loop()
-        hosts = await loop.run_in_executor(self._executor, inventory.list_hosts, self.db)
+        hosts = await loop.run_in_executor(self._recording, inventory.list_hosts, self.db)
         HOSTS.clear()
         for state, n in Counter(h.state.value for h in hosts).items():
             HOSTS.labels(state=state).set(n)
@@ -92,13 +100,13 @@ class HostMonitor:
         for host in watched:
             if host.name not in self._probes:
                 self._probes[host.name] = (
-                    loop.run_in_executor(self._executor, self._probe, host), now)
+                    loop.run_in_executor(self._probing, self._probe, host), now)
         pending = [self._probes[h.name][0] for h in watched]
         if pending:
             await asyncio.wait(pending, timeout=self.interval)
         changes = []
         for host in watched:
-            change = await loop.run_in_executor(self._executor, self._judge, host)
+            change = await loop.run_in_executor(self._recording, self._judge, host)
             if change is not None and change.changed:
                 changes.append(change)
         return changes
