@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -23,7 +22,7 @@ from lab_fixtures import QemuLab
 from temporalio.testing import WorkflowEnvironment
 from test_clear_host import placement
 from test_migration import reservations
-from worker_procs import WorkerProcesses
+from worker_procs import WorkerProcesses, worker_fleet
 
 from starter.client import RequestError, TaskError, TaskomaticClient
 from taskomatic import inventory
@@ -52,16 +51,9 @@ async def worker_process(temporal_env: WorkflowEnvironment, settings: Settings, 
                          ) -> AsyncIterator[tuple[TaskomaticClient, WorkerProcesses]]:
     for host in qemu_lab.hosts:  # a fresh libvirtd's first connection probes QEMU (seconds)
         qemu_lab.conn(host).getLibVersion()
-    own = settings.model_copy(update={
-        "task_queue": f"hang-{uuid.uuid4().hex[:6]}",
-        "temporal_address": temporal_env.client.service_client.config.target_host})
-    procs = WorkerProcesses(own, tmp_path, HOST_UNRESPONSIVE_SECONDS="15",
-                            HOST_CHECK_INTERVAL_SECONDS="1")
-    procs.start()
-    try:
-        yield TaskomaticClient(temporal_env.client, own, db), procs
-    finally:
-        procs.stop_all()
+    with worker_fleet(settings, temporal_env, db, tmp_path, "hang",
+                      HOST_UNRESPONSIVE_SECONDS="15", HOST_CHECK_INTERVAL_SECONDS="1") as fleet:
+        yield fleet
 
 
 def _state(db: Database, vm: str) -> tuple[VmState, str | None]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -22,7 +21,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 from test_clear_host import placement
 from test_migration import reservations
-from worker_procs import WorkerProcesses
+from worker_procs import WorkerProcesses, worker_fleet
 
 from lab.models import LabHost
 from starter.client import RequestError, TaskomaticClient
@@ -53,15 +52,9 @@ async def _until(what: str, check: Callable[[], bool], timeout: float = 60.0) ->
 @pytest.fixture
 async def workers(temporal_env: WorkflowEnvironment, settings: Settings, db: Database,
                   tmp_path: Path) -> AsyncIterator[tuple[TaskomaticClient, WorkerProcesses]]:
-    own = settings.model_copy(update={
-        "task_queue": f"drain-{uuid.uuid4().hex[:6]}",
-        "temporal_address": temporal_env.client.service_client.config.target_host})
-    procs = WorkerProcesses(own, tmp_path, WORKER_DRAIN_SECONDS=str(DRAIN_SECONDS))
-    procs.start()
-    try:
-        yield TaskomaticClient(temporal_env.client, own, db), procs
-    finally:
-        procs.stop_all()
+    with worker_fleet(settings, temporal_env, db, tmp_path, "drain",
+                      WORKER_DRAIN_SECONDS=str(DRAIN_SECONDS)) as fleet:
+        yield fleet
 
 
 async def test_sigterm_mid_live_migration_lets_it_finish(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,7 +15,7 @@ from lab_fixtures import QemuLab
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from test_clear_host import fill
-from worker_procs import WorkerProcesses
+from worker_procs import WorkerProcesses, worker_fleet
 
 from bench.fault_checks import check_run, libvirt_view
 from starter.client import TaskomaticClient
@@ -32,17 +31,10 @@ WORKERS = 3
 @pytest.fixture
 async def fleet(temporal_env: WorkflowEnvironment, settings: Settings, db: Database,
                 tmp_path: Path) -> AsyncIterator[tuple[TaskomaticClient, WorkerProcesses]]:
-    own = settings.model_copy(update={
-        "task_queue": f"fleet-{uuid.uuid4().hex[:6]}",
-        "temporal_address": temporal_env.client.service_client.config.target_host})
     # 1 MiB/s: a 2 GiB guest's move lasts ~5 s, a window to kill its worker in.
-    procs = WorkerProcesses(own, tmp_path, MIGRATION_BANDWIDTH_MIB_S="1")
-    for _ in range(WORKERS):
-        procs.start()
-    try:
-        yield TaskomaticClient(temporal_env.client, own, db), procs
-    finally:
-        procs.stop_all()
+    with worker_fleet(settings, temporal_env, db, tmp_path, "fleet", WORKERS,
+                      MIGRATION_BANDWIDTH_MIB_S="1") as fleet:
+        yield fleet
 
 
 async def _migrating_worker(temporal: Client, clear_id: str, timeout: float = 60.0) -> int:

@@ -8,8 +8,15 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from temporalio.testing import WorkflowEnvironment
+
+from starter.client import TaskomaticClient
+from taskomatic.inventory.db import Database
 from taskomatic.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,3 +61,21 @@ class WorkerProcesses:
         for proc in self.procs:
             if proc.poll() is None:
                 self.kill(proc)
+
+
+@contextmanager
+def worker_fleet(settings: Settings, temporal_env: WorkflowEnvironment, db: Database,
+                 log_dir: Path, label: str, count: int = 1, **extra: str
+                 ) -> Iterator[tuple[TaskomaticClient, WorkerProcesses]]:
+    """``count`` worker processes on a task queue of their own (``label-xxxxxx``), with a
+    client for it; every process is killed at the end."""
+    own = settings.model_copy(update={
+        "task_queue": f"{label}-{uuid.uuid4().hex[:6]}",
+        "temporal_address": temporal_env.client.service_client.config.target_host})
+    procs = WorkerProcesses(own, log_dir, **extra)
+    for _ in range(count):
+        procs.start()
+    try:
+        yield TaskomaticClient(temporal_env.client, own, db), procs
+    finally:
+        procs.stop_all()
