@@ -16,22 +16,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
 
-from temporalio import activity
+from temporalio import activity, workflow
 from temporalio.client import Client
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
+    ExecuteWorkflowInput,
     Interceptor,
     Worker,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
 )
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -44,11 +49,15 @@ from activities.storage import StorageActivities, StorageInventoryActivities
 from activities.vms import DomainActivities, InventoryActivities
 from taskomatic.codec import CodecError
 from taskomatic.errors import ErrorType, error_info
+from taskomatic.health import HealthServer
 from taskomatic.hypervisor import Hypervisors
-from taskomatic.inventory.db import get_database
+from taskomatic.hypervisor.eventloop import event_loop_lag
+from taskomatic.inventory.db import Database, get_database
 from taskomatic.logs import configure_logging, get_logger
+from taskomatic.metrics import PLACEMENT_SECONDS, STEP_SECONDS, TASKS_ENDED, TASKS_STARTED
+from taskomatic.monitor import EventRecorder, HostMonitor, connection_limits
 from taskomatic.settings import Settings, get_settings
-from taskomatic.temporal import connect_temporal, ensure_search_attributes
+from taskomatic.temporal import connect_temporal, ensure_search_attributes, sdk_runtime
 from workflows.kinds import TASK_WORKFLOWS  # every task kind this worker runs, one per row
 from workflows.ordering import ordering_queue
 from workflows.reconcile import ensure_reconcile_schedule
@@ -112,7 +121,67 @@ def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,  # a cancel is heard within ~1 s
         graceful_shutdown_timeout=drain_time(settings),
+        interceptors=[TaskMetrics()],
     )
+
+
+class TaskMetrics(Interceptor):
+    """Prometheus figures of the work itself (``taskomatic.metrics``): tasks started and ended
+    by kind and outcome (counted where they really start and end, never when a worker replays
+    a history), and the duration of every activity attempt by activity and outcome (the
+    placement transactions, ``reserve_capacity`` and ``reserve_destination``, also as the
+    placement latency)."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _TimedActivity(next)
+
+    def workflow_interceptor_class(self, input: WorkflowInterceptorClassInput
+                                   ) -> type[WorkflowInboundInterceptor]:
+        return _CountedTask
+
+
+_PLACING = frozenset({"reserve_capacity", "reserve_destination"})
+
+
+class _TimedActivity(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        name = activity.info().activity_type
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            result = await super().execute_activity(input)
+            outcome = "complete"
+            return result
+        except (asyncio.CancelledError, CancelledError):
+            outcome = "cancelled"
+            raise
+        finally:
+            took = time.monotonic() - started
+            STEP_SECONDS.labels(activity=name, outcome=outcome).observe(took)
+            if name in _PLACING:
+                PLACEMENT_SECONDS.observe(took)
+
+
+class _CountedTask(WorkflowInboundInterceptor):
+    async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+        info = workflow.info()
+        kind = info.workflow_type
+        if not workflow.unsafe.is_replaying() and info.continued_run_id is None:
+            TASKS_STARTED.labels(kind=kind).inc()
+        outcome: str | None = "error"
+        try:
+            result = await super().execute_workflow(input)
+            outcome = "complete"
+            return result
+        except workflow.ContinueAsNewError:
+            outcome = None  # the same task goes on in a new run
+            raise
+        except (asyncio.CancelledError, CancelledError):
+            outcome = "cancelled"
+            raise
+        finally:
+            if outcome is not None and not workflow.unsafe.is_replaying():
+                TASKS_ENDED.labels(kind=kind, outcome=outcome).inc()
 
 
 class WaitsEndAtShutdown(Interceptor):
@@ -173,12 +242,19 @@ def build_ordering_worker(client: Client, settings: Settings) -> Worker:
 
 async def run_worker(settings: Settings | None = None) -> None:
     """Run until SIGINT/SIGTERM, then drain: no new work, running activities may finish for up
-    to ``settings.worker_drain_seconds`` (both workers at once), then stop."""
+    to ``settings.worker_drain_seconds`` (both workers at once), then stop. Beside the Temporal
+    workers: the host monitor, the libvirt event recorder and the metrics/health endpoint."""
     settings = settings or get_settings()
-    client = await connect_temporal(settings)
+    client = await connect_temporal(settings, sdk_runtime(settings))
     await ensure_search_attributes(client, settings.temporal_namespace)
     await ensure_reconcile_schedule(client, settings)
-    hypervisors = Hypervisors()
+    hypervisors = Hypervisors(connection_limits(settings))
+    monitor_db = get_database(settings.database_url, max_connections=4)
+    recorder = EventRecorder(monitor_db, hypervisors)
+    recorder.start()
+    monitor = HostMonitor(monitor_db, hypervisors,
+                          interval_seconds=settings.host_check_interval_seconds,
+                          unresponsive_seconds=settings.host_unresponsive_seconds)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -187,22 +263,74 @@ async def run_worker(settings: Settings | None = None) -> None:
                             thread_name_prefix="activity") as executor:
         worker = build_worker(client, settings, hypervisors, executor)
         watcher = build_ordering_worker(client, settings)
+        health = (HealthServer(settings.metrics_address, liveness_checks(),
+                               readiness_checks(client, [worker, watcher], monitor_db))
+                  if settings.metrics_address else None)
+        if health is not None:
+            try:
+                await health.start()
+            except OSError as err:  # e.g. a second worker on this machine with the same port
+                log.error("no metrics or health endpoint: cannot listen",
+                          address=settings.metrics_address, error=str(err))
+                health = None
         log.info("worker started", task_queue=settings.task_queue,
                  temporal=settings.temporal_address, namespace=settings.temporal_namespace,
                  drain_seconds=settings.worker_drain_seconds)
+        monitoring = asyncio.create_task(monitor.run(stop))
         async with worker, watcher:
             await stop.wait()
             log.info("worker stopping: no new work; running activities may finish",
                      drain_seconds=settings.worker_drain_seconds)
             await asyncio.gather(worker.shutdown(), watcher.shutdown())
+        await monitoring
+        if health is not None:
+            await health.stop()
         log.info("worker stopped")
+    recorder.stop()
     hypervisors.close()
+
+
+# The libvirt event loop counts as stuck when its 1 s timer has not fired for this long.
+EVENT_LOOP_STUCK_SECONDS = 5.0
+
+
+def liveness_checks() -> dict[str, Any]:
+    """``/healthz``: the process answers (this endpoint runs on the worker's asyncio loop) and
+    libvirt's event loop, which keepalives and events need, still turns."""
+    async def libvirt_event_loop() -> str | None:
+        lag = event_loop_lag()
+        if lag is None:
+            return "no libvirt event loop"
+        return None if lag < EVENT_LOOP_STUCK_SECONDS else f"stuck for {lag:.0f} s"
+    return {"libvirt_event_loop": libvirt_event_loop}
+
+
+def readiness_checks(client: Client, workers: Sequence[Worker], db: Database
+                     ) -> dict[str, Any]:
+    """``/readyz``: Temporal answers, every poller (task and ordering queues) runs, and the
+    inventory database answers."""
+    async def temporal() -> str | None:
+        ok = await client.service_client.check_health()
+        return None if ok else "Temporal's health check says not serving"
+
+    async def pollers() -> str | None:
+        stopped = [w.task_queue for w in workers if not w.is_running]
+        return f"not polling {', '.join(stopped)}" if stopped else None
+
+    async def database() -> str | None:
+        def ping() -> None:
+            with db.transaction() as cur:
+                cur.execute("SELECT 1")
+        await asyncio.to_thread(ping)
+        return None
+    return {"temporal": temporal, "pollers": pollers, "database": database}
 
 
 def main() -> None:
     """``python -m worker`` (and ``taskomatic worker``, which runs it). Exit status 3, with the
     reason on stderr, when the encryption keys or TLS files are unusable or the inventory
     database cannot be reached, as for every other taskomatic command."""
+    faulthandler.enable()  # a crash in C (libvirt, the SDK) leaves its stack in the log
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
     code = 0

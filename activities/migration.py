@@ -31,6 +31,7 @@ from taskomatic.hypervisor import Hypervisors, Migrator, list_domains, locate
 from taskomatic.hypervisor.migration import ProgressCallback
 from taskomatic.inventory.db import Database
 from taskomatic.logs import get_logger
+from taskomatic.metrics import MIGRATIONS_IN_FLIGHT
 from taskomatic.models import (
     ConfirmMoveInput,
     DomainWhereabouts,
@@ -69,9 +70,10 @@ class MigrationActivities:
     @activity.defn
     async def migrate_domain(self, inp: MigrateDomainInput) -> MigrationReport:
         started = time.monotonic()
-        report = await self.migrator.migrate(inp, on_progress=self._progress(),
-                                             on_step=_heartbeat,
-                                             abort_on_cancel=_not_a_stopping_worker)
+        with MIGRATIONS_IN_FLIGHT.track_inprogress():
+            report = await self.migrator.migrate(inp, on_progress=self._progress(),
+                                                 on_step=_heartbeat,
+                                                 abort_on_cancel=_not_a_stopping_worker)
         report.seconds = round(time.monotonic() - started, 3)
         get_logger(vm=inp.name, host=inp.source.name).info(
             "migration", destination=inp.destination.name, mode=report.mode,

@@ -27,6 +27,7 @@ from taskomatic.inventory.db import Database
 from taskomatic.inventory.reconcile import claim_ages, reservation_ages
 from taskomatic.inventory.vms import relocate_vm
 from taskomatic.logs import get_logger
+from taskomatic.metrics import RECONCILE_FINDINGS
 from taskomatic.models import (
     Finding,
     Findings,
@@ -58,6 +59,7 @@ class QueueReconcileActivities:
                          detail=f"{t} ended without releasing its resources; dropped")
                  for t in dropped]
         for f in found:
+            count(f)
             log.warning("repaired: " + f.detail, task_id=f.subject)
         return Findings(findings=found)
 
@@ -71,6 +73,7 @@ class QueueReconcileActivities:
                 found.append(Finding(kind="stale_reservation", subject=task_id, repaired=True,
                                      detail=f"{task_id} ended holding {res.detail}; released"))
                 log.warning("repaired: " + found[-1].detail, task_id=task_id)
+                count(found[-1])
         return Findings(findings=found)
 
     async def _ended(self, ages: dict[str, datetime], grace_seconds: float) -> list[str]:
@@ -89,6 +92,11 @@ class QueueReconcileActivities:
                                        WorkflowExecutionStatus.CONTINUED_AS_NEW)
         flags = await asyncio.gather(*(ended(t) for t in ages))
         return [t for t, gone in zip(ages, flags, strict=True) if gone]
+
+
+def count(finding: Finding) -> None:
+    """One finding in the ``taskomatic_reconcile_findings_total`` metric."""
+    RECONCILE_FINDINGS.labels(kind=finding.kind, repaired=str(finding.repaired).lower()).inc()
 
 
 _OFF = (VmState.SHUTOFF, VmState.CRASHED)
@@ -164,6 +172,11 @@ class HostReconcileActivities:
             found.append(Finding(kind="unmanaged_domain", subject=name, repaired=False,
                                  detail=f"domain {name} on {inp.host} is not in the inventory"))
         for f in found:
+            count(f)
+            if f.kind == "state_drift":  # the worker's libvirt events should have recorded it
+                log.error("repaired what the libvirt events missed: " + f.detail,
+                          host=inp.host, vm=f.subject)
+                continue
             (log.warning if f.repaired else log.error)(
                 ("repaired: " if f.repaired else "needs an operator: ") + f.detail,
                 host=inp.host, vm=f.subject)

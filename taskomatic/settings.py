@@ -46,6 +46,23 @@ class Settings(BaseSettings):
     worker_drain_seconds: float = Field(60.0, ge=0, le=86_400,
                                         description="drain time of a stopping worker")
 
+    # Hosts that stop answering (README "Hosts that stop answering"): libvirt keepalive (a ping
+    # every interval; the connection is closed after `count` unanswered ones), how long an open
+    # may take, how many libvirt calls one host may have in flight per worker (its bulkhead) and
+    # how long a call waits for one of them; the host monitor's probe interval and the time
+    # without an answer after which an up host becomes non_responsive.
+    host_keepalive_interval_seconds: int = Field(2, ge=1, le=600)
+    host_keepalive_count: int = Field(3, ge=1, le=100)
+    host_connect_timeout_seconds: float = Field(5.0, gt=0, le=600)
+    host_calls_per_host: int = Field(8, ge=1, le=1_000)
+    host_call_slot_wait_seconds: float = Field(1.0, ge=0, le=600)
+    host_check_interval_seconds: float = Field(2.0, gt=0, le=3600)
+    host_unresponsive_seconds: float = Field(10.0, gt=0, le=86_400)
+    # Observability: the worker's /metrics, /healthz and /readyz ("host:port"; empty: none) and
+    # the Temporal SDK's own Prometheus metrics (its runtime telemetry; empty: none).
+    metrics_address: str = "127.0.0.1:9464"
+    temporal_metrics_address: str = ""
+
     # Task behaviour.
     stop_timeout_seconds: float = Field(60.0, gt=0, le=3600)
     pool_roots: list[str] = Field(

@@ -2,10 +2,13 @@
 TaskFlow's ``states.py``).
 
 A host is ``up`` (in service: placement may pick it), in ``maintenance`` (being cleared, or
-cleared), in ``maintenance_failed`` (a clear ended with VMs it could not move) or ``down`` (out of
-service, unreachable). Every change of a host's state is one named ``HostTransition``: the table
-``TRANSITIONS`` says from which states it may start and the state it leads to; the inventory
-applies it under the host's row lock after ``check_transition`` allowed it.
+cleared), in ``maintenance_failed`` (a clear ended with VMs it could not move),
+``non_responsive`` (it stopped answering while up: the worker's host monitor saw no answer for
+``TASKOMATIC_HOST_UNRESPONSIVE_SECONDS``; it is ``up`` again when it answers) or ``down`` (out of
+service, taken out by an operator). Every change of a host's state is one named
+``HostTransition``: the table ``TRANSITIONS`` says from which states it may start and the
+state it leads to; the inventory applies it under the host's row lock after
+``check_transition`` allowed it.
 
 A transition whose target is the host's current state is always allowed and changes nothing, so
 every transition is idempotent (a retried activity reports "already …").
@@ -28,6 +31,7 @@ class HostState(StrEnum):
     MAINTENANCE = "maintenance"
     MAINTENANCE_FAILED = "maintenance_failed"
     DOWN = "down"
+    NON_RESPONSIVE = "non_responsive"
 
 
 class HostTransition(StrEnum):
@@ -39,6 +43,8 @@ class HostTransition(StrEnum):
     ACTIVATE = "activate"
     CONFIRM_UP = "confirm_up"
     MARK_DOWN = "mark_down"
+    LOSE_CONTACT = "lose_contact"
+    REGAIN_CONTACT = "regain_contact"
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,8 @@ _ANY = tuple(HostState)
 IN_MAINTENANCE = (HostState.MAINTENANCE, HostState.MAINTENANCE_FAILED)  # being cleared, or done
 
 TRANSITIONS: Mapping[HostTransition, Rule] = {
-    # ClearHost's first step: from any state but down (a down host's VMs cannot be reached).
+    # ClearHost's first step: from up or maintenance; not from down or non_responsive (the
+    # host's VMs cannot be reached to move them).
     HostTransition.ENTER_MAINTENANCE: Rule((HostState.UP, *IN_MAINTENANCE), HostState.MAINTENANCE),
     # ClearHost's end: every VM moved (or stopped, if asked).
     HostTransition.END_MAINTENANCE: Rule(IN_MAINTENANCE, HostState.MAINTENANCE),
@@ -70,6 +77,11 @@ TRANSITIONS: Mapping[HostTransition, Rule] = {
     HostTransition.CONFIRM_UP: Rule((HostState.UP,), HostState.UP),
     # Out of service from any state (``lab down`` retiring its hosts).
     HostTransition.MARK_DOWN: Rule(_ANY, HostState.DOWN),
+    # The host monitor: an up host that has not answered for the unresponsive time (a host in
+    # maintenance or down keeps its state: an operator owns it).
+    HostTransition.LOSE_CONTACT: Rule((HostState.UP,), HostState.NON_RESPONSIVE),
+    # The host monitor: a non-responsive host answers again.
+    HostTransition.REGAIN_CONTACT: Rule((HostState.NON_RESPONSIVE,), HostState.UP),
 }
 
 

@@ -17,10 +17,11 @@ from temporalio.client import Client
 from temporalio.common import SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.service import TLSConfig
 
 from taskomatic.codec import CodecError, EncryptionCodec, KeyRing
-from taskomatic.settings import Settings
+from taskomatic.settings import Settings, split_address
 
 TASK_KIND = SearchAttributeKey.for_keyword("TaskomaticKind")
 TASK_VM = SearchAttributeKey.for_keyword("TaskomaticVm")
@@ -33,8 +34,9 @@ SEARCH_ATTRIBUTES = (TASK_KIND, TASK_VM, TASK_HOST, TASK_POOL, TASK_STATE, TASK_
                      TASK_REQUESTED_BY)
 
 
-async def connect_temporal(settings: Settings) -> Client:
-    """A client with taskomatic's data converter (encrypting if keys are set), TLS and API key."""
+async def connect_temporal(settings: Settings, runtime: Runtime | None = None) -> Client:
+    """A client with taskomatic's data converter (encrypting if keys are set), TLS and API key;
+    on ``runtime`` when given (the worker's, exporting the SDK's metrics: ``sdk_runtime``)."""
     api_key = settings.temporal_api_key
     tls = tls_config(settings)
     try:
@@ -44,12 +46,24 @@ async def connect_temporal(settings: Settings) -> Client:
             data_converter=data_converter(settings),
             tls=tls,  # None: TLS only with an API key (hosted Temporal)
             api_key=api_key.get_secret_value() if api_key else None,
+            runtime=runtime,
         )
     except RuntimeError as err:
         how = " over TLS" if tls or api_key else ""
         raise RuntimeError(f"cannot connect to Temporal at {settings.temporal_address}{how}: "
                            f"{_refusal_hint(str(err), tls is not None or api_key is not None)}"
                            f"[{err}]") from None
+
+
+def sdk_runtime(settings: Settings) -> Runtime | None:
+    """A Temporal runtime whose telemetry serves the SDK's Prometheus metrics (polls, slots,
+    schedule-to-start latency, …) on ``TASKOMATIC_TEMPORAL_METRICS_ADDRESS``; None (the default
+    runtime, no metrics) when that is empty."""
+    if not settings.temporal_metrics_address:
+        return None
+    split_address(settings.temporal_metrics_address, "TASKOMATIC_TEMPORAL_METRICS_ADDRESS")
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(
+        bind_address=settings.temporal_metrics_address, durations_as_seconds=True)))
 
 
 def _refusal_hint(error: str, tls: bool) -> str:

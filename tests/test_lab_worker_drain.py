@@ -8,12 +8,8 @@ through a symlinked socket directory (its host UUID says it is the same hypervis
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
@@ -25,6 +21,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 from test_clear_host import placement
 from test_migration import reservations
+from worker_procs import WorkerProcesses, worker_fleet
 
 from lab.models import LabHost
 from starter.client import RequestError, TaskomaticClient
@@ -34,7 +31,6 @@ from taskomatic.settings import Settings
 
 pytestmark = [pytest.mark.lab, pytest.mark.asyncio]
 
-WORKER_PY = Path(__file__).resolve().parent.parent / "worker.py"
 DRAIN_SECONDS = 60.0
 
 
@@ -53,47 +49,12 @@ async def _until(what: str, check: Callable[[], bool], timeout: float = 60.0) ->
         await asyncio.sleep(0.1)
 
 
-class WorkerProcesses:
-    """``worker.py`` in processes of their own, one at a time, for one task queue."""
-
-    def __init__(self, settings: Settings, log: Path) -> None:
-        self.log = log
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("TASKOMATIC_")}
-        self.env.update(TASKOMATIC_TEMPORAL_ADDRESS=settings.temporal_address,
-                        TASKOMATIC_TASK_QUEUE=settings.task_queue,
-                        TASKOMATIC_DATABASE_URL=settings.database_url,
-                        TASKOMATIC_MIGRATION_SAVE_DIR=str(settings.migration_save_dir),
-                        TASKOMATIC_WORKER_DRAIN_SECONDS=str(DRAIN_SECONDS),
-                        TASKOMATIC_DEV_ENCRYPTION="false", TASKOMATIC_LOG_FORMAT="json")
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self) -> subprocess.Popen[bytes]:
-        with self.log.open("ab") as out:
-            proc = subprocess.Popen([sys.executable, str(WORKER_PY)], env=self.env,
-                                    cwd=self.log.parent, stdout=out, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-
-
 @pytest.fixture
 async def workers(temporal_env: WorkflowEnvironment, settings: Settings, db: Database,
                   tmp_path: Path) -> AsyncIterator[tuple[TaskomaticClient, WorkerProcesses]]:
-    own = settings.model_copy(update={
-        "task_queue": f"drain-{uuid.uuid4().hex[:6]}",
-        "temporal_address": temporal_env.client.service_client.config.target_host})
-    procs = WorkerProcesses(own, tmp_path / "worker.log")
-    procs.start()
-    try:
-        yield TaskomaticClient(temporal_env.client, own, db), procs
-    finally:
-        procs.stop_all()
+    with worker_fleet(settings, temporal_env, db, tmp_path, "drain",
+                      WORKER_DRAIN_SECONDS=str(DRAIN_SECONDS)) as fleet:
+        yield fleet
 
 
 async def test_sigterm_mid_live_migration_lets_it_finish(
@@ -111,7 +72,7 @@ async def test_sigterm_mid_live_migration_lets_it_finish(
     first = procs.procs[-1]
     first.send_signal(signal.SIGTERM)  # a rolling deploy stops the worker mid-migration
     code = await asyncio.to_thread(first.wait, DRAIN_SECONDS + 30)
-    log = procs.log.read_text(errors="replace")
+    log = procs.logs()
     assert code == 0, log[-3000:]
     # By the time the worker has left, the move is done: the VM runs on the destination only.
     assert qemu_lab.domains(source) == {}, log[-3000:]

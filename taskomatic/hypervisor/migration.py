@@ -46,6 +46,7 @@ from taskomatic.hypervisor.jobs import (
     to_its_end,
 )
 from taskomatic.logs import get_logger
+from taskomatic.metrics import MIGRATION_BYTES
 from taskomatic.models import MigrateDomainInput, MigrationReport
 
 T = TypeVar("T")
@@ -302,7 +303,8 @@ class Migrator:
             stats = await self._blocking(job_stats, dom)
             now = time.monotonic()
             if stats.get("data_processed", 0) > processed:
-                processed, last_moved = stats.get("data_processed", 0), now
+                MIGRATION_BYTES.inc(stats["data_processed"] - max(processed, 0))
+                processed, last_moved = stats["data_processed"], now
             percent = progress_percent(stats, percent)
             detail = (f"{percent:.0f}% ({stats.get('data_remaining', 0) >> 20} MiB left)"
                       if stats else f"{percent:.0f}%")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from taskomatic import inventory
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.db import Database
+from taskomatic.inventory.hosts import unreachable_host
 from taskomatic.models import (
     ActivateHostRequest,
     ClearHostRequest,
@@ -80,10 +81,21 @@ def vm_can_move(db: Database, settings: Settings, req: MigrateVmRequest) -> None
 # --- hosts -------------------------------------------------------------------------------------
 
 
-def host_exists(db: Database, settings: Settings,
-                req: ClearHostRequest | ActivateHostRequest) -> None:
-    """A clear or activate: the host ``req.host`` is in the inventory, in any state."""
+def host_exists(db: Database, settings: Settings, req: ActivateHostRequest) -> None:
+    """An activate: the host ``req.host`` is in the inventory, in any state."""
     _require_host(db, req.host, "host", up=False)
+
+
+def host_answers(db: Database, settings: Settings, req: ClearHostRequest) -> None:
+    """A clear (or its dry run): the host exists and is not ``non_responsive`` — its VMs cannot
+    be moved while its libvirtd does not answer; ``HostNotAvailable`` says what can be done."""
+    _require_host(db, req.host, "host", up=False)
+    host = inventory.get_host(db, req.host)
+    if host is not None and host.state == HostState.NON_RESPONSIVE:
+        raise task_error(ErrorType.HOST_NOT_AVAILABLE,
+                         unreachable_host(req.host, {"state": host.state,
+                                                     "state_reason": host.state_reason}),
+                         field="host", host=req.host)
 
 
 def host_is_up(db: Database, settings: Settings, req: RestoreHostRequest) -> None:

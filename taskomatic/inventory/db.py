@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib import resources
@@ -17,6 +18,7 @@ from psycopg2 import sql
 
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.logs import get_logger
+from taskomatic.metrics import POOL_WAIT_SECONDS
 
 log = get_logger(component="db")
 
@@ -47,7 +49,10 @@ class Database:
 
         A lost or refused connection becomes a retryable ``DatabaseUnavailable``.
         """
-        if not self._slots.acquire(timeout=self._wait):
+        asked = time.monotonic()
+        got = self._slots.acquire(timeout=self._wait)
+        POOL_WAIT_SECONDS.observe(time.monotonic() - asked)
+        if not got:
             raise task_error(ErrorType.DATABASE_UNAVAILABLE,
                              f"no free inventory connection after {self._wait:g}s "
                              f"(all {self._max} in use)")

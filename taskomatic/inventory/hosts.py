@@ -27,7 +27,8 @@ from taskomatic.uris import canonical_uri, uri_driver
 # The one host-load query: each host with its capacity, what its VMs use and what the
 # reservations of tasks still placing VMs there hold.
 _HOST_LOAD = f"""
-    SELECT h.name, h.uri, h.state, h.migration_uri, h.hypervisor_id, {CAPACITY_COLUMNS},
+    SELECT h.name, h.uri, h.state, h.state_reason, h.migration_uri, h.hypervisor_id,
+           {CAPACITY_COLUMNS},
            c.name AS cluster, c.hypervisor_type, h.cpu_model, h.cpus, h.physical_memory_mib,
            v.vcpus AS used_vcpus, v.memory_mib AS used_memory_mib, v.n AS vm_count,
            r.vcpus AS reserved_vcpus, r.memory_mib AS reserved_memory_mib
@@ -216,9 +217,8 @@ def begin_maintenance(db: Database, host: str) -> BeginMaintenanceResult:
         row = _lock_host(cur, host)
         before = HostState(row["state"])
         if not TRANSITIONS[transition].allows(before):
-            raise task_error(ErrorType.HOST_NOT_AVAILABLE,
-                             f"host {host!r} is {before.value}: its VMs cannot be reached to move"
-                             " them", field="host", host=host)
+            raise task_error(ErrorType.HOST_NOT_AVAILABLE, unreachable_host(host, row),
+                             field="host", host=host)
         _set_state(cur, row["id"], check_transition(transition, host, before))
         cur.execute("SELECT task_id FROM reservations WHERE host_id = %s ORDER BY task_id",
                     (row["id"],))
@@ -227,8 +227,22 @@ def begin_maintenance(db: Database, host: str) -> BeginMaintenanceResult:
                                   previous_state=before, placed_tasks=tasks)
 
 
+def unreachable_host(host: str, row: dict[str, Any]) -> str:
+    """What a clear of ``host`` (a row with ``state`` and ``state_reason``, down or
+    non_responsive) can and cannot do, for the error that refuses it."""
+    if row["state"] != HostState.NON_RESPONSIVE:
+        return f"host {host!r} is {row['state']}: its VMs cannot be reached to move them"
+    return (f"host {host!r} is non_responsive ({row.get('state_reason') or 'no answer'}): "
+            "its VMs cannot be moved off it (a migration needs the source's libvirtd) and are "
+            "recorded 'unknown'; nothing was changed. It becomes up by itself when it answers "
+            "again: clear it then. If it will not come back, its VMs are recovered by "
+            "starting them elsewhere from their disks; no task can do that safely while the "
+            "host may still run them")
+
+
 def _lock_host(cur: Any, name: str) -> dict[str, Any]:
-    cur.execute("SELECT id, name, uri, migration_uri, state FROM hosts WHERE name = %s"
+    cur.execute("SELECT id, name, uri, migration_uri, state, state_reason FROM hosts"
+                " WHERE name = %s"
                 " FOR UPDATE", (name,))
     row: dict[str, Any] | None = cur.fetchone()
     if row is None:
@@ -238,5 +252,5 @@ def _lock_host(cur: Any, name: str) -> dict[str, Any]:
 
 
 def _set_state(cur: Any, host_id: int, state: HostState) -> None:
-    cur.execute("UPDATE hosts SET state = %s, updated_at = now() WHERE id = %s",
-                (state.value, host_id))
+    cur.execute("UPDATE hosts SET state = %s, state_reason = NULL, updated_at = now()"
+                " WHERE id = %s", (state.value, host_id))

@@ -30,7 +30,8 @@ from taskomatic.states import IN_MAINTENANCE
 
 _VM_COLUMNS = """
     SELECT v.name, v.uuid::text AS uuid, h.name AS host, v.vcpus, v.memory_mib, v.state,
-           v.origin_host, g.name AS group, v.created_at, v.updated_at, h.uri AS host_uri,
+           v.state_reason, v.origin_host, g.name AS group, v.created_at, v.updated_at,
+           h.uri AS host_uri,
            h.state AS host_state, h.migration_uri AS host_migration_uri
     FROM vms v JOIN hosts h ON h.id = v.host_id
     LEFT JOIN affinity_groups g ON g.id = v.affinity_group_id
@@ -111,8 +112,8 @@ def _refuse_taken_name(cur: Any, name: str, task_id: str | None = None) -> bool:
 
 def set_vm_state(db: Database, name: str, state: VmState) -> bool:
     with db.transaction() as cur:
-        cur.execute("UPDATE vms SET state = %s, updated_at = now() WHERE name = %s AND state <> %s",
-                    (state.value, name, state.value))
+        cur.execute("UPDATE vms SET state = %s, state_reason = NULL, updated_at = now()"
+                    " WHERE name = %s AND state <> %s", (state.value, name, state.value))
         return bool(cur.rowcount)
 
 

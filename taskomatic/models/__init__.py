@@ -86,6 +86,7 @@ from taskomatic.models.migration import (
     RecordMoveInput,
     Seconds,
 )
+from taskomatic.models.monitor import ContactChange
 from taskomatic.models.ordering import (
     AwaitTaskInput,
     Blocker,
@@ -198,6 +199,7 @@ __all__ = [
     "ClusterRecord",
     "ClusterSpec",
     "ConfirmMoveInput",
+    "ContactChange",
     "CreatePoolRequest",
     "CreateVmRequest",
     "CreateVolumeRequest",

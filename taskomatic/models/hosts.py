@@ -43,6 +43,8 @@ class HostRecord(Model):
     cpu_model: str | None = None
     cpus: int | None = Field(None, description="physical CPUs libvirt reported (getInfo)")
     physical_memory_mib: int | None = Field(None, description="memory libvirt reported, MiB")
+    state_reason: str | None = Field(None, description="why the host monitor set the state "
+                                                       "(non_responsive: what it saw)")
     migration_uri: str | None = None
     hypervisor_id: str | None = Field(
         None, description="the hypervisor's own identity (its host UUID; test driver: its "

@@ -49,6 +49,8 @@ class VmRecord(Model):
     vcpus: int
     memory_mib: int
     state: VmState
+    state_reason: str | None = Field(None, description="why the state is what it is, when not "
+                                                       "libvirt's word (unknown: its host's)")
     origin_host: str | None = Field(None, description="the host it was moved off while clearing")
     group: str | None = Field(None, description="its affinity group")
     created_at: datetime | None = None
