@@ -1,14 +1,22 @@
 """The inventory, in PostgreSQL, one module per feature: ``hosts`` (register, load, state
 transitions, maintenance), ``vms`` (VMs and the capacity reservations that place them),
-``migration`` (moves and the clear-host plan), ``storage`` (pools, volumes and the disks of VMs),
-``ordering`` (the claims of the resource lines), ``reconcile`` (what the safety net reads) and
-``checks`` (the client's advisory checks of requests). Every write is one transaction; every
-writer of a host's load locks that host's row first (see ``vms.reserve_capacity``). Import the
-functions from here; ``ordering`` and ``db`` (connections, schema upgrades) are used as modules.
+``migration`` (moves and the clear-host plan), ``storage`` (pools, volumes, which hosts see a
+pool), ``disks`` (the disks of VMs and where their storage lets them go), ``ordering`` (the
+claims of the resource lines), ``reconcile`` (what the safety net reads) and ``checks`` (the
+client's advisory checks of requests). Every write is one transaction; every writer of a host's
+load locks that host's row first (see ``vms.reserve_capacity``). Import the functions from here;
+``ordering`` and ``db`` (connections, schema upgrades) are used as modules.
 """
 
 from taskomatic.inventory import db, ordering
 from taskomatic.inventory.db import Database, get_database
+from taskomatic.inventory.disks import (
+    plan_disks,
+    record_vm_disks,
+    release_vm_volumes,
+    unrecord_vm,
+    vm_disks,
+)
 from taskomatic.inventory.hosts import (
     add_host,
     begin_maintenance,
@@ -26,20 +34,15 @@ from taskomatic.inventory.storage import (
     get_volume,
     list_pools,
     list_volumes,
-    plan_disks,
     record_pool,
-    record_vm_disks,
     record_volume,
     release_pool,
-    release_vm_volumes,
     remove_pool,
     remove_volume,
     require_pool,
     require_volume,
     reserve_pool,
     set_pool_autostart,
-    unrecord_vm,
-    vm_disks,
 )
 from taskomatic.inventory.vms import (
     check_new_vm,

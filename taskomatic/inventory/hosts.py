@@ -17,12 +17,14 @@ from taskomatic.models import BeginMaintenanceResult, HostRecord, HostSpec, Host
 from taskomatic.states import TRANSITIONS, HostState, HostTransition, check_transition
 from taskomatic.uris import canonical_uri
 
-# The one host-load query: each host with its capacity, what its VMs use and what the
-# reservations of tasks still placing VMs there hold.
+# The one host-load query: each host with its capacity, what its VMs use, what the
+# reservations of tasks still placing VMs there hold, and the pools it sees.
 _HOST_LOAD = """
     SELECT h.name, h.uri, h.state, h.migration_uri, h.hypervisor_id, h.vcpus, h.memory_mib,
            v.vcpus AS used_vcpus, v.memory_mib AS used_memory_mib, v.n AS vm_count,
-           r.vcpus AS reserved_vcpus, r.memory_mib AS reserved_memory_mib
+           r.vcpus AS reserved_vcpus, r.memory_mib AS reserved_memory_mib,
+           ARRAY(SELECT p.name FROM pool_hosts ph JOIN storage_pools p ON p.id = ph.pool_id
+                 WHERE ph.host_id = h.id AND ph.state = 'active' ORDER BY p.name) AS pools
     FROM hosts h
     CROSS JOIN LATERAL (
         SELECT COALESCE(SUM(vcpus), 0)::bigint AS vcpus,

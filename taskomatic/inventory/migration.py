@@ -9,6 +9,7 @@ from __future__ import annotations
 from taskomatic import placement
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.db import Database
+from taskomatic.inventory.disks import storage_reach
 from taskomatic.inventory.hosts import read_hosts
 from taskomatic.inventory.vms import get_vm
 from taskomatic.models import PlannedMove, RecordMoveInput, VmRecord
@@ -61,10 +62,28 @@ def vms_with_origin(db: Database, host: str, exclude: list[str]) -> list[str]:
 
 def plan_moves(db: Database, host: str, vms: list[str]) -> list[PlannedMove]:
     """Where placement would put each of ``vms`` if ``host`` were cleared now: ``placement.plan``
-    over the hosts' current load. Reads only, without locks: a plan, not a promise."""
+    over the hosts' current load, each VM among the hosts that see every pool its disks are in
+    (a VM whose pools no other host sees is "not movable", with the reason; ``disks``). Reads
+    only, without locks: a plan, not a promise."""
     with db.transaction() as cur:
         cur.execute("SELECT name, vcpus, memory_mib FROM vms WHERE name = ANY(%s)", (vms,))
         sizes = {r["name"]: placement.VmSize(r["vcpus"], r["memory_mib"])
                  for r in cur.fetchall()}
-        loads = [placement.HostLoad.of(h) for h in read_hosts(cur)]
-    return placement.plan(host, vms, sizes, loads)
+        loads = {h.name: placement.HostLoad.of(h) for h in read_hosts(cur)}
+        reach = storage_reach(cur, vms)
+    moves: list[PlannedMove] = []
+    for vm in vms:
+        found = reach.get(vm)
+        seeing = list(loads)
+        if found is not None and found.pools:
+            reason = found.not_movable(seeing)
+            if reason is not None:
+                moves.append(PlannedMove(vm=vm, destination=None, reason=reason))
+                continue
+            seeing = [h for h in seeing if found.sees_all(h)]
+        [move] = placement.plan(host, [vm], sizes, [loads[h] for h in seeing])
+        if move.destination is not None:
+            size = sizes[vm]
+            loads[move.destination] = loads[move.destination].taking(size.vcpus, size.memory_mib)
+        moves.append(move)
+    return moves

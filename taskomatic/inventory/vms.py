@@ -16,6 +16,7 @@ import psycopg2.errors
 from taskomatic import placement
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.db import Database
+from taskomatic.inventory.disks import storage_destinations, storage_reach
 from taskomatic.inventory.hosts import lock_hosts, read_hosts
 from taskomatic.models import (
     RecordVmInput,
@@ -176,7 +177,9 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
     (``UnknownHost``, ``HostNotAvailable``, ``NoCapacity``) propagate. Idempotent: a task that
     already holds a reservation gets it back unchanged. ``moving`` reserves room for an existing
     VM about to move there (a migration), so its name is expected to exist; otherwise a taken
-    name is ``DuplicateVm``.
+    name is ``DuplicateVm``. A moving VM goes only to a host that sees every pool its disks are
+    in (``disks.storage_destinations``: ``NotMigratable`` when no other host, or not the pinned
+    one, sees them).
     """
     try:
         with db.transaction() as cur:
@@ -191,11 +194,15 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
             if existing is not None:
                 return existing
             hosts = {h.name: h for h in read_hosts(cur, ids=list(locked.values()))}
+            candidates = list(hosts)
+            reach = storage_reach(cur, [inp.vm_name]).get(inp.vm_name) if moving else None
+            if reach is not None:  # a VM moves only to a host that sees its disks' pools
+                candidates = storage_destinations(reach, candidates, inp.host, inp.host_field)
             chosen = placement.choose(
                 placement.PlacementRequest(vm=inp.vm_name, vcpus=inp.vcpus,
                                            memory_mib=inp.memory_mib, host=inp.host,
                                            exclude=tuple(inp.exclude), field=inp.host_field),
-                [placement.HostLoad.of(h) for h in hosts.values()])
+                [placement.HostLoad.of(hosts[h]) for h in candidates])
             cur.execute(
                 "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib)"
                 " VALUES (%s, %s, %s, %s, %s)",

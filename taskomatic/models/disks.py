@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from taskomatic.models.base import Model, Name, VolumeFormat, VolumePath, check_volume_name
@@ -113,3 +115,61 @@ class VmDisks(Model):
     def detail(self) -> str:
         owned = sum(1 for d in self.disks if d.owned)
         return f"{len(self.disks)} disk(s), {owned} owned" if self.disks else "no disks"
+
+
+class PoolSight(Model):
+    """A pool a VM's disks are in, and the hosts that see it (``pool_hosts``: started there)."""
+
+    pool: str
+    scope: Literal["local", "shared"]
+    hosts: list[str] = Field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        """``local to h1``, ``shared, seen by h1, h2`` or ``seen by no host``."""
+        if not self.hosts:
+            return "seen by no host"
+        listed = ", ".join(self.hosts)
+        return f"local to {listed}" if self.scope == "local" else f"shared, seen by {listed}"
+
+
+class StorageReach(Model):
+    """Where a VM's storage lets it go: the VM, the host it is on, and every pool its disks
+    are in. A VM without disks goes anywhere."""
+
+    vm: str
+    host: str
+    pools: list[PoolSight] = Field(default_factory=list)
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The pools the VM's disks are in (placement's ``pools``)."""
+        return frozenset(p.pool for p in self.pools)
+
+    def sees_all(self, host: str) -> bool:
+        """Whether ``host`` sees every pool the VM's disks are in."""
+        return all(host in p.hosts for p in self.pools)
+
+    def unseen_by(self, host: str) -> str | None:
+        """Why the VM cannot go to ``host`` for its storage (``h2 does not see pool 'images'
+        (local to h1)``), or None when ``host`` sees all its pools."""
+        missing = [p for p in self.pools if host not in p.hosts]
+        if not missing:
+            return None
+        return f"{host} does not see {self._listed(missing)}"
+
+    def not_movable(self, others: list[str]) -> str | None:
+        """Why the VM cannot leave its host for its storage, given the ``others`` hosts it
+        could go to: None when one of them sees every pool its disks are in (or it has none).
+        """
+        if any(self.sees_all(h) for h in others if h != self.host):
+            return None
+        together = "" if len(self.pools) == 1 else " together"
+        return (f"not movable: its disks are in {self._listed(self.pools)}, which no other "
+                f"host sees{together}")
+
+    @staticmethod
+    def _listed(pools: list[PoolSight]) -> str:
+        if len(pools) == 1:
+            return f"pool {pools[0].pool!r} ({pools[0].where})"
+        return "pools " + ", ".join(f"{p.pool!r} ({p.where})" for p in pools)

@@ -241,9 +241,22 @@ class VolumeReport(Model):
 # --- inventory -------------------------------------------------------------------------------
 
 
+PoolHostState = Literal["active", "inactive", "failed"]
+
+
+class PoolHost(Model):
+    """A host that has (or should have) a pool: ``active`` (started there: placement counts it
+    as seen), ``inactive``, or ``failed`` (it could not be defined or started; ``detail``)."""
+
+    host: str
+    state: PoolHostState
+    detail: str | None = None
+
+
 class PoolRecord(Model):
     name: str
-    host: str
+    host: str = Field(description="the pool's host; for a shared pool the one it was created "
+                                  "from")
     type: PoolType
     path: str
     state: Literal["creating", "active", "inactive"]
@@ -252,6 +265,8 @@ class PoolRecord(Model):
     allocation: int | None = None
     available: int | None = None
     volume_count: int = 0
+    scope: Literal["local", "shared"] = "local"
+    hosts: list[PoolHost] = Field(default_factory=list, description="the hosts that see it")
 
     @property
     def detail(self) -> str:
@@ -348,3 +363,21 @@ class StorageTaskResult(Model):
         where = f" on {self.host}" if self.host else ""
         return f"{self.kind} {what}{where}: {self.state or 'gone'} ({'; '.join(self.notes)})"
 
+
+
+class PoolPeers(Model):
+    """The other hosts a shared pool belongs on (its cluster's, in service), as pool refs."""
+
+    pool: str
+    hosts: list[PoolRef] = Field(default_factory=list)
+
+    @property
+    def detail(self) -> str:
+        return f"{len(self.hosts)} other host(s)"
+
+
+class RecordPoolHostInput(Model):
+    pool: str
+    host: str
+    state: PoolHostState
+    detail: str | None = None
