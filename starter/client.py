@@ -31,6 +31,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from starter.batch import BatchItem, plan_batch
+from starter.clusters import ClusterCalls
 from starter.errors import RequestError, refusals, request_error, validated, within
 from starter.hosts import HostReads
 from starter.storage import StorageReads
@@ -38,7 +39,7 @@ from starter.tasks import STATE_QUERIES, TaskError, TaskHandle, TaskStatus, stat
 from taskomatic import inventory
 from taskomatic.errors import error_info
 from taskomatic.hypervisor import Hypervisors
-from taskomatic.hypervisor.identity import probe_identity
+from taskomatic.hypervisor.identity import probe_facts
 from taskomatic.inventory import ordering
 from taskomatic.inventory.db import Database, get_database
 from taskomatic.models import (
@@ -50,6 +51,7 @@ from taskomatic.models import (
     DeleteVolumeRequest,
     DestroyPoolRequest,
     DestroyVmRequest,
+    HostFacts,
     HostRecord,
     HostSpec,
     MigrateVmRequest,
@@ -88,7 +90,7 @@ __all__ = ["RequestError", "TaskError", "TaskHandle", "TaskStatus",
            "TaskomaticClient", "caller_identity", "request_error", "validated"]
 
 
-class TaskomaticClient(HostReads, StorageReads):
+class TaskomaticClient(HostReads, StorageReads, ClusterCalls):
     """``requested_by``: who asks, for requests that do not say (default: the OS user)."""
 
     def __init__(self, temporal: Client, settings: Settings, db: Database,
@@ -114,13 +116,17 @@ class TaskomaticClient(HostReads, StorageReads):
         return await asyncio.to_thread(inventory.list_vms, self.db, host)
 
     async def add_host(self, spec: HostSpec, probe: bool = True) -> tuple[HostRecord, bool]:
-        """Register a hypervisor; with ``probe``, first check that its URI answers and read its
-        identity (host UUID), so that one hypervisor cannot be registered twice under another
-        name or URI (``RequestError`` on ``uri`` naming the existing host). Without ``probe``
-        only the URI's spellings are compared."""
-        identity = await asyncio.to_thread(_probe_uri, spec) if probe else None
+        """Register a hypervisor in its cluster; with ``probe``, first check that its URI answers
+        and read what libvirt says of it (``HostFacts``): its identity (host UUID), so that one
+        hypervisor cannot be registered twice under another name or URI (``RequestError`` on
+        ``uri`` naming the existing host); its driver and CPU model, checked against the
+        cluster (``RequestError`` on ``cluster`` / ``cpu_model``); its CPUs and memory, the
+        capacity (times the cluster's overcommit) unless ``spec`` gives one. Without ``probe``
+        only the URI's spellings are compared, the driver is the URI's and ``spec`` must give
+        the capacity."""
+        facts = await asyncio.to_thread(_probe_uri, spec) if probe else None
         added: tuple[HostRecord, bool] = await self._inventory(inventory.add_host, self.db, spec,
-                                                               identity)
+                                                               facts)
         return added
 
     # --- tasks -----------------------------------------------------------------------------
@@ -349,12 +355,12 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def _probe_uri(spec: HostSpec) -> str | None:
-    """Connect to ``spec.uri`` and return its hypervisor's identity; ``RequestError`` on
-    ``uri`` if it does not answer."""
+def _probe_uri(spec: HostSpec) -> HostFacts:
+    """Connect to ``spec.uri`` and read what its hypervisor is (``HostFacts``); ``RequestError``
+    on ``uri`` if it does not answer."""
     hv = Hypervisors()
     try:
-        return probe_identity(hv, spec.uri, spec.name)
+        return probe_facts(hv, spec.uri, spec.name)
     except ApplicationError as err:
         raise RequestError("uri", f"cannot reach {spec.uri}: {error_info(err).message}") from None
     finally:

@@ -27,8 +27,10 @@ from taskomatic.states import HostState
 
 @dataclass(frozen=True)
 class HostLoad:
-    """A host as placement sees it: capacity (vCPUs, MiB) and what is used of it, where used
-    counts the VMs recorded there plus the reservations of tasks placing VMs there."""
+    """A host as placement sees it: its cluster, capacity (vCPUs, MiB; with the cluster's
+    overcommit) and what is used of it, where used counts the VMs recorded there plus the
+    reservations of tasks placing VMs there; ``pools``: the storage pools it sees, active
+    there."""
 
     name: str
     state: HostState
@@ -36,12 +38,14 @@ class HostLoad:
     memory_mib: int
     used_vcpus: int = 0
     used_memory_mib: int = 0
+    cluster: str = "default"
+    pools: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, host: HostRecord) -> HostLoad:
+    def of(cls, host: HostRecord, pools: frozenset[str] = frozenset()) -> HostLoad:
         """The load of an inventory row (VMs and reservations added up)."""
         return cls(name=host.name, state=host.state, vcpus=host.vcpus,
-                   memory_mib=host.memory_mib,
+                   memory_mib=host.memory_mib, cluster=host.cluster, pools=pools,
                    used_vcpus=host.used_vcpus + host.reserved_vcpus,
                    used_memory_mib=host.used_memory_mib + host.reserved_memory_mib)
 
@@ -62,8 +66,9 @@ class HostLoad:
 @dataclass(frozen=True)
 class PlacementRequest:
     """Room for VM ``vm``: ``vcpus`` vCPUs and ``memory_mib`` MiB, on ``host`` if pinned (else
-    on any host), never on one of ``exclude``. ``field`` is the request field an error about the
-    pinned host (or the exclusions) blames."""
+    on any host), never on one of ``exclude``, in ``cluster`` (a moving VM: its source's; None:
+    any), on a host that sees every pool of ``pools`` (where its disks live). ``field`` is the
+    request field an error about the pinned host (or the exclusions) blames."""
 
     vm: str
     vcpus: int
@@ -71,6 +76,8 @@ class PlacementRequest:
     host: str | None = None
     exclude: tuple[str, ...] = ()
     field: str = "host"
+    cluster: str | None = None
+    pools: frozenset[str] = frozenset()
 
 
 class VmSize(NamedTuple):
@@ -101,8 +108,19 @@ def has_room(host: HostLoad, request: PlacementRequest) -> bool:
     return host.free_vcpus >= request.vcpus and host.free_memory_mib >= request.memory_mib
 
 
+def same_cluster(host: HostLoad, request: PlacementRequest) -> bool:
+    """Placement and migration never leave a cluster: a host of another cluster than the
+    request's is never picked (a request without a cluster may go to any)."""
+    return request.cluster is None or host.cluster == request.cluster
+
+
+def sees_pools(host: HostLoad, request: PlacementRequest) -> bool:
+    """The host sees every storage pool the VM's disks live in (active there)."""
+    return request.pools <= host.pools
+
+
 HostFilter = Callable[[HostLoad, PlacementRequest], bool]
-FILTERS: tuple[HostFilter, ...] = (in_service, not_excluded, has_room)
+FILTERS: tuple[HostFilter, ...] = (in_service, same_cluster, not_excluded, sees_pools, has_room)
 
 
 # --- weighers: which is best? (lowest first) --------------------------------------------------
@@ -157,12 +175,14 @@ def choose(request: PlacementRequest, hosts: Sequence[HostLoad]) -> HostLoad:
 
 
 def plan(source: str, vms: Sequence[str], sizes: Mapping[str, VmSize],
-         hosts: Sequence[HostLoad]) -> list[PlannedMove]:
-    """Where each of ``vms`` (in that order) would go if host ``source`` were cleared now.
+         hosts: Sequence[HostLoad], cluster: str | None = None) -> list[PlannedMove]:
+    """Where each of ``vms`` (in that order) would go if host ``source`` (of ``cluster``) were
+    cleared now.
 
-    Each VM is placed as ``choose`` would place it (any host but ``source``), and each planned
-    move counts against its destination for the VMs after it. A VM without a size in ``sizes``
-    is "not in the inventory"; one no host takes gets the reason "no host in service has room".
+    Each VM is placed as ``choose`` would place it (any host of ``cluster`` but ``source``), and
+    each planned move counts against its destination for the VMs after it. A VM without a size
+    in ``sizes`` is "not in the inventory"; one no host takes gets the reason "no host in
+    service has room".
     """
     loads = {h.name: h for h in hosts}
     moves: list[PlannedMove] = []
@@ -172,7 +192,7 @@ def plan(source: str, vms: Sequence[str], sizes: Mapping[str, VmSize],
             moves.append(PlannedMove(vm=vm, destination=None, reason="not in the inventory"))
             continue
         request = PlacementRequest(vm=vm, vcpus=size.vcpus, memory_mib=size.memory_mib,
-                                   exclude=(source,))
+                                   exclude=(source,), cluster=cluster)
         chosen = best(request, list(loads.values()))
         if chosen is None:
             moves.append(PlannedMove(vm=vm, destination=None,
@@ -196,13 +216,18 @@ def _refusal(request: PlacementRequest, hosts: Sequence[HostLoad]) -> Applicatio
             return task_error(ErrorType.HOST_NOT_AVAILABLE,
                               f"host {pinned!r} is in state {host.state.value!r}, not 'up'",
                               field=request.field, host=pinned, vm=vm)
+        if not same_cluster(host, request):
+            return task_error(ErrorType.HOST_NOT_AVAILABLE,
+                              f"host {pinned!r} is in cluster {host.cluster!r}, not "
+                              f"{request.cluster!r}", field=request.field, host=pinned, vm=vm)
         if not not_excluded(host, request):
             return task_error(ErrorType.HOST_NOT_AVAILABLE,
                               f"host {pinned!r} cannot take {vm!r} (it is the source or already "
                               "failed)", field=request.field, host=pinned, vm=vm)
         candidates = [host]
     else:
-        candidates = [h for h in hosts if in_service(h, request) and not_excluded(h, request)]
+        candidates = [h for h in hosts if all(passes(h, request) for passes in FILTERS
+                                              if passes is not has_room)]
         if not candidates and request.exclude:
             return task_error(ErrorType.NO_CAPACITY, "no other host is in service (excluded: "
                               f"{', '.join(request.exclude)})", field=request.field, vm=vm)

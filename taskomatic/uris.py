@@ -91,3 +91,9 @@ def _clean_path(path: str) -> str:
         return path
     kept = [seg for seg in path.split("/") if seg not in ("", ".")]
     return ("/" if path.startswith("/") else "") + "/".join(kept)
+
+
+def uri_driver(value: str) -> str:
+    """The libvirt driver a URI names, lower case: ``qemu+tls://h/system`` → ``qemu``,
+    ``test:///default`` → ``test`` (what ``virConnectGetType()`` reports for it, lower case)."""
+    return urlsplit(value).scheme.split("+", 1)[0].lower()

@@ -101,7 +101,8 @@ def test_add_host_again_is_a_noop(lab: Lab, db: Database) -> None:
     again, created = inventory.add_host(db, spec)
     assert created is False
     assert again == HostRecord(name=spec.name, uri=spec.uri, state=HostState.UP, vcpus=6,
-                               memory_mib=3000)
+                               memory_mib=3000, cluster=again.cluster, hypervisor_type="test")
+    assert again.cluster in ("default", "default-test")  # the default cluster of its type
     assert [h.name for h in inventory.list_hosts(db)].count(spec.name) == 1
 
 

@@ -163,7 +163,8 @@ async def test_cancelled_create_is_undone(hanging_start: tuple[TaskomaticClient,
 
 async def test_unreachable_hypervisor_fails_retryable_and_releases(
         client: TaskomaticClient, lab: Lab, db: Database) -> None:
-    spec = HostSpec(name=f"gone-{lab.prefix}", uri=f"qemu+tcp://127.0.0.1:1/{lab.prefix}")
+    spec = HostSpec(name=f"gone-{lab.prefix}", uri=f"qemu+tcp://127.0.0.1:1/{lab.prefix}",
+                    vcpus=16, memory_mib=32768)
     inventory.add_host(db, spec)
     try:
         task = await client.create_vm(CreateVmRequest(name=lab.vm_name("nohv"), host=spec.name))

@@ -1,6 +1,7 @@
 """``taskomatic host …``: register and list hypervisor hosts, and host maintenance.
 
-    taskomatic host add NAME --uri URI [--vcpus N] [--memory-mib N] [--migration-uri URI]
+    taskomatic host add NAME --uri URI [--cluster C] [--vcpus N] [--memory-mib N]
+        [--migration-uri URI]
     taskomatic host list
     taskomatic host clear NAME [--dry-run] [--stop-unmigratable]
     taskomatic host activate NAME
@@ -32,7 +33,8 @@ from taskomatic.models import ActivateHostRequest, ClearHostRequest, HostSpec, R
 
 
 async def host_add(args: argparse.Namespace) -> int:
-    spec = validated(HostSpec, name=args.name, uri=args.uri, vcpus=args.vcpus,
+    spec = validated(HostSpec, name=args.name, uri=args.uri, cluster=args.cluster,
+                     vcpus=args.vcpus,
                      memory_mib=args.memory_mib, migration_uri=args.migration_uri)
     client = await common.connect()
     host, created = await client.add_host(spec, probe=not args.no_probe)
@@ -40,7 +42,8 @@ async def host_add(args: argparse.Namespace) -> int:
         render.print_json(host)
     else:
         console.print(f"host [bold]{host.name}[/] {'added' if created else 'already registered'}"
-                      f" ({host.vcpus} vCPUs, {host.memory_mib} MiB, {host.uri})")
+                      f" in cluster {host.cluster} ({host.vcpus} vCPUs, {host.memory_mib} MiB,"
+                      f" {host.uri})")
     return 0
 
 
@@ -98,8 +101,13 @@ def add_commands(nouns: Any) -> None:
     sp = verb(host, "add", host_add, "register a hypervisor host", read=True)
     sp.add_argument("name")
     sp.add_argument("--uri", required=True, help="libvirt URI, e.g. qemu+tls://h1/system")
-    sp.add_argument("--vcpus", type=int, default=16)
-    sp.add_argument("--memory-mib", type=int, default=32768)
+    sp.add_argument("--cluster", help="the cluster it joins (default: the default cluster of "
+                    "its hypervisor type)")
+    sp.add_argument("--vcpus", type=int,
+                    help="capacity (default: libvirt's CPUs times the cluster's vCPU overcommit)")
+    sp.add_argument("--memory-mib", type=int,
+                    help="capacity (default: libvirt's memory times the cluster's memory "
+                    "overcommit)")
     sp.add_argument("--no-probe", action="store_true", help="do not check that the URI answers")
     sp.add_argument("--migration-uri", help="where it receives live migrations, e.g. tcp://h1")
     verb(host, "list", host_list, "hosts with capacity and usage", read=True)

@@ -19,6 +19,7 @@ from rich.text import Text
 
 from starter import TaskHandle, TaskomaticClient, TaskStatus
 from taskomatic.models import (
+    ClusterRecord,
     HostRecord,
     HostTaskProgress,
     HostTaskResult,
@@ -51,15 +52,27 @@ def _when(moment: datetime | None) -> str:
 
 
 def hosts_table(hosts: Sequence[HostRecord]) -> Table:
-    table = Table("host", "state", "vCPUs used/total", "memory MiB used/total", "VMs", "uri",
-                  title="Hosts")
+    table = Table("host", "cluster", "state", "vCPUs used/total", "memory MiB used/total", "VMs",
+                  "uri", title="Hosts")
     table.columns[-1].overflow = "fold"
     for h in hosts:
         style = "green" if h.state == "up" else "yellow"
-        table.add_row(h.name, Text(h.state, style=style),
+        table.add_row(h.name, h.cluster, Text(h.state, style=style),
                       f"{h.used_vcpus + h.reserved_vcpus}/{h.vcpus}",
                       f"{h.used_memory_mib + h.reserved_memory_mib}/{h.memory_mib}",
                       str(h.vm_count), h.uri)
+    return table
+
+
+def clusters_table(clusters: Sequence[ClusterRecord]) -> Table:
+    table = Table("cluster", "hypervisor", "CPU model", "overcommit vCPU/memory", "weigher",
+                  "vCPUs used/total", "memory MiB used/total", "hosts", title="Clusters")
+    table.columns[-1].overflow = "fold"
+    for c in clusters:
+        table.add_row(c.name, c.hypervisor_type, c.cpu_model or "-",
+                      f"{c.vcpu_overcommit:g}/{c.memory_overcommit:g}", c.weigher,
+                      f"{c.used_vcpus}/{c.vcpus}", f"{c.used_memory_mib}/{c.memory_mib}",
+                      ", ".join(c.hosts) or "-")
     return table
 
 

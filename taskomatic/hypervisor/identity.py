@@ -20,6 +20,7 @@ from urllib.parse import unquote, urlsplit
 import libvirt
 
 from taskomatic.hypervisor.connections import Hypervisors
+from taskomatic.models import HostFacts
 
 TEST_DEFAULT = "test:///default"
 
@@ -44,8 +45,20 @@ def driver_file_identity(uri: str) -> str:
     return f"test:{os.path.realpath(path)}"
 
 
-def probe_identity(hypervisors: Hypervisors, uri: str, host: str) -> str | None:
-    """Connect to ``uri`` and read its identity (``host_identity``). Raises the typed error of
+def host_facts(conn: libvirt.virConnect, uri: str) -> HostFacts:
+    """What the hypervisor ``conn`` (opened on ``uri``) is: its identity (``host_identity``),
+    driver (``getType()``, lower case: ``test``, ``qemu``), CPU model (the capabilities'
+    ``host/cpu/model``, else virNodeInfo's model, e.g. ``x86_64``), CPUs and memory in MiB
+    (``getInfo()``: the Python binding gives MiB). Raises ``libvirt.libvirtError``."""
+    info = conn.getInfo()
+    model = ET.fromstring(conn.getCapabilities()).findtext("host/cpu/model")
+    return HostFacts(identity=host_identity(conn, uri), hypervisor_type=conn.getType().lower(),
+                     cpu_model=(model or str(info[0])).strip() or None, cpus=int(info[2]),
+                     memory_mib=int(info[1]))
+
+
+def probe_facts(hypervisors: Hypervisors, uri: str, host: str) -> HostFacts:
+    """Connect to ``uri`` and read ``host_facts``. Raises the typed error of
     ``Hypervisors.call`` (``HypervisorUnavailable``, …) if it does not answer."""
     with hypervisors.call("read the identity of", uri, host) as conn:
-        return host_identity(conn, uri)
+        return host_facts(conn, uri)

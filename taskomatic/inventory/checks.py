@@ -23,6 +23,7 @@ from taskomatic.models import (
     DeleteVolumeRequest,
     DestroyPoolRequest,
     DestroyVmRequest,
+    HostRecord,
     HostState,
     MigrateVmRequest,
     PlanDisksInput,
@@ -56,8 +57,8 @@ def vm_exists(db: Database, settings: Settings,
 
 
 def vm_can_move(db: Database, settings: Settings, req: MigrateVmRequest) -> None:
-    """A migration: the VM exists (``name``); a chosen destination (``to``) is another host, and
-    one that is up."""
+    """A migration: the VM exists (``name``); a chosen destination (``to``) is another host, one
+    that is up, and one of the VM's cluster (VMs never move between clusters)."""
     found = inventory.get_vm(db, req.name)
     if found is None:
         raise task_error(ErrorType.UNKNOWN_VM, f"no VM named {req.name!r}", field="name",
@@ -66,7 +67,13 @@ def vm_can_move(db: Database, settings: Settings, req: MigrateVmRequest) -> None
         if req.to == found.vm.host:
             raise task_error(ErrorType.INVALID_REQUEST, f"{req.name} is already on {req.to}",
                              field="to", vm=req.name, host=req.to)
-        _require_host(db, req.to, "to", up=True)
+        destination = _require_host(db, req.to, "to", up=True)
+        source = inventory.get_host(db, found.vm.host)
+        if source is not None and source.cluster != destination.cluster:
+            raise task_error(ErrorType.INVALID_REQUEST,
+                             f"host {req.to!r} is in cluster {destination.cluster!r}; {req.name}"
+                             f" is in cluster {source.cluster!r} (VMs never move between"
+                             " clusters)", field="to", vm=req.name, host=req.to)
 
 
 # --- hosts -------------------------------------------------------------------------------------
@@ -83,7 +90,7 @@ def host_is_up(db: Database, settings: Settings, req: RestoreHostRequest) -> Non
     _require_host(db, req.host, "host", up=True)
 
 
-def _require_host(db: Database, name: str, field: str, up: bool) -> None:
+def _require_host(db: Database, name: str, field: str, up: bool) -> HostRecord:
     host = inventory.get_host(db, name)
     if host is None:
         raise task_error(ErrorType.UNKNOWN_HOST, f"no host named {name!r}", field=field,
@@ -92,6 +99,7 @@ def _require_host(db: Database, name: str, field: str, up: bool) -> None:
         raise task_error(ErrorType.HOST_NOT_AVAILABLE,
                          f"host {name!r} is in state {host.state.value!r}, not 'up'",
                          field=field, host=name)
+    return host
 
 
 # --- storage -----------------------------------------------------------------------------------

@@ -170,18 +170,19 @@ def storage_reach(cur: Any, vms: list[str]) -> dict[str, StorageReach]:
     return reach
 
 
-def storage_destinations(reach: StorageReach, hosts: list[str], pinned: str | None,
-                         field: str) -> list[str]:
-    """The hosts among ``hosts`` (the candidates of a move) that see every pool the disks of
-    ``reach``'s VM are in. Raises ``NotMigratable``: on ``field`` when the ``pinned`` host does
-    not see them all; on ``name`` when no host but the VM's own sees them all."""
-    if pinned is not None and pinned in hosts:
-        reason = reach.unseen_by(pinned)
+def refuse_unreachable_storage(reach: StorageReach, hosts: list[str], pinned: str | None,
+                               field: str) -> None:
+    """Refuse a move whose destination cannot see the VM's storage, with the reason; ``hosts``
+    are the candidates of the move (placement's ``sees_pools`` then picks among those that see
+    every pool). Raises ``NotMigratable``: on ``field`` when the ``pinned`` host does not see
+    them all; on ``name`` when no host but the VM's own sees them all."""
+    if pinned is not None:
+        reason = reach.unseen_by(pinned) if pinned in hosts else None
         if reason is not None:
             raise task_error(ErrorType.NOT_MIGRATABLE, reason, field=field, host=pinned,
                              vm=reach.vm)
+        return
     reason = reach.not_movable(hosts)
-    if reason is not None and pinned is None:
+    if reason is not None:
         raise task_error(ErrorType.NOT_MIGRATABLE, reason, field="name", host=reach.host,
                          vm=reach.vm)
-    return [h for h in hosts if reach.sees_all(h)]

@@ -12,20 +12,28 @@ from collections.abc import Sequence
 from typing import Any
 
 from taskomatic.errors import ErrorType, task_error
+from taskomatic.inventory.clusters import CAPACITY_COLUMNS, join_cluster
 from taskomatic.inventory.db import Database
-from taskomatic.models import BeginMaintenanceResult, HostRecord, HostSpec, HostStateResult
+from taskomatic.models import (
+    BeginMaintenanceResult,
+    HostFacts,
+    HostRecord,
+    HostSpec,
+    HostStateResult,
+)
 from taskomatic.states import TRANSITIONS, HostState, HostTransition, check_transition
-from taskomatic.uris import canonical_uri
+from taskomatic.uris import canonical_uri, uri_driver
 
 # The one host-load query: each host with its capacity, what its VMs use, what the
 # reservations of tasks still placing VMs there hold, and the pools it sees.
-_HOST_LOAD = """
-    SELECT h.name, h.uri, h.state, h.migration_uri, h.hypervisor_id, h.vcpus, h.memory_mib,
+_HOST_LOAD = f"""
+    SELECT h.name, h.uri, h.state, h.migration_uri, h.hypervisor_id, {CAPACITY_COLUMNS},
+           c.name AS cluster, c.hypervisor_type, h.cpu_model, h.cpus, h.physical_memory_mib,
            v.vcpus AS used_vcpus, v.memory_mib AS used_memory_mib, v.n AS vm_count,
            r.vcpus AS reserved_vcpus, r.memory_mib AS reserved_memory_mib,
            ARRAY(SELECT p.name FROM pool_hosts ph JOIN storage_pools p ON p.id = ph.pool_id
                  WHERE ph.host_id = h.id AND ph.state = 'active' ORDER BY p.name) AS pools
-    FROM hosts h
+    FROM hosts h JOIN clusters c ON c.id = h.cluster_id
     CROSS JOIN LATERAL (
         SELECT COALESCE(SUM(vcpus), 0)::bigint AS vcpus,
                COALESCE(SUM(memory_mib), 0)::bigint AS memory_mib, COUNT(*) AS n
@@ -56,10 +64,18 @@ def lock_hosts(cur: Any, name: str | None = None) -> dict[str, int]:
     return {row["name"]: row["id"] for row in cur.fetchall()}
 
 
-def add_host(db: Database, spec: HostSpec, identity: str | None = None
+def add_host(db: Database, spec: HostSpec, facts: HostFacts | None = None
              ) -> tuple[HostRecord, bool]:
-    """Register a host; returns (host, created). ``identity`` is its hypervisor's own, when the
-    caller read it (``taskomatic.hypervisor.identity``): one hypervisor is one host.
+    """Register a host in its cluster; returns (host, created). ``facts`` is what libvirt says
+    of it, when the caller read them (``taskomatic.hypervisor.identity.host_facts``): its
+    identity (one hypervisor is one host), driver, CPU model, CPUs and memory. Without facts the
+    driver is the URI's (``uri_driver``) and the capacity must be explicit.
+
+    The host joins ``spec.cluster`` (``clusters.join_cluster``: its driver, and CPU model if the
+    cluster has a baseline, must match; else ``InvalidRequest`` on ``cluster`` / ``cpu_model``).
+    Its capacity is ``spec.vcpus`` / ``spec.memory_mib`` when given, else libvirt's CPUs and
+    memory times the cluster's overcommit ratios; neither is ``InvalidRequest`` on ``vcpus`` or
+    ``memory_mib``.
 
     Adding the same name and URI again is a no-op, which records ``identity`` for a host
     registered without one (or re-pointed to another hypervisor). Raises ``InvalidRequest``
@@ -69,9 +85,11 @@ def add_host(db: Database, spec: HostSpec, identity: str | None = None
     so two spellings of one URI cannot both get in at once.
     """
     canonical = _canonical(spec.uri)
+    identity = facts.identity if facts is not None else None
     with db.transaction() as cur:
         cur.execute("SELECT pg_advisory_xact_lock(%s)", (_REGISTRATION_LOCK_KEY,))
-        cur.execute("SELECT id, name, uri, hypervisor_id FROM hosts ORDER BY id")
+        cur.execute("SELECT h.id, h.name, h.uri, h.hypervisor_id, c.name AS cluster"
+                    " FROM hosts h JOIN clusters c ON c.id = h.cluster_id ORDER BY h.id")
         rows: list[dict[str, Any]] = cur.fetchall()
         same = next((r for r in rows if r["name"] == spec.name), None)
         if same is not None and same["uri"] != spec.uri:
@@ -84,11 +102,22 @@ def add_host(db: Database, spec: HostSpec, identity: str | None = None
         if identity is not None:
             _refuse_same_hypervisor(others, spec, identity)
         if same is None:
+            _refuse_unknown_capacity(spec, facts)
+            cluster = join_cluster(cur, spec.name, spec.cluster,
+                                   facts.hypervisor_type if facts else uri_driver(spec.uri),
+                                   facts.cpu_model if facts else None)
             cur.execute(
-                "INSERT INTO hosts (name, uri, vcpus, memory_mib, migration_uri, hypervisor_id)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (spec.name, spec.uri, spec.vcpus, spec.memory_mib, spec.migration_uri,
-                 identity))
+                "INSERT INTO hosts (name, uri, cluster_id, vcpus, memory_mib, cpus,"
+                " physical_memory_mib, cpu_model, migration_uri, hypervisor_id)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (spec.name, spec.uri, cluster["id"], spec.vcpus, spec.memory_mib,
+                 facts.cpus if facts else None, facts.memory_mib if facts else None,
+                 facts.cpu_model if facts else None, spec.migration_uri, identity))
+        elif spec.cluster is not None and spec.cluster != same["cluster"]:
+            raise task_error(ErrorType.INVALID_REQUEST,
+                             f"host {spec.name!r} is already in cluster {same['cluster']!r}"
+                             " (a host does not change cluster)", field="cluster",
+                             host=spec.name)
         elif identity is not None and same["hypervisor_id"] != identity:
             cur.execute("UPDATE hosts SET hypervisor_id = %s, updated_at = now() WHERE id = %s",
                         (identity, same["id"]))
@@ -98,6 +127,16 @@ def add_host(db: Database, spec: HostSpec, identity: str | None = None
 
 
 _REGISTRATION_LOCK_KEY = 0x7A5C0_0002  # beside the migrations' 0x7A5C0_0001 (inventory.db)
+
+
+def _refuse_unknown_capacity(spec: HostSpec, facts: HostFacts | None) -> None:
+    if facts is not None:
+        return
+    for field, value in (("vcpus", spec.vcpus), ("memory_mib", spec.memory_mib)):
+        if value is None:
+            raise task_error(ErrorType.INVALID_REQUEST,
+                             f"give the capacity of host {spec.name!r}, or let host add read it"
+                             " from libvirt (without --no-probe)", field=field, host=spec.name)
 
 
 def _canonical(uri: str) -> str | None:

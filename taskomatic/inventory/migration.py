@@ -62,15 +62,17 @@ def vms_with_origin(db: Database, host: str, exclude: list[str]) -> list[str]:
 
 def plan_moves(db: Database, host: str, vms: list[str]) -> list[PlannedMove]:
     """Where placement would put each of ``vms`` if ``host`` were cleared now: ``placement.plan``
-    over the hosts' current load, each VM among the hosts that see every pool its disks are in
-    (a VM whose pools no other host sees is "not movable", with the reason; ``disks``). Reads
-    only, without locks: a plan, not a promise."""
+    over the hosts' current load, inside ``host``'s cluster, each VM among the hosts that see
+    every pool its disks are in (a VM whose pools no other host sees is "not movable", with the
+    reason; ``disks``). Reads only, without locks: a plan, not a promise."""
     with db.transaction() as cur:
         cur.execute("SELECT name, vcpus, memory_mib FROM vms WHERE name = ANY(%s)", (vms,))
         sizes = {r["name"]: placement.VmSize(r["vcpus"], r["memory_mib"])
                  for r in cur.fetchall()}
-        loads = {h.name: placement.HostLoad.of(h) for h in read_hosts(cur)}
+        hosts = read_hosts(cur)
         reach = storage_reach(cur, vms)
+    loads = {h.name: placement.HostLoad.of(h, frozenset(h.pools)) for h in hosts}
+    cluster = next((h.cluster for h in hosts if h.name == host), None)
     moves: list[PlannedMove] = []
     for vm in vms:
         found = reach.get(vm)
@@ -81,7 +83,7 @@ def plan_moves(db: Database, host: str, vms: list[str]) -> list[PlannedMove]:
                 moves.append(PlannedMove(vm=vm, destination=None, reason=reason))
                 continue
             seeing = [h for h in seeing if found.sees_all(h)]
-        [move] = placement.plan(host, [vm], sizes, [loads[h] for h in seeing])
+        [move] = placement.plan(host, [vm], sizes, [loads[h] for h in seeing], cluster)
         if move.destination is not None:
             size = sizes[vm]
             loads[move.destination] = loads[move.destination].taking(size.vcpus, size.memory_mib)

@@ -16,7 +16,7 @@ import psycopg2.errors
 from taskomatic import placement
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.db import Database
-from taskomatic.inventory.disks import storage_destinations, storage_reach
+from taskomatic.inventory.disks import refuse_unreachable_storage, storage_reach
 from taskomatic.inventory.hosts import lock_hosts, read_hosts
 from taskomatic.models import (
     RecordVmInput,
@@ -178,8 +178,8 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
     already holds a reservation gets it back unchanged. ``moving`` reserves room for an existing
     VM about to move there (a migration), so its name is expected to exist; otherwise a taken
     name is ``DuplicateVm``. A moving VM goes only to a host that sees every pool its disks are
-    in (``disks.storage_destinations``: ``NotMigratable`` when no other host, or not the pinned
-    one, sees them).
+    in (placement's ``sees_pools``); ``disks.refuse_unreachable_storage`` says why not
+    (``NotMigratable``) when no other host, or not the pinned one, sees them.
     """
     try:
         with db.transaction() as cur:
@@ -194,15 +194,17 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
             if existing is not None:
                 return existing
             hosts = {h.name: h for h in read_hosts(cur, ids=list(locked.values()))}
-            candidates = list(hosts)
+            cluster = inp.cluster or (vm_cluster(cur, inp.vm_name) if moving else None)
             reach = storage_reach(cur, [inp.vm_name]).get(inp.vm_name) if moving else None
             if reach is not None:  # a VM moves only to a host that sees its disks' pools
-                candidates = storage_destinations(reach, candidates, inp.host, inp.host_field)
+                refuse_unreachable_storage(reach, list(hosts), inp.host, inp.host_field)
             chosen = placement.choose(
                 placement.PlacementRequest(vm=inp.vm_name, vcpus=inp.vcpus,
                                            memory_mib=inp.memory_mib, host=inp.host,
-                                           exclude=tuple(inp.exclude), field=inp.host_field),
-                [placement.HostLoad.of(hosts[h]) for h in candidates])
+                                           exclude=tuple(inp.exclude), field=inp.host_field,
+                                           cluster=cluster,
+                                           pools=reach.names if reach else frozenset()),
+                [placement.HostLoad.of(h, frozenset(h.pools)) for h in hosts.values()])
             cur.execute(
                 "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib)"
                 " VALUES (%s, %s, %s, %s, %s)",
@@ -219,6 +221,14 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
         raise task_error(ErrorType.DUPLICATE_VM,
                          f"VM {inp.vm_name!r} is already being {doing} by another task",
                          field="name", vm=inp.vm_name) from err
+
+
+def vm_cluster(cur: Any, name: str) -> str | None:
+    """The cluster of the host VM ``name`` is recorded on (None: not in the inventory)."""
+    cur.execute("SELECT c.name FROM vms v JOIN hosts h ON h.id = v.host_id"
+                " JOIN clusters c ON c.id = h.cluster_id WHERE v.name = %s", (name,))
+    row = cur.fetchone()
+    return str(row["name"]) if row else None
 
 
 def release_capacity(db: Database, task_id: str) -> Reservation | None:

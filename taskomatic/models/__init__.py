@@ -27,6 +27,12 @@ from taskomatic.models.base import (
     pool_resource,
     vm_resource,
 )
+from taskomatic.models.clusters import (
+    ClusterRecord,
+    ClusterSpec,
+    HostFacts,
+    Weigher,
+)
 from taskomatic.models.disks import (
     AttachedDisk,
     DiskPlan,
@@ -193,6 +199,8 @@ __all__ = [
     "ClaimInput",
     "ClaimResult",
     "ClearHostRequest",
+    "ClusterRecord",
+    "ClusterSpec",
     "ConfirmMoveInput",
     "CreatePoolRequest",
     "CreateVmRequest",
@@ -213,6 +221,7 @@ __all__ = [
     "HostCheck",
     "HostDomain",
     "HostDomains",
+    "HostFacts",
     "HostInfo",
     "HostName",
     "HostNameInput",
@@ -324,6 +333,7 @@ __all__ = [
     "VolumeSpec",
     "VolumeTaskRequest",
     "WaitShutoffInput",
+    "Weigher",
     "capacity_of",
     "check_pool_path",
     "check_root_task_id",

@@ -14,20 +14,35 @@ from taskomatic.states import HostState, HostTransition, transition_to
 
 
 class HostSpec(Model):
-    """``taskomatic host add``: a hypervisor and the capacity the engine may place on it."""
+    """``taskomatic host add``: a hypervisor, its cluster and the capacity the engine may place
+    on it: ``vcpus`` / ``memory_mib`` when given, else what libvirt reports (``getInfo``) times
+    the cluster's overcommit ratios."""
 
     name: Name
     uri: LibvirtUri
-    vcpus: Annotated[int, Field(ge=1, le=65_536)] = 16
-    memory_mib: Annotated[int, Field(ge=64, le=64 * 1024 * 1024)] = 32_768
+    cluster: Name | None = Field(
+        None, description="None: the default cluster of the host's hypervisor type")
+    vcpus: Annotated[int, Field(ge=1, le=65_536)] | None = Field(
+        None, description="explicit capacity; None: libvirt's CPUs times the vCPU overcommit")
+    memory_mib: Annotated[int, Field(ge=64, le=64 * 1024 * 1024)] | None = Field(
+        None, description="explicit capacity; None: libvirt's memory times the memory overcommit")
     migration_uri: MigrationUri | None = Field(
         None, description="where this host receives live migrations, e.g. tcp://10.0.0.2")
 
 
 class HostRecord(Model):
+    """A host as the inventory has it. ``vcpus`` / ``memory_mib`` are the capacity placement
+    may use: the explicit values of ``host add``, else ``cpus`` / ``physical_memory_mib`` (what
+    libvirt reported) times the cluster's overcommit ratios."""
+
     name: str
     uri: str
     state: HostState
+    cluster: str = "default"
+    hypervisor_type: str = Field("", description="its cluster's libvirt driver (test, qemu)")
+    cpu_model: str | None = None
+    cpus: int | None = Field(None, description="physical CPUs libvirt reported (getInfo)")
+    physical_memory_mib: int | None = Field(None, description="memory libvirt reported, MiB")
     migration_uri: str | None = None
     hypervisor_id: str | None = Field(
         None, description="the hypervisor's own identity (its host UUID; test driver: its "

@@ -117,6 +117,8 @@ class ReserveCapacityInput(Model):
     host: str | None = None
     exclude: list[str] = Field(default_factory=list, description="hosts never to pick")
     host_field: str = Field("host", description="the request field that pinned ``host``")
+    cluster: str | None = Field(None, description="the cluster to place in (None: any; a move"
+                                                  " stays in its source's cluster)")
 
 
 class Reservation(Model):

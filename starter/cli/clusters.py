@@ -1,0 +1,67 @@
+"""``taskomatic cluster …``: the clusters hosts belong to (placement and migration stay inside
+one).
+
+    taskomatic cluster create NAME --hypervisor-type qemu [--cpu-model M]
+        [--vcpu-overcommit 4.0] [--memory-overcommit 1.0] [--weigher spread|pack]
+    taskomatic cluster list
+    taskomatic cluster show NAME
+
+A host joins one with ``taskomatic host add NAME --uri URI --cluster NAME``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from starter import RequestError, validated
+from starter.cli import common, render
+from starter.cli.common import console, noun, verb
+from taskomatic.models import ClusterSpec
+from taskomatic.models.clusters import DEFAULT_MEMORY_OVERCOMMIT, DEFAULT_VCPU_OVERCOMMIT
+
+
+async def cluster_create(args: argparse.Namespace) -> int:
+    spec = validated(ClusterSpec, name=args.name, hypervisor_type=args.hypervisor_type,
+                     cpu_model=args.cpu_model, vcpu_overcommit=args.vcpu_overcommit,
+                     memory_overcommit=args.memory_overcommit, weigher=args.weigher)
+    cluster, created = await (await common.connect()).create_cluster(spec)
+    if args.json:
+        render.print_json(cluster)
+    else:
+        console.print(f"cluster [bold]{cluster.name}[/] "
+                      f"{'created' if created else 'already exists'} "
+                      f"({cluster.hypervisor_type}, {cluster.weigher})")
+    return 0
+
+
+async def cluster_list(args: argparse.Namespace) -> int:
+    clusters = await (await common.connect()).clusters()
+    render.print_json(clusters) if args.json else console.print(render.clusters_table(clusters))
+    return 0
+
+
+async def cluster_show(args: argparse.Namespace) -> int:
+    cluster = await (await common.connect()).cluster(args.name)
+    if cluster is None:
+        raise RequestError("name", f"no cluster named {args.name!r}")
+    render.print_json(cluster) if args.json else console.print(render.clusters_table([cluster]))
+    return 0
+
+
+def add_commands(nouns: Any) -> None:
+    """Add the ``cluster`` noun and its verbs."""
+    cluster = noun(nouns, "cluster", "clusters of hosts (placement and migration stay inside)")
+    sp = verb(cluster, "create", cluster_create, "create a cluster", read=True)
+    sp.add_argument("name")
+    sp.add_argument("--hypervisor-type", required=True,
+                    help="libvirt driver of its hosts, as getType() says it: test, qemu")
+    sp.add_argument("--cpu-model", help="CPU baseline: hosts must report this CPU model")
+    sp.add_argument("--vcpu-overcommit", type=float, default=DEFAULT_VCPU_OVERCOMMIT,
+                    help="vCPUs placed per physical CPU (default %(default)s)")
+    sp.add_argument("--memory-overcommit", type=float, default=DEFAULT_MEMORY_OVERCOMMIT,
+                    help="MiB placed per MiB of host memory (default %(default)s)")
+    sp.add_argument("--weigher", choices=("spread", "pack"), default="spread",
+                    help="spread: least loaded host first; pack: most loaded first")
+    verb(cluster, "list", cluster_list, "clusters with their hosts and load", read=True)
+    verb(cluster, "show", cluster_show, "one cluster", read=True).add_argument("name")

@@ -1,0 +1,142 @@
+"""Inventory queries of clusters: create, list and show them, and the rule by which a host joins
+one (``join_cluster``, called by ``hosts.add_host`` inside its registration transaction).
+
+A host's usable capacity is one SQL expression (``CAPACITY_COLUMNS``): its explicit capacity,
+else what libvirt reported times its cluster's overcommit ratio, rounded down.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from taskomatic.errors import ErrorType, task_error
+from taskomatic.inventory.db import Database
+from taskomatic.models import ClusterRecord, ClusterSpec
+
+DEFAULT_CLUSTER = "default"
+
+# A host's usable capacity (h: hosts, c: its cluster), as vcpus and memory_mib.
+CAPACITY_COLUMNS = """
+    COALESCE(h.vcpus, floor(h.cpus * c.vcpu_overcommit))::int AS vcpus,
+    COALESCE(h.memory_mib, floor(h.physical_memory_mib * c.memory_overcommit))::bigint
+        AS memory_mib
+"""
+
+_CLUSTER_COLUMNS = """
+    SELECT c.id, c.name, c.hypervisor_type, c.cpu_model, c.vcpu_overcommit::float8
+           AS vcpu_overcommit, c.memory_overcommit::float8 AS memory_overcommit, c.weigher
+    FROM clusters c
+"""
+
+_CLUSTER_TOTALS = f"""
+    SELECT c.name, h.name AS host, {CAPACITY_COLUMNS},
+           (SELECT COALESCE(SUM(vcpus), 0) FROM vms WHERE host_id = h.id)
+         + (SELECT COALESCE(SUM(vcpus), 0) FROM reservations WHERE host_id = h.id) AS used_vcpus,
+           (SELECT COALESCE(SUM(memory_mib), 0) FROM vms WHERE host_id = h.id)
+         + (SELECT COALESCE(SUM(memory_mib), 0) FROM reservations WHERE host_id = h.id)
+           AS used_memory_mib
+    FROM hosts h JOIN clusters c ON c.id = h.cluster_id
+    WHERE %(name)s::text IS NULL OR c.name = %(name)s
+    ORDER BY h.name
+"""
+
+_SPEC_FIELDS = tuple(ClusterSpec.model_fields)
+
+
+def create_cluster(db: Database, spec: ClusterSpec) -> tuple[ClusterRecord, bool]:
+    """Create a cluster; returns (cluster, created). Creating the same cluster again (every
+    field equal) is a no-op; a name taken with other settings is ``InvalidRequest`` on
+    ``name``, naming the setting that differs."""
+    with db.transaction() as cur:
+        cur.execute(
+            "INSERT INTO clusters (name, hypervisor_type, cpu_model, vcpu_overcommit,"
+            " memory_overcommit, weigher) VALUES (%(name)s, %(hypervisor_type)s, %(cpu_model)s,"
+            " %(vcpu_overcommit)s, %(memory_overcommit)s, %(weigher)s)"
+            " ON CONFLICT (name) DO NOTHING RETURNING id", spec.model_dump())
+        created = cur.fetchone() is not None
+        existing = _cluster_row(cur, spec.name)
+    assert existing is not None
+    if not created:
+        differs = [f for f in _SPEC_FIELDS if existing[f] != getattr(spec, f)]
+        if differs:
+            raise task_error(ErrorType.INVALID_REQUEST,
+                             f"cluster {spec.name!r} already exists with {differs[0]} "
+                             f"{existing[differs[0]]!r}", field="name")
+    found = get_cluster(db, spec.name)
+    assert found is not None
+    return found, created
+
+
+def list_clusters(db: Database) -> list[ClusterRecord]:
+    """Every cluster with its hosts and their capacity and use added up, by name."""
+    return _read_clusters(db, None)
+
+
+def get_cluster(db: Database, name: str) -> ClusterRecord | None:
+    """One cluster with its hosts and their load, or None if there is none of that name."""
+    found = _read_clusters(db, name)
+    return found[0] if found else None
+
+
+def _read_clusters(db: Database, name: str | None) -> list[ClusterRecord]:
+    with db.transaction() as cur:
+        cur.execute(_CLUSTER_COLUMNS + " WHERE %(name)s::text IS NULL OR c.name = %(name)s"
+                    " ORDER BY c.name", {"name": name})
+        clusters = {r["name"]: {k: v for k, v in r.items() if k != "id"} | {"hosts": []}
+                    for r in cur.fetchall()}
+        cur.execute(_CLUSTER_TOTALS, {"name": name})
+        for row in cur.fetchall():
+            totals = clusters[row["name"]]
+            totals["hosts"].append(row["host"])
+            for key in ("vcpus", "memory_mib", "used_vcpus", "used_memory_mib"):
+                totals[key] = totals.get(key, 0) + int(row[key])
+    return [ClusterRecord.model_validate(c) for c in clusters.values()]
+
+
+def _cluster_row(cur: Any, name: str) -> dict[str, Any] | None:
+    cur.execute(_CLUSTER_COLUMNS + " WHERE c.name = %s", (name,))
+    row: dict[str, Any] | None = cur.fetchone()
+    return row
+
+
+def join_cluster(cur: Any, host: str, cluster: str | None, hypervisor_type: str,
+                 cpu_model: str | None) -> dict[str, Any]:
+    """The cluster row host ``host`` joins, after checking that it may; inside the caller's
+    registration transaction.
+
+    ``cluster`` None means the default cluster of the host's hypervisor type: ``default`` when
+    that cluster has this type or does not exist yet (it is created with this type), else
+    ``default-<type>`` (created on first use). So a test-driver host and a QEMU host registered
+    without a cluster never share one.
+
+    Raises ``InvalidRequest`` on ``cluster`` for an unknown cluster or one of another hypervisor
+    type, and on ``cpu_model`` when the cluster has a CPU baseline the host's CPU model (as
+    libvirt reports it; None when not probed) is not.
+    """
+    if cluster is None:
+        cluster = DEFAULT_CLUSTER
+        row = _cluster_row(cur, cluster)
+        if row is not None and row["hypervisor_type"] != hypervisor_type:
+            cluster = f"{DEFAULT_CLUSTER}-{hypervisor_type}"
+            row = _cluster_row(cur, cluster)
+        if row is None:
+            cur.execute("INSERT INTO clusters (name, hypervisor_type) VALUES (%s, %s)"
+                        " ON CONFLICT (name) DO NOTHING", (cluster, hypervisor_type))
+            row = _cluster_row(cur, cluster)
+        assert row is not None
+    else:
+        row = _cluster_row(cur, cluster)
+        if row is None:
+            raise task_error(ErrorType.INVALID_REQUEST, f"no cluster named {cluster!r}",
+                             field="cluster", host=host)
+    if row["hypervisor_type"] != hypervisor_type:
+        raise task_error(ErrorType.INVALID_REQUEST,
+                         f"host {host!r} is a {hypervisor_type!r} hypervisor; cluster "
+                         f"{row['name']!r} takes only {row['hypervisor_type']!r} hosts",
+                         field="cluster", host=host)
+    if row["cpu_model"] is not None and cpu_model != row["cpu_model"]:
+        found = "an unknown CPU model (not probed)" if cpu_model is None else f"CPU {cpu_model!r}"
+        raise task_error(ErrorType.INVALID_REQUEST,
+                         f"host {host!r} has {found}; cluster {row['name']!r} requires CPU model"
+                         f" {row['cpu_model']!r}", field="cpu_model", host=host)
+    return row
