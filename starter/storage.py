@@ -30,6 +30,12 @@ class StorageReads:
         """Every storage pool, or those on ``host``."""
         return await asyncio.to_thread(inventory.list_pools, self.db, host)
 
+    async def pool(self, name: str) -> PoolRecord | None:
+        """One storage pool (with the hosts that see it), or None if there is none of that
+        name."""
+        found = await asyncio.to_thread(inventory.get_pool, self.db, name)
+        return found.pool if found else None
+
     async def volumes(self, pool: str | None = None) -> list[VolumeRecord]:
         """Every volume, or those of ``pool``."""
         return await asyncio.to_thread(inventory.list_volumes, self.db, pool)

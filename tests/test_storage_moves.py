@@ -11,17 +11,22 @@ from test_clear_host import host_result, placement, state
 from test_migration import reservations
 
 from conftest import Lab
-from starter.client import TaskError, TaskomaticClient
+from starter.client import RequestError, TaskError, TaskomaticClient
+from starter.dev.parts import write_test_host
 from taskomatic import inventory
 from taskomatic.inventory.db import Database
 from taskomatic.models import (
     ClearHostRequest,
+    ClusterSpec,
     CreatePoolRequest,
     CreateVmRequest,
+    DestroyPoolRequest,
+    DestroyVmRequest,
     DiskRequest,
     HostSpec,
     HostState,
     MigrateVmRequest,
+    RefreshPoolRequest,
 )
 from taskomatic.units import GIB
 
@@ -90,3 +95,93 @@ async def test_vm_on_a_local_pool_is_not_movable(client: TaskomaticClient, lab: 
         assert state(db, src.name) == HostState.MAINTENANCE
         assert lab.domains(src) == {d1: False}
         assert inventory.vm_disks(db, d1) == disks_before
+
+
+# --- shared pools --------------------------------------------------------------------------------
+
+
+def cluster_host(lab: Lab, db: Database, index: int, cluster: str) -> HostSpec:
+    """A fresh test-driver host of ``cluster`` (8 vCPUs / 8 GiB); it leaves service after."""
+    name = f"h{lab.prefix}-{index}"
+    spec = HostSpec(name=name, uri=write_test_host(lab.dir, name, 8, 8192), vcpus=8,
+                    memory_mib=8192, cluster=cluster)
+    inventory.add_host(db, spec)
+    lab.hv.connection(spec.uri)
+    lab.hosts.append(spec)
+    return spec
+
+
+def host_pools(db: Database, host: HostSpec) -> list[str]:
+    """The pools the host's load says it sees (what placement's ``sees_pools`` reads)."""
+    found = inventory.get_host(db, host.name)
+    assert found is not None
+    return found.pools
+
+
+def seen_by(db: Database, pool: str) -> dict[str, str]:
+    found = inventory.get_pool(db, pool)
+    assert found is not None
+    return {h.host: h.state for h in found.pool.hosts}
+
+
+async def test_shared_pool_is_on_every_host_of_its_cluster_and_its_vms_move(
+        client: TaskomaticClient, lab: Lab, db: Database) -> None:
+    cluster = f"c{lab.prefix}"
+    inventory.create_cluster(db, ClusterSpec(name=cluster, hypervisor_type="test"))
+    h1, h2, h3 = (cluster_host(lab, db, i, cluster) for i in (1, 2, 3))
+    elsewhere = lab.host(4)  # the default cluster: never sees the pool
+    name = pool_name(lab, "shared")
+    # h3 has a different pool of that name already: the pool cannot be defined there.
+    lab.hv.connection(h3.uri).storagePoolDefineXML(
+        f"<pool type='dir'><name>{name}</name><target><path>/srv/other</path></target></pool>",
+        0)
+    with only_hosts_up(db, [h.name for h in lab.hosts]):
+        done = await (await client.create_pool(CreatePoolRequest(
+            name=name, host=h1.name, path=pool_path(lab, "shared"), shared=True))).result()
+        assert seen_by(db, name) == {h1.name: "active", h2.name: "active", h3.name: "failed"}
+        found = inventory.get_pool(db, name)
+        assert found is not None and found.pool.scope == "shared"
+        failed = next(h for h in found.pool.hosts if h.host == h3.name)
+        assert "already exists" in (failed.detail or "")
+        assert any(n.startswith(f"{h3.name}: ") for n in done.notes)
+        for host in (h1, h2):
+            active = lab.hv.connection(host.uri).storagePoolLookupByName(name)
+            assert active.isActive() and active.autostart()
+        assert [host_pools(db, h) for h in (h1, h2, h3)] == [[name], [name], []]
+
+        vm = await vm_with_disk(client, lab, name, "s1")
+        on = inventory.get_vm(db, vm)
+        assert on is not None and on.vm.host in (h1.name, h2.name)
+        src = on.vm.host
+        dst = h2.name if src == h1.name else h1.name
+        disks = inventory.vm_disks(db, vm)
+        assert [(d.pool, d.host) for d in disks.disks] == [(name, src)]
+
+        dry = await host_result(client, await client.clear_host(ClearHostRequest(
+            host=src, dry_run=True)))
+        assert [(m.vm, m.destination) for m in dry.plan] == [(vm, dst)]
+        with pytest.raises(TaskError) as refused:
+            await (await client.migrate_vm(MigrateVmRequest(name=vm, to=h3.name))).result()
+        assert refused.value.failure.field == "to"
+        assert f"{h3.name} does not see pool {name!r}" in refused.value.failure.message
+        with pytest.raises(RequestError) as early:  # another cluster: refused at once
+            await client.migrate_vm(MigrateVmRequest(name=vm, to=elsewhere.name))
+        assert early.value.field == "to"
+
+        moved = await (await client.migrate_vm(MigrateVmRequest(name=vm))).result()
+        assert moved.host == dst and placement(lab, db)[vm] == [dst]
+        assert [(d.pool, d.volume, d.host) for d in inventory.vm_disks(db, vm).disks] == [
+            (name, disks.disks[0].volume, dst)]
+
+        # h3 is fixed; a refresh brings the pool there, as to a host that joined since.
+        lab.hv.connection(h3.uri).storagePoolLookupByName(name).undefine()
+        h5 = cluster_host(lab, db, 5, cluster)
+        await (await client.refresh_pool(RefreshPoolRequest(name=name))).result()
+        assert seen_by(db, name) == {h.name: "active" for h in (h1, h2, h3, h5)}
+
+        await (await client.destroy_vm(DestroyVmRequest(name=vm))).result()
+        await (await client.destroy_pool(DestroyPoolRequest(name=name))).result()
+        for host in (h1, h2, h3, h5):
+            assert name not in [p.name() for p in
+                                lab.hv.connection(host.uri).listAllStoragePools(0)]
+        assert inventory.get_pool(db, name) is None

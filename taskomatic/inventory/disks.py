@@ -28,9 +28,12 @@ from taskomatic.models import (
 
 
 def plan_disks(db: Database, inp: PlanDisksInput) -> DiskPlan:
-    """Check a new VM's disks and find the one host all their pools are on."""
+    """Check a new VM's disks and find where they let it go: every pool must be active and one
+    host at least must see them all (a local pool: its host; a shared one: the hosts of its
+    cluster where it started). ``DiskPlan.host`` is that host when only one does; otherwise
+    placement picks among them by ``DiskPlan.pools``."""
     planned: list[PlannedDisk] = []
-    hosts: set[str] = set()
+    seen: dict[str, set[str]] = {}  # pool → the hosts that see it
     for i, disk in enumerate(inp.disks):
         field = f"disks.{i}"
         target = f"vd{chr(ord('a') + i)}"
@@ -57,19 +60,21 @@ def plan_disks(db: Database, inp: PlanDisksInput) -> DiskPlan:
         if placed.pool.state != "active":
             raise task_error(ErrorType.INVALID_OPERATION, f"pool {pool_name!r} is not active",
                              field=field, vm=inp.vm)
-        hosts.add(placed.pool.host)
+        seen[pool_name] = {h.host for h in placed.pool.hosts if h.state == "active"}
         planned.append(PlannedDisk(pool=pool_name, volume=volume, format=fmt,
                                    target=target, capacity=capacity, host=placed.pool.host,
                                    host_uri=placed.host_uri))
-    if len(hosts) > 1:
-        raise task_error(ErrorType.INVALID_REQUEST, "the disks' pools are on different hosts "
-                         f"({', '.join(sorted(hosts))}); a VM's disks must share its host",
-                         field="disks", vm=inp.vm)
-    host = hosts.pop() if hosts else None
-    if host and inp.host and host != inp.host:
-        raise task_error(ErrorType.INVALID_REQUEST, f"the disks' pools are on {host}, not on "
-                         f"{inp.host}", field="host", vm=inp.vm)
-    return DiskPlan(vm=inp.vm, host=host, disks=planned)
+    common = set.intersection(*seen.values()) if seen else set()
+    where = "; ".join(f"{p}: {', '.join(sorted(h)) or 'no host'}" for p, h in sorted(seen.items()))
+    if seen and not common:
+        raise task_error(ErrorType.INVALID_REQUEST, f"no host sees all the disks' pools ({where});"
+                         " a VM's host must see every pool of its disks", field="disks",
+                         vm=inp.vm)
+    if seen and inp.host and inp.host not in common:
+        raise task_error(ErrorType.INVALID_REQUEST, f"host {inp.host} does not see all the "
+                         f"disks' pools ({where})", field="host", vm=inp.vm)
+    host = next(iter(common)) if len(common) == 1 else None
+    return DiskPlan(vm=inp.vm, host=host, disks=planned, pools=sorted(seen))
 
 
 def record_vm_disks(db: Database, inp: RecordVmDisksInput) -> VmDisks:
@@ -101,13 +106,16 @@ def record_vm_disks(db: Database, inp: RecordVmDisksInput) -> VmDisks:
 
 
 def vm_disks(db: Database, vm: str) -> VmDisks:
+    """The VM's disks, each with the host its volume is reached through: the pool's host, or
+    for a shared pool the VM's own host."""
     with db.transaction() as cur:
         cur.execute("SELECT p.name AS pool, v.name AS volume, d.target,"
                     " v.owner_vm IS NOT DISTINCT FROM vm.name AS owned, h.name AS host,"
                     " h.uri AS host_uri"
                     " FROM vm_disks d JOIN vms vm ON vm.id = d.vm_id"
                     " JOIN storage_volumes v ON v.id = d.volume_id"
-                    " JOIN storage_pools p ON p.id = v.pool_id JOIN hosts h ON h.id = p.host_id"
+                    " JOIN storage_pools p ON p.id = v.pool_id JOIN hosts h ON h.id ="
+                    "  CASE WHEN p.scope = 'shared' THEN vm.host_id ELSE p.host_id END"
                     " WHERE vm.name = %s ORDER BY d.target", (vm,))
         return VmDisks(vm=vm, disks=[AttachedDisk.model_validate(r) for r in cur.fetchall()])
 

@@ -31,7 +31,7 @@ from taskomatic.models import (
 
 _POOLS = """
     SELECT p.name, h.name AS host, h.uri AS host_uri, p.type, p.path, p.state, p.autostart,
-           p.capacity, p.allocation, p.available, p.scope,
+           p.capacity, p.allocation, p.available, p.scope, p.uuid::text AS uuid, p.source,
            (SELECT count(*) FROM storage_volumes v WHERE v.pool_id = p.id) AS volume_count,
            COALESCE((SELECT json_agg(json_build_object('host', sh.name, 'state', ph.state,
                                                        'detail', ph.detail) ORDER BY sh.name)
@@ -102,10 +102,11 @@ def reserve_pool(db: Database, task_id: str, req: CreatePoolRequest, roots: list
         with db.transaction() as cur:
             host = _refuse_pool(cur, req, roots, task_id)
             cur.execute(
-                "INSERT INTO storage_pools (name, host_id, type, path, source, task_id)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO storage_pools (name, host_id, type, path, source, task_id, scope)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
                 (req.name, host["id"], req.type.value, req.path,
-                 Json(req.source.model_dump(mode="json")), task_id))
+                 Json(req.source.model_dump(mode="json")), task_id,
+                 "shared" if req.shared else "local"))
             # A concurrent create of the same name may have committed first: checked again.
             _refuse_pool(cur, req, roots, task_id)
     except psycopg2.errors.UniqueViolation as err:
@@ -156,15 +157,17 @@ def release_pool(db: Database, task_id: str) -> bool:
         return bool(cur.rowcount)
 
 
-def record_pool(db: Database, scan: PoolScan) -> PoolRecord:
-    """Record what libvirt reports of a pool; an active pool's volume list is reconciled
-    (volumes gone from libvirt are forgotten unless a VM still has them attached)."""
+def record_pool(db: Database, scan: PoolScan, uuid: str | None = None) -> PoolRecord:
+    """Record what libvirt reports of a pool (and its ``uuid`` when given); an active pool's
+    volume list is reconciled (volumes gone from libvirt are forgotten unless a VM still has
+    them attached), and its host is recorded as seeing it or not (``pool_hosts``)."""
     with db.transaction() as cur:
         cur.execute(
             "UPDATE storage_pools SET state = %s, autostart = %s, capacity = %s, allocation = %s,"
-            " available = %s, task_id = NULL, updated_at = now() WHERE name = %s RETURNING id",
+            " available = %s, task_id = NULL, uuid = COALESCE(%s::uuid, uuid),"
+            " updated_at = now() WHERE name = %s RETURNING id",
             ("active" if scan.active else "inactive", bool(scan.autostart), scan.capacity,
-             scan.allocation, scan.available, scan.name))
+             scan.allocation, scan.available, uuid, scan.name))
         row = cur.fetchone()
         if row is None:
             raise task_error(ErrorType.UNKNOWN_POOL, f"no pool named {scan.name!r}", field="name")
@@ -212,6 +215,7 @@ def pool_peers(db: Database, name: str) -> PoolPeers:
         cur.execute("SELECT h.name AS host, h.uri FROM storage_pools p JOIN hosts home"
                     " ON home.id = p.host_id JOIN hosts h ON h.id <> home.id"
                     " WHERE p.name = %s AND p.scope = 'shared' AND h.state = 'up'"
+                    " AND h.cluster_id = home.cluster_id"
                     " ORDER BY h.name", (name,))
         return PoolPeers(pool=name, hosts=[PoolRef(host=r["host"], uri=r["uri"], name=name)
                                            for r in cur.fetchall()])

@@ -203,7 +203,8 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
                                            memory_mib=inp.memory_mib, host=inp.host,
                                            exclude=tuple(inp.exclude), field=inp.host_field,
                                            cluster=cluster,
-                                           pools=reach.names if reach else frozenset()),
+                                           pools=reach.names if reach
+                                           else frozenset(inp.pools)),
                 [placement.HostLoad.of(h, frozenset(h.pools)) for h in hosts.values()])
             cur.execute(
                 "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib)"

@@ -58,8 +58,18 @@ class PlannedDisk(Model):
 
 class DiskPlan(Model):
     vm: str
-    host: str | None = Field(None, description="the host every disk's pool is on")
+    host: str | None = Field(None, description="the one host that sees every disk's pool "
+                                               "(None: several do, or no disks)")
     disks: list[PlannedDisk] = Field(default_factory=list)
+    pools: list[str] = Field(default_factory=list, description="the pools of the disks")
+
+    def on(self, host: str, uri: str) -> DiskPlan:
+        """This plan with the disks of shared pools (no single host) made on ``host``: a
+        volume of a shared pool is created through the host the VM goes to."""
+        if self.host is not None:
+            return self
+        disks = [d.model_copy(update={"host": host, "host_uri": uri}) for d in self.disks]
+        return self.model_copy(update={"disks": disks})
 
     @property
     def detail(self) -> str:

@@ -119,6 +119,8 @@ class ReserveCapacityInput(Model):
     host_field: str = Field("host", description="the request field that pinned ``host``")
     cluster: str | None = Field(None, description="the cluster to place in (None: any; a move"
                                                   " stays in its source's cluster)")
+    pools: list[str] = Field(default_factory=list, description="a new VM's disks' pools: only "
+                                                               "a host that sees them all")
 
 
 class Reservation(Model):

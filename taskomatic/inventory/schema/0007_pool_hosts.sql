@@ -7,6 +7,8 @@
 
 ALTER TABLE storage_pools ADD COLUMN scope text NOT NULL DEFAULT 'local'
     CHECK (scope IN ('local', 'shared'));
+-- The libvirt UUID its create gave the pool (the same on every host of a shared pool).
+ALTER TABLE storage_pools ADD COLUMN uuid uuid;
 
 CREATE TABLE pool_hosts (
     pool_id     bigint      NOT NULL REFERENCES storage_pools (id) ON DELETE CASCADE,
