@@ -4,6 +4,7 @@ PostgreSQL. A VM whose disks are in a pool no other host sees is not movable, an
 
 from __future__ import annotations
 
+import psycopg2
 import pytest
 from helpers import only_hosts_up
 from storage_helpers import pool_name, pool_path
@@ -14,7 +15,7 @@ from conftest import Lab
 from starter.client import RequestError, TaskError, TaskomaticClient
 from starter.dev.parts import write_test_host
 from taskomatic import inventory
-from taskomatic.inventory.db import Database
+from taskomatic.inventory.db import Database, ensure_database, migrations, upgrade
 from taskomatic.models import (
     ClearHostRequest,
     ClusterSpec,
@@ -30,7 +31,34 @@ from taskomatic.models import (
 )
 from taskomatic.units import GIB
 
-pytestmark = pytest.mark.asyncio
+
+def test_pools_recorded_before_0007_are_seen_by_their_host(scratch_database_url: str) -> None:
+    ensure_database(scratch_database_url)
+    conn = psycopg2.connect(scratch_database_url)
+    with conn, conn.cursor() as cur:  # the inventory before clusters and shared pools
+        cur.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text"
+                    " NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())")
+        for version, name, text in [m for m in migrations() if m[0] < 6]:
+            cur.execute(text)
+            cur.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)",
+                        (version, name))
+        cur.execute("INSERT INTO hosts (name, uri, vcpus, memory_mib)"
+                    " VALUES ('h1', 'test:///tmp/h1.xml', 8, 4096)")
+        for name, state in (("up", "active"), ("down", "inactive"), ("new", "creating")):
+            cur.execute("INSERT INTO storage_pools (name, host_id, type, path, state) SELECT"
+                        " %s, id, 'dir', %s, %s FROM hosts", (name, f"/p/{name}", state))
+    conn.close()
+    assert upgrade(scratch_database_url) == ["0006_clusters.sql", "0007_pool_hosts.sql"]
+    db = Database(scratch_database_url)
+    try:
+        pools = {p.name: p for p in inventory.list_pools(db)}
+        assert {n: (p.scope, [(h.host, h.state) for h in p.hosts]) for n, p in pools.items()} == {
+            "up": ("local", [("h1", "active")]), "down": ("local", [("h1", "inactive")]),
+            "new": ("local", [])}
+        host = inventory.get_host(db, "h1")
+        assert host is not None and host.pools == ["up"]
+    finally:
+        db.close()
 
 
 async def local_pool(client: TaskomaticClient, lab: Lab, host: HostSpec, label: str) -> str:
@@ -48,6 +76,7 @@ async def vm_with_disk(client: TaskomaticClient, lab: Lab, pool: str, label: str
     return name
 
 
+@pytest.mark.asyncio
 async def test_vm_on_a_local_pool_is_not_movable(client: TaskomaticClient, lab: Lab,
                                                  db: Database) -> None:
     src, dst = lab.host(1), lab.host(2)
@@ -124,6 +153,7 @@ def seen_by(db: Database, pool: str) -> dict[str, str]:
     return {h.host: h.state for h in found.pool.hosts}
 
 
+@pytest.mark.asyncio
 async def test_shared_pool_is_on_every_host_of_its_cluster_and_its_vms_move(
         client: TaskomaticClient, lab: Lab, db: Database) -> None:
     cluster = f"c{lab.prefix}"
