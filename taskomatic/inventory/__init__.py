@@ -13,6 +13,7 @@ from taskomatic.inventory import db, ordering
 from taskomatic.inventory.clusters import create_cluster, get_cluster, list_clusters
 from taskomatic.inventory.db import Database, get_database
 from taskomatic.inventory.disks import (
+    move_storage,
     plan_disks,
     record_vm_disks,
     release_vm_volumes,
@@ -81,6 +82,7 @@ __all__ = [
     "list_pools",
     "list_vms",
     "list_volumes",
+    "move_storage",
     "ordering",
     "plan_disks",
     "plan_moves",

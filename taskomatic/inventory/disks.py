@@ -15,6 +15,7 @@ from taskomatic.inventory.storage import get_volume, require_pool, require_volum
 from taskomatic.models import (
     AttachedDisk,
     DiskPlan,
+    MoveStorage,
     PlanDisksInput,
     PlannedDisk,
     PoolSight,
@@ -194,3 +195,16 @@ def refuse_unreachable_storage(reach: StorageReach, hosts: list[str], pinned: st
     if reason is not None:
         raise task_error(ErrorType.NOT_MIGRATABLE, reason, field="name", host=reach.host,
                          vm=reach.vm)
+
+
+def move_storage(db: Database, vm: str) -> MoveStorage:
+    """What a move of ``vm`` needs to know of its disks (``MoveStorage``): the shared pools
+    they are in, and whether one of those is a ``dir`` pool."""
+    with db.transaction() as cur:
+        cur.execute("SELECT DISTINCT p.name, p.type FROM vm_disks d JOIN vms v ON v.id = d.vm_id"
+                    " JOIN storage_volumes sv ON sv.id = d.volume_id"
+                    " JOIN storage_pools p ON p.id = sv.pool_id"
+                    " WHERE v.name = %s AND p.scope = 'shared' ORDER BY p.name", (vm,))
+        rows = cur.fetchall()
+    return MoveStorage(shared_pools=[r["name"] for r in rows],
+                       unsafe=any(r["type"] == "dir" for r in rows))

@@ -84,6 +84,7 @@ from taskomatic.models.migration import (
     MigrationReport,
     MoveConfirmation,
     MoveReservation,
+    MoveStorage,
     RecordMoveInput,
     Seconds,
 )
@@ -248,6 +249,7 @@ __all__ = [
     "MoveConfirmation",
     "MovePlan",
     "MoveReservation",
+    "MoveStorage",
     "Name",
     "OriginVmsInput",
     "Phase",
