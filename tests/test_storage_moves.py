@@ -4,15 +4,20 @@ PostgreSQL. A VM whose disks are in a pool no other host sees is not movable, an
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import psycopg2
 import pytest
 from helpers import only_hosts_up
 from storage_helpers import pool_name, pool_path
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
 from test_clear_host import host_result, placement, state
 from test_migration import reservations
 
 from conftest import Lab
-from starter.client import RequestError, TaskError, TaskomaticClient
+from starter.client import RequestError, TaskError, TaskHandle, TaskomaticClient
 from starter.dev.parts import write_test_host
 from taskomatic import inventory
 from taskomatic.inventory.db import Database, ensure_database, migrations, upgrade
@@ -30,6 +35,9 @@ from taskomatic.models import (
     RefreshPoolRequest,
 )
 from taskomatic.units import GIB
+from workflows.kinds import TASK_WORKFLOWS
+
+HISTORIES = Path(__file__).parent / "histories"
 
 
 def test_pools_recorded_before_0007_are_seen_by_their_host(scratch_database_url: str) -> None:
@@ -165,9 +173,11 @@ async def test_shared_pool_is_on_every_host_of_its_cluster_and_its_vms_move(
     lab.hv.connection(h3.uri).storagePoolDefineXML(
         f"<pool type='dir'><name>{name}</name><target><path>/srv/other</path></target></pool>",
         0)
+    runs: dict[str, TaskHandle] = {}
     with only_hosts_up(db, [h.name for h in lab.hosts]):
-        done = await (await client.create_pool(CreatePoolRequest(
-            name=name, host=h1.name, path=pool_path(lab, "shared"), shared=True))).result()
+        runs["CreateStoragePool"] = await client.create_pool(CreatePoolRequest(
+            name=name, host=h1.name, path=pool_path(lab, "shared"), shared=True))
+        done = await runs["CreateStoragePool"].result()
         assert seen_by(db, name) == {h1.name: "active", h2.name: "active", h3.name: "failed"}
         found = inventory.get_pool(db, name)
         assert found is not None and found.pool.scope == "shared"
@@ -198,7 +208,8 @@ async def test_shared_pool_is_on_every_host_of_its_cluster_and_its_vms_move(
             await client.migrate_vm(MigrateVmRequest(name=vm, to=elsewhere.name))
         assert early.value.field == "to"
 
-        moved = await (await client.migrate_vm(MigrateVmRequest(name=vm))).result()
+        runs["MigrateVm"] = await client.migrate_vm(MigrateVmRequest(name=vm))
+        moved = await runs["MigrateVm"].result()
         assert moved.host == dst and placement(lab, db)[vm] == [dst]
         assert [(d.pool, d.volume, d.host) for d in inventory.vm_disks(db, vm).disks] == [
             (name, disks.disks[0].volume, dst)]
@@ -206,12 +217,23 @@ async def test_shared_pool_is_on_every_host_of_its_cluster_and_its_vms_move(
         # h3 is fixed; a refresh brings the pool there, as to a host that joined since.
         lab.hv.connection(h3.uri).storagePoolLookupByName(name).undefine()
         h5 = cluster_host(lab, db, 5, cluster)
-        await (await client.refresh_pool(RefreshPoolRequest(name=name))).result()
+        runs["RefreshStoragePool"] = await client.refresh_pool(RefreshPoolRequest(name=name))
+        await runs["RefreshStoragePool"].result()
         assert seen_by(db, name) == {h.name: "active" for h in (h1, h2, h3, h5)}
 
         await (await client.destroy_vm(DestroyVmRequest(name=vm))).result()
-        await (await client.destroy_pool(DestroyPoolRequest(name=name))).result()
+        runs["DestroyStoragePool"] = await client.destroy_pool(DestroyPoolRequest(name=name))
+        await runs["DestroyStoragePool"].result()
         for host in (h1, h2, h3, h5):
             assert name not in [p.name() for p in
                                 lab.hv.connection(host.uri).listAllStoragePools(0)]
         assert inventory.get_pool(db, name) is None
+
+    # The shared-pool steps replay; recorded, they guard the patch "h13b-shared-pool".
+    replayer = Replayer(workflows=TASK_WORKFLOWS, data_converter=pydantic_data_converter)
+    for label, handle in runs.items():
+        history = await client.temporal.get_workflow_handle(handle.id).fetch_history()
+        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, f"{label}: {result.replay_failure}"
+        if os.environ.get("TASKOMATIC_RECORD_HISTORIES"):
+            (HISTORIES / f"{label}-shared-pool.json").write_text(history.to_json())
