@@ -32,7 +32,6 @@ from taskomatic.models import (
     HostSpec,
     HostState,
     MigrateVmRequest,
-    RefreshPoolRequest,
 )
 from taskomatic.units import GIB
 from workflows.kinds import TASK_WORKFLOWS
@@ -214,12 +213,15 @@ async def test_shared_pool_is_on_every_host_of_its_cluster_and_its_vms_move(
         assert [(d.pool, d.volume, d.host) for d in inventory.vm_disks(db, vm).disks] == [
             (name, disks.disks[0].volume, dst)]
 
-        # h3 is fixed; a refresh brings the pool there, as to a host that joined since.
+        # h3 is fixed and h5 joins: what `host add` starts for h5 (a refresh of each shared
+        # pool of its cluster it lacks) brings the pool to both.
         lab.hv.connection(h3.uri).storagePoolLookupByName(name).undefine()
         h5 = cluster_host(lab, db, 5, cluster)
-        runs["RefreshStoragePool"] = await client.refresh_pool(RefreshPoolRequest(name=name))
+        assert await client.share_pools(elsewhere.name) == []
+        [runs["RefreshStoragePool"]] = await client.share_pools(h5.name)
         await runs["RefreshStoragePool"].result()
         assert seen_by(db, name) == {h.name: "active" for h in (h1, h2, h3, h5)}
+        assert await client.share_pools(h5.name) == []
 
         await (await client.destroy_vm(DestroyVmRequest(name=vm))).result()
         runs["DestroyStoragePool"] = await client.destroy_pool(DestroyPoolRequest(name=name))

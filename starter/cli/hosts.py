@@ -38,12 +38,15 @@ async def host_add(args: argparse.Namespace) -> int:
                      memory_mib=args.memory_mib, migration_uri=args.migration_uri)
     client = await common.connect()
     host, created = await client.add_host(spec, probe=not args.no_probe)
+    shares = await client.share_pools(host.name)  # the cluster's shared pools, to this host
     if args.json:
         render.print_json(host)
     else:
         console.print(f"host [bold]{host.name}[/] {'added' if created else 'already registered'}"
                       f" in cluster {host.cluster} ({host.vcpus} vCPUs, {host.memory_mib} MiB,"
                       f" {host.uri})")
+        for task in shares:
+            console.print(f"shared pool brought to it: {task.id}")
     return 0
 
 

@@ -221,6 +221,18 @@ def pool_peers(db: Database, name: str) -> PoolPeers:
                                            for r in cur.fetchall()])
 
 
+def pools_to_share(db: Database, host: str) -> list[str]:
+    """The shared pools of ``host``'s cluster it does not see (active) yet: a host that joined
+    since they were created, or where they failed."""
+    with db.transaction() as cur:
+        cur.execute("SELECT p.name FROM storage_pools p JOIN hosts home ON home.id = p.host_id"
+                    " JOIN hosts h ON h.cluster_id = home.cluster_id AND h.name = %s"
+                    " WHERE p.scope = 'shared' AND p.state <> 'creating' AND NOT EXISTS"
+                    " (SELECT 1 FROM pool_hosts ph WHERE ph.pool_id = p.id AND ph.host_id = h.id"
+                    "  AND ph.state = 'active') ORDER BY p.name", (host,))
+        return [r["name"] for r in cur.fetchall()]
+
+
 def set_pool_autostart(db: Database, name: str, autostart: bool) -> bool:
     with db.transaction() as cur:
         cur.execute("UPDATE storage_pools SET autostart = %s, updated_at = now()"
