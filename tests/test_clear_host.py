@@ -136,7 +136,9 @@ async def test_dry_run_plans_without_changing_anything(client: TaskomaticClient,
         plan = {m.vm: m for m in result.plan}
         assert sorted(plan) == sorted(names)
         assert [plan[n].destination for n in names] == [dst.name, dst.name, None]
-        assert "no host in service has room" in (plan[names[2]].reason or "")
+        reason = plan[names[2]].reason or ""
+        assert reason.startswith(f"no host can take it: {dst.name}: lacks room (0 vCPUs /")
+        assert reason.endswith("(has_room)") or "(has_room);" in reason
         assert placement(lab, db) == before
         assert state(db, src.name) == HostState.UP and reservations(db) == []
 

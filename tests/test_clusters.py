@@ -11,6 +11,7 @@ import uuid
 import psycopg2
 import pytest
 from cli_helpers import cli_on_stack, named_field, run_cli
+from cluster_helpers import cluster, join
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
@@ -28,27 +29,6 @@ from taskomatic.models import (
     ReserveCapacityInput,
 )
 from taskomatic.settings import Settings
-
-
-async def join(client: TaskomaticClient, lab: Lab, index: int, cluster: str | None, *,
-               cpus: int = 4, physical_mib: int = 4096, **capacity: int) -> HostSpec:
-    """A fresh test-driver host with ``cpus`` CPUs and ``physical_mib`` MiB, added through the
-    client (which reads libvirt) to ``cluster``; it leaves service after the test."""
-    name = f"h{lab.prefix}-{index}"
-    spec = HostSpec(name=name, uri=write_test_host(lab.dir, name, cpus, physical_mib),
-                    cluster=cluster, **capacity)
-    await client.add_host(spec)
-    lab.hv.connection(spec.uri)
-    lab.hosts.append(spec)
-    return spec
-
-
-def cluster(db: Database, lab: Lab, label: str, **settings: object) -> str:
-    name = f"c{lab.prefix}-{label}"
-    spec = ClusterSpec.model_validate({"name": name, "hypervisor_type": "test", **settings})
-    inventory.create_cluster(db, spec)
-    return name
-
 
 # --- the schema migration -----------------------------------------------------------------------
 

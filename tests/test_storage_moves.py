@@ -113,7 +113,7 @@ async def test_vm_on_a_local_pool_is_not_movable(client: TaskomaticClient, lab: 
             assert pool in failure.message and failure.vm == d1
         assert placement(lab, db)[d1] == [src.name]
         assert inventory.vm_disks(db, d1) == disks_before
-        assert reservations(db) == []
+        assert reservations(db, lab.vm_name("")) == []
 
         cleared = await host_result(client, await client.clear_host(ClearHostRequest(
             host=src.name)))

@@ -78,6 +78,8 @@ class CreateVm(Runbook):
             ReserveCapacityInput(task_id=task_id, vm_name=req.name, vcpus=req.vcpus,
                                  memory_mib=req.memory_mib,
                                  host=plan.host if plan and plan.host else req.host,
+                                 cluster=req.cluster, group=req.group,
+                                 group_policy=req.group_policy,
                                  pools=plan.pools if plan else []),
             options=DATABASE,
             undo=Undo("release capacity", Inventory.release_capacity,

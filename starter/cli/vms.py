@@ -1,6 +1,7 @@
 """``taskomatic vm …``: create, start, stop, destroy, list and migrate virtual machines.
 
-    taskomatic vm create NAME --vcpus N --memory-mib N [--host HOST] [--start] [disk options]
+    taskomatic vm create NAME --vcpus N --memory-mib N [--host HOST] [--cluster C]
+        [--group G [--group-policy P]] [--start] [disk options]
     taskomatic vm start|stop|destroy NAME
     taskomatic vm list [--host HOST]
     taskomatic vm migrate NAME [--to HOST]
@@ -28,7 +29,8 @@ from taskomatic.models import (
 
 async def vm_create(args: argparse.Namespace) -> int:
     req = validated(CreateVmRequest, name=args.name, vcpus=args.vcpus, memory_mib=args.memory_mib,
-                    host=args.host, start=args.start, disks=disks_from_args(args),
+                    host=args.host, cluster=args.cluster, group=args.group,
+                    group_policy=args.group_policy, start=args.start, disks=disks_from_args(args),
                     requested_by=who(args), after=args.after)
     return await submit(args, lambda c: c.create_vm(req))
 
@@ -70,7 +72,12 @@ def add_commands(nouns: Any) -> None:
     sp.add_argument("name")
     sp.add_argument("--memory-mib", type=int, required=True)
     sp.add_argument("--vcpus", type=int, required=True)
-    sp.add_argument("--host", help="place on this host (default: least loaded host)")
+    sp.add_argument("--host", help="place on this host (default: placement's choice)")
+    sp.add_argument("--cluster", help="place in this cluster (default: any)")
+    sp.add_argument("--group", help="its affinity group (made on first use)")
+    sp.add_argument("--group-policy",
+                    choices=("anti-affinity", "soft-anti-affinity", "affinity"),
+                    help="the rule of a new group (default anti-affinity)")
     sp.add_argument("--start", action="store_true")
     add_disk_options(sp)
     verb(vm, "start", vm_start, "start a VM", write=True).add_argument("name")

@@ -40,9 +40,10 @@ from taskomatic.settings import Settings
 
 
 def vm_is_new(db: Database, settings: Settings, req: CreateVmRequest) -> None:
-    """A create: the name is free, a pinned host exists, and the disks can be planned (pools
-    known, volumes free, room in the pools)."""
-    inventory.check_new_vm(db, req.name, req.host)
+    """A create: the name is free, a pinned host and a named cluster exist (the host in the
+    cluster), an existing affinity group has the policy asked for, and the disks can be
+    planned (pools known, volumes free, room in the pools)."""
+    inventory.check_new_vm(db, req.name, req.host, req.cluster, req.group, req.group_policy)
     if req.disks:
         inventory.plan_disks(db, PlanDisksInput(vm=req.name, host=req.host, disks=req.disks))
 

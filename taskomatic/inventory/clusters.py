@@ -140,3 +140,72 @@ def join_cluster(cur: Any, host: str, cluster: str | None, hypervisor_type: str,
                          f"host {host!r} has {found}; cluster {row['name']!r} requires CPU model"
                          f" {row['cpu_model']!r}", field="cpu_model", host=host)
     return row
+
+
+def placement_policy(cur: Any, *, cluster: str | None = None, vm: str | None = None,
+                     host: str | None = None) -> dict[str, Any] | None:
+    """The cluster a placement happens in, as its row (``name``, ``hypervisor_type``,
+    ``weigher``, …): the cluster named ``cluster`` (``InvalidRequest`` on ``cluster`` if
+    unknown), else the cluster of the host VM ``vm`` is on (a move stays in it), else the
+    cluster of host ``host``; None when none of them is given or found (any cluster)."""
+    if cluster is not None:
+        row = _cluster_row(cur, cluster)
+        if row is None:
+            raise task_error(ErrorType.INVALID_REQUEST, f"no cluster named {cluster!r}",
+                             field="cluster", vm=vm)
+        return row
+    if vm is not None:
+        cur.execute(_CLUSTER_COLUMNS + " JOIN hosts h ON h.cluster_id = c.id"
+                    " JOIN vms v ON v.host_id = h.id WHERE v.name = %s", (vm,))
+        found: dict[str, Any] | None = cur.fetchone()
+        if found is not None:
+            return found
+    if host is not None:
+        cur.execute(_CLUSTER_COLUMNS + " JOIN hosts h ON h.cluster_id = c.id WHERE h.name = %s",
+                    (host,))
+        pinned: dict[str, Any] | None = cur.fetchone()
+        return pinned
+    return None
+
+
+# --- affinity groups -------------------------------------------------------------------------
+
+
+def lock_group(cur: Any, *, vm: str, group: str | None, policy: str | None,
+               moving: bool) -> dict[str, Any] | None:
+    """The affinity group of a placement, its row locked ``FOR UPDATE`` (placements of one group
+    run one at a time, so two can never both take the last host its rule allows), or None.
+
+    A move takes the group the VM is in (``group`` ignored). A create takes ``group``, made on
+    first use with ``policy`` (default ``anti-affinity``); an existing group's policy must
+    equal ``policy`` when given (``InvalidRequest`` on ``group_policy``).
+    """
+    if moving:
+        cur.execute("SELECT g.id, g.name, g.policy FROM affinity_groups g JOIN vms v"
+                    " ON v.affinity_group_id = g.id WHERE v.name = %s FOR UPDATE OF g", (vm,))
+        found: dict[str, Any] | None = cur.fetchone()
+        return found
+    if group is None:
+        return None
+    cur.execute("INSERT INTO affinity_groups (name, policy) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO NOTHING", (group, policy or "anti-affinity"))
+    cur.execute("SELECT id, name, policy FROM affinity_groups WHERE name = %s FOR UPDATE",
+                (group,))
+    row: dict[str, Any] = cur.fetchone()
+    if policy is not None and row["policy"] != policy:
+        raise task_error(ErrorType.INVALID_REQUEST,
+                         f"affinity group {group!r} is {row['policy']!r}, not {policy!r}",
+                         field="group_policy", vm=vm)
+    return row
+
+
+def host_groups(cur: Any) -> dict[str, frozenset[str]]:
+    """host name → the affinity groups with a member there: a VM recorded there or a
+    reservation of a task placing one there."""
+    cur.execute("SELECT h.name AS host, array_agg(DISTINCT g.name) AS groups FROM ("
+                "  SELECT host_id, affinity_group_id FROM vms WHERE affinity_group_id IS NOT NULL"
+                "  UNION ALL SELECT host_id, affinity_group_id FROM reservations"
+                "  WHERE affinity_group_id IS NOT NULL) m"
+                " JOIN hosts h ON h.id = m.host_id JOIN affinity_groups g"
+                " ON g.id = m.affinity_group_id GROUP BY h.name")
+    return {r["host"]: frozenset(r["groups"]) for r in cur.fetchall()}

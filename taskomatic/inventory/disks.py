@@ -179,19 +179,20 @@ def storage_reach(cur: Any, vms: list[str]) -> dict[str, StorageReach]:
     return reach
 
 
-def refuse_unreachable_storage(reach: StorageReach, hosts: list[str], pinned: str | None,
+def refuse_unreachable_storage(cur: Any, reach: StorageReach, pinned: str | None,
                                field: str) -> None:
-    """Refuse a move whose destination cannot see the VM's storage, with the reason; ``hosts``
-    are the candidates of the move (placement's ``sees_pools`` then picks among those that see
-    every pool). Raises ``NotMigratable``: on ``field`` when the ``pinned`` host does not see
-    them all; on ``name`` when no host but the VM's own sees them all."""
+    """Refuse a move whose destination cannot see the VM's storage, with the reason
+    (placement's ``sees_pools`` then picks among the hosts that see every pool). Raises
+    ``NotMigratable``: on ``field`` when the ``pinned`` host (if there is one of that name) does
+    not see them all; on ``name`` when no host but the VM's own sees them all."""
     if pinned is not None:
-        reason = reach.unseen_by(pinned) if pinned in hosts else None
+        cur.execute("SELECT 1 FROM hosts WHERE name = %s", (pinned,))
+        reason = reach.unseen_by(pinned) if cur.fetchone() is not None else None
         if reason is not None:
             raise task_error(ErrorType.NOT_MIGRATABLE, reason, field=field, host=pinned,
                              vm=reach.vm)
         return
-    reason = reach.not_movable(hosts)
+    reason = reach.not_movable()
     if reason is not None:
         raise task_error(ErrorType.NOT_MIGRATABLE, reason, field="name", host=reach.host,
                          vm=reach.vm)

@@ -44,23 +44,30 @@ _HOST_LOAD = f"""
         FROM reservations WHERE host_id = h.id) r
     WHERE (%(name)s::text IS NULL OR h.name = %(name)s)
       AND (%(ids)s::bigint[] IS NULL OR h.id = ANY(%(ids)s))
+      AND (%(cluster)s::text IS NULL OR c.name = %(cluster)s)
     ORDER BY h.name
 """
 
 
-def read_hosts(cur: Any, *, name: str | None = None, ids: Sequence[int] | None = None
-               ) -> list[HostRecord]:
-    """Hosts with their load (VMs and reservations), by name: all, the one named, or those of
-    ``ids``. Reads only; a caller that places work locks the rows first (``lock_hosts``)."""
-    cur.execute(_HOST_LOAD, {"name": name, "ids": list(ids) if ids is not None else None})
+def read_hosts(cur: Any, *, name: str | None = None, ids: Sequence[int] | None = None,
+               cluster: str | None = None) -> list[HostRecord]:
+    """Hosts with their load (VMs and reservations), by name: all, the one named, those of
+    ``ids`` or of ``cluster``. Reads only; a caller that places work locks the row it changes
+    (``lock_hosts``) and reads it again."""
+    cur.execute(_HOST_LOAD, {"name": name, "ids": list(ids) if ids is not None else None,
+                             "cluster": cluster})
     return [HostRecord.model_validate(row) for row in cur.fetchall()]
 
 
-def lock_hosts(cur: Any, name: str | None = None) -> dict[str, int]:
-    """Lock the host named ``name`` (None: every host) ``FOR UPDATE``, in id order (the global
-    lock order); returns name → id of the rows locked (empty for an unknown name)."""
-    cur.execute("SELECT id, name FROM hosts WHERE %(name)s::text IS NULL OR name = %(name)s"
-                " ORDER BY id FOR UPDATE", {"name": name})
+def lock_hosts(cur: Any, name: str | None = None, cluster: str | None = None
+               ) -> dict[str, int]:
+    """Lock the host named ``name`` (None: every host of ``cluster``; both None: every host)
+    ``FOR UPDATE``, in id order (the global lock order); returns name → id of the rows locked
+    (empty for an unknown name)."""
+    cur.execute("SELECT h.id, h.name FROM hosts h JOIN clusters c ON c.id = h.cluster_id"
+                " WHERE (%(name)s::text IS NULL OR h.name = %(name)s)"
+                " AND (%(cluster)s::text IS NULL OR c.name = %(cluster)s)"
+                " ORDER BY h.id FOR UPDATE OF h", {"name": name, "cluster": cluster})
     return {row["name"]: row["id"] for row in cur.fetchall()}
 
 

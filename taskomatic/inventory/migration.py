@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from taskomatic import placement
 from taskomatic.errors import ErrorType, task_error
+from taskomatic.inventory.clusters import placement_policy
 from taskomatic.inventory.db import Database
 from taskomatic.inventory.disks import storage_reach
 from taskomatic.inventory.hosts import read_hosts
+from taskomatic.inventory.placement import loads
 from taskomatic.inventory.vms import get_vm
 from taskomatic.models import PlannedMove, RecordMoveInput, VmRecord
 from taskomatic.states import IN_MAINTENANCE, HostState
@@ -62,30 +64,24 @@ def vms_with_origin(db: Database, host: str, exclude: list[str]) -> list[str]:
 
 def plan_moves(db: Database, host: str, vms: list[str]) -> list[PlannedMove]:
     """Where placement would put each of ``vms`` if ``host`` were cleared now: ``placement.plan``
-    over the hosts' current load, inside ``host``'s cluster, each VM among the hosts that see
-    every pool its disks are in (a VM whose pools no other host sees is "not movable", with the
-    reason; ``disks``). Reads only, without locks: a plan, not a promise."""
+    over the current load of the hosts of ``host``'s cluster, with each VM's affinity group and
+    the pools of its disks (a VM whose pools no other host sees is "not movable", with the
+    reason: ``disks.StorageReach``). Reads only, without locks: a plan, not a promise."""
     with db.transaction() as cur:
-        cur.execute("SELECT name, vcpus, memory_mib FROM vms WHERE name = ANY(%s)", (vms,))
-        sizes = {r["name"]: placement.VmSize(r["vcpus"], r["memory_mib"])
-                 for r in cur.fetchall()}
-        hosts = read_hosts(cur)
+        cur.execute("SELECT v.name, v.vcpus, v.memory_mib, g.name AS group, g.policy"
+                    " FROM vms v LEFT JOIN affinity_groups g ON g.id = v.affinity_group_id"
+                    " WHERE v.name = ANY(%s)", (vms,))
+        rows = {r["name"]: r for r in cur.fetchall()}
+        policy = placement_policy(cur, host=host)
+        hosts = loads(cur, read_hosts(cur), with_groups=True)
         reach = storage_reach(cur, vms)
-    loads = {h.name: placement.HostLoad.of(h, frozenset(h.pools)) for h in hosts}
-    cluster = next((h.cluster for h in hosts if h.name == host), None)
-    moves: list[PlannedMove] = []
-    for vm in vms:
-        found = reach.get(vm)
-        seeing = list(loads)
-        if found is not None and found.pools:
-            reason = found.not_movable(seeing)
-            if reason is not None:
-                moves.append(PlannedMove(vm=vm, destination=None, reason=reason))
-                continue
-            seeing = [h for h in seeing if found.sees_all(h)]
-        [move] = placement.plan(host, [vm], sizes, [loads[h] for h in seeing], cluster)
-        if move.destination is not None:
-            size = sizes[vm]
-            loads[move.destination] = loads[move.destination].taking(size.vcpus, size.memory_mib)
-        moves.append(move)
-    return moves
+    moves = [(vm, None if vm not in rows else placement.PlacementRequest(
+        vm=vm, vcpus=rows[vm]["vcpus"], memory_mib=rows[vm]["memory_mib"], exclude=(host,),
+        cluster=policy["name"] if policy else None,
+        hypervisor_type=policy["hypervisor_type"] if policy else None,
+        weigher=policy["weigher"] if policy else "spread", group=rows[vm]["group"],
+        group_policy=rows[vm]["policy"] or "anti-affinity",
+        pools=reach[vm].names if vm in reach else frozenset())) for vm in vms]
+    unmovable = {vm: why for vm, found in reach.items() if (why := found.not_movable())}
+    return [PlannedMove(vm=m.vm, destination=None, reason=unmovable[m.vm])
+            if m.vm in unmovable else m for m in placement.plan(moves, hosts)]

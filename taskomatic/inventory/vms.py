@@ -15,9 +15,10 @@ import psycopg2.errors
 
 from taskomatic import placement
 from taskomatic.errors import ErrorType, task_error
+from taskomatic.inventory.clusters import lock_group, placement_policy
 from taskomatic.inventory.db import Database
 from taskomatic.inventory.disks import refuse_unreachable_storage, storage_reach
-from taskomatic.inventory.hosts import lock_hosts, read_hosts
+from taskomatic.inventory.placement import place
 from taskomatic.models import (
     RecordVmInput,
     Reservation,
@@ -30,9 +31,10 @@ from taskomatic.states import IN_MAINTENANCE
 
 _VM_COLUMNS = """
     SELECT v.name, v.uuid::text AS uuid, h.name AS host, v.vcpus, v.memory_mib, v.state,
-           v.origin_host, v.created_at, v.updated_at, h.uri AS host_uri,
+           v.origin_host, g.name AS group, v.created_at, v.updated_at, h.uri AS host_uri,
            h.state AS host_state, h.migration_uri AS host_migration_uri
     FROM vms v JOIN hosts h ON h.id = v.host_id
+    LEFT JOIN affinity_groups g ON g.id = v.affinity_group_id
 """
 _HOST_FIELDS = ("host_uri", "host_state", "host_migration_uri")
 
@@ -60,32 +62,52 @@ def get_vm(db: Database, name: str) -> VmPlacement | None:
                            host_migration_uri=row["host_migration_uri"])
 
 
-def check_new_vm(db: Database, name: str, host: str | None) -> None:
-    """Refuse a create early when the name is taken or the host is unknown (advisory only:
+def check_new_vm(db: Database, name: str, host: str | None, cluster: str | None = None,
+                 group: str | None = None, group_policy: str | None = None) -> None:
+    """Refuse a create early when the name is taken, the host or cluster unknown, the host not
+    in the cluster, or the affinity group of another policy (advisory only:
     ``reserve_capacity`` re-checks under locks)."""
     with db.transaction() as cur:
         _refuse_taken_name(cur, name)
+        cur.execute("SELECT policy FROM affinity_groups WHERE name = %s", (group,))
+        found = cur.fetchone()
+        if group_policy is not None and found is not None and found["policy"] != group_policy:
+            raise task_error(ErrorType.INVALID_REQUEST, f"affinity group {group!r} is "
+                             f"{found['policy']!r}, not {group_policy!r}", field="group_policy",
+                             vm=name)
+        policy = placement_policy(cur, cluster=cluster) if cluster else None
         if host is not None:
-            cur.execute("SELECT 1 FROM hosts WHERE name = %s", (host,))
-            if cur.fetchone() is None:
+            cur.execute("SELECT c.name AS cluster FROM hosts h JOIN clusters c"
+                        " ON c.id = h.cluster_id WHERE h.name = %s", (host,))
+            row = cur.fetchone()
+            if row is None:
                 raise task_error(ErrorType.UNKNOWN_HOST, f"no host named {host!r}", field="host",
                                  host=host, vm=name)
+            if policy is not None and row["cluster"] != policy["name"]:
+                raise task_error(ErrorType.INVALID_REQUEST,
+                                 f"host {host!r} is in cluster {row['cluster']!r}, not "
+                                 f"{cluster!r}", field="host", host=host, vm=name)
 
 
-def _refuse_taken_name(cur: Any, name: str, task_id: str | None = None) -> None:
-    cur.execute("SELECT h.name AS host FROM vms v JOIN hosts h ON h.id = v.host_id "
-                "WHERE v.name = %s", (name,))
+def _refuse_taken_name(cur: Any, name: str, task_id: str | None = None) -> bool:
+    """Raise ``DuplicateVm`` (field ``name``) when VM ``name`` is recorded, or reserved by
+    another task than ``task_id``; else whether ``task_id`` holds a reservation. One query."""
+    cur.execute(
+        "SELECT (SELECT h.name FROM vms v JOIN hosts h ON h.id = v.host_id"
+        "        WHERE v.name = %(name)s) AS host,"
+        " (SELECT task_id FROM reservations WHERE vm_name = %(name)s"
+        "  AND task_id IS DISTINCT FROM %(task)s LIMIT 1) AS other,"
+        " EXISTS (SELECT 1 FROM reservations WHERE task_id = %(task)s) AS held",
+        {"name": name, "task": task_id})
     row = cur.fetchone()
-    if row:
+    if row["host"]:
         raise task_error(ErrorType.DUPLICATE_VM, f"VM {name!r} already exists on {row['host']}",
                          field="name", vm=name)
-    cur.execute("SELECT task_id FROM reservations"
-                " WHERE vm_name = %s AND task_id IS DISTINCT FROM %s", (name, task_id))
-    row = cur.fetchone()
-    if row:
+    if row["other"]:
         raise task_error(ErrorType.DUPLICATE_VM,
-                         f"VM {name!r} is already being created by task {row['task_id']}",
+                         f"VM {name!r} is already being created by task {row['other']}",
                          field="name", vm=name)
+    return bool(row["held"])
 
 
 def set_vm_state(db: Database, name: str, state: VmState) -> bool:
@@ -149,12 +171,14 @@ def record_vm(db: Database, inp: RecordVmInput) -> VmRecord:
             raise task_error(ErrorType.UNKNOWN_HOST, f"no host named {inp.host!r}", field="host",
                              host=inp.host, vm=inp.name)
         cur.execute(
-            "INSERT INTO vms (name, uuid, host_id, vcpus, memory_mib, state)"
-            " VALUES (%s, %s, %s, %s, %s, %s)"
+            "INSERT INTO vms (name, uuid, host_id, vcpus, memory_mib, state, affinity_group_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s,"
+            " (SELECT affinity_group_id FROM reservations WHERE task_id = %s))"
             " ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, updated_at = now()"
             " WHERE vms.uuid = EXCLUDED.uuid AND vms.host_id = EXCLUDED.host_id"
             " RETURNING name",
-            (inp.name, inp.uuid, host["id"], inp.vcpus, inp.memory_mib, inp.state.value),
+            (inp.name, inp.uuid, host["id"], inp.vcpus, inp.memory_mib, inp.state.value,
+             inp.task_id),
         )
         if cur.fetchone() is None:
             raise task_error(ErrorType.DUPLICATE_VM,
@@ -170,11 +194,14 @@ def record_vm(db: Database, inp: RecordVmInput) -> VmRecord:
 
 def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = False
                      ) -> Reservation:
-    """Reserve a VM's vCPUs and memory on a host, in one transaction under host row locks.
+    """Reserve a VM's vCPUs and memory on a host, in one transaction under the chosen host's
+    row lock.
 
-    Locks the candidate rows (the pinned ``inp.host``, or every host) in id order, reads their
-    load, and lets ``placement.choose`` pick (never a host in ``inp.exclude``); its typed errors
-    (``UnknownHost``, ``HostNotAvailable``, ``NoCapacity``) propagate. Idempotent: a task that
+    The placement happens in the VM's cluster (a move: its source's; a create: ``inp.cluster``
+    or the pinned host's; else any), with its affinity group (its row locked: placements of one
+    group run one at a time); ``inventory.placement.place`` finds the host (never one in
+    ``inp.exclude``) and locks only it; ``placement.choose``'s typed errors (``UnknownHost``,
+    ``HostNotAvailable``, ``NoCapacity``) propagate. Idempotent: a task that
     already holds a reservation gets it back unchanged. ``moving`` reserves room for an existing
     VM about to move there (a migration), so its name is expected to exist; otherwise a taken
     name is ``DuplicateVm``. A moving VM goes only to a host that sees every pool its disks are
@@ -183,53 +210,49 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
     """
     try:
         with db.transaction() as cur:
-            existing = _reservation_of(cur, inp.task_id)
+            held = (_refuse_taken_name(cur, inp.vm_name, inp.task_id) if not moving
+                    else _reservation_of(cur, inp.task_id) is not None)
+            existing = _reservation_of(cur, inp.task_id) if held else None
             if existing is not None:
                 return existing
-            if not moving:
-                _refuse_taken_name(cur, inp.vm_name, inp.task_id)
-            locked = lock_hosts(cur, inp.host)  # the pinned host, or every host
-            # An overlapping attempt of this same task may have committed while we waited.
-            existing = _reservation_of(cur, inp.task_id)
-            if existing is not None:
-                return existing
-            hosts = {h.name: h for h in read_hosts(cur, ids=list(locked.values()))}
-            cluster = inp.cluster or (vm_cluster(cur, inp.vm_name) if moving else None)
+            group = lock_group(cur, vm=inp.vm_name, group=inp.group, policy=inp.group_policy,
+                               moving=moving)
+            policy = placement_policy(cur, cluster=inp.cluster,
+                                      vm=inp.vm_name if moving else None, host=inp.host)
+            cluster = policy["name"] if policy else None
             reach = storage_reach(cur, [inp.vm_name]).get(inp.vm_name) if moving else None
             if reach is not None:  # a VM moves only to a host that sees its disks' pools
-                refuse_unreachable_storage(reach, list(hosts), inp.host, inp.host_field)
-            chosen = placement.choose(
-                placement.PlacementRequest(vm=inp.vm_name, vcpus=inp.vcpus,
-                                           memory_mib=inp.memory_mib, host=inp.host,
-                                           exclude=tuple(inp.exclude), field=inp.host_field,
-                                           cluster=cluster,
-                                           pools=reach.names if reach
-                                           else frozenset(inp.pools)),
-                [placement.HostLoad.of(h, frozenset(h.pools)) for h in hosts.values()])
+                refuse_unreachable_storage(cur, reach, inp.host, inp.host_field)
+            request = placement.PlacementRequest(
+                vm=inp.vm_name, vcpus=inp.vcpus, memory_mib=inp.memory_mib, host=inp.host,
+                exclude=tuple(inp.exclude), field=inp.host_field, cluster=cluster,
+                hypervisor_type=policy["hypervisor_type"] if policy else None,
+                weigher=policy["weigher"] if policy else "spread",
+                group=group["name"] if group else None,
+                group_policy=group["policy"] if group else "anti-affinity",
+                pools=reach.names if reach else frozenset(inp.pools))
+            host_id, chosen = place(cur, request)
             cur.execute(
-                "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib)"
-                " VALUES (%s, %s, %s, %s, %s)",
-                (inp.task_id, locked[chosen.name], inp.vm_name, inp.vcpus, inp.memory_mib),
+                "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib,"
+                " affinity_group_id) VALUES (%s, %s, %s, %s, %s, %s)"
+                " ON CONFLICT (task_id) DO NOTHING RETURNING task_id",
+                (inp.task_id, host_id, inp.vm_name, inp.vcpus, inp.memory_mib,
+                 group["id"] if group else None),
             )
+            if cur.fetchone() is None:  # an overlapping attempt of this same task committed
+                existing = _reservation_of(cur, inp.task_id)
+                assert existing is not None
+                return existing
             # Checked again after the insert: a create that finalized meanwhile is visible now.
             if not moving:
                 _refuse_taken_name(cur, inp.vm_name, inp.task_id)
             return Reservation(task_id=inp.task_id, vm_name=inp.vm_name, host=chosen.name,
-                               host_uri=hosts[chosen.name].uri, vcpus=inp.vcpus,
-                               memory_mib=inp.memory_mib)
+                               host_uri=chosen.uri, vcpus=inp.vcpus, memory_mib=inp.memory_mib)
     except psycopg2.errors.UniqueViolation as err:
         doing = "moved" if moving else "created"
         raise task_error(ErrorType.DUPLICATE_VM,
                          f"VM {inp.vm_name!r} is already being {doing} by another task",
                          field="name", vm=inp.vm_name) from err
-
-
-def vm_cluster(cur: Any, name: str) -> str | None:
-    """The cluster of the host VM ``name`` is recorded on (None: not in the inventory)."""
-    cur.execute("SELECT c.name FROM vms v JOIN hosts h ON h.id = v.host_id"
-                " JOIN clusters c ON c.id = h.cluster_id WHERE v.name = %s", (name,))
-    row = cur.fetchone()
-    return str(row["name"]) if row else None
 
 
 def release_capacity(db: Database, task_id: str) -> Reservation | None:

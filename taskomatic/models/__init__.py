@@ -30,6 +30,7 @@ from taskomatic.models.base import (
 from taskomatic.models.clusters import (
     ClusterRecord,
     ClusterSpec,
+    GroupPolicy,
     HostFacts,
     Weigher,
 )
@@ -219,6 +220,7 @@ __all__ = [
     "Finding",
     "FindingKind",
     "Findings",
+    "GroupPolicy",
     "HostCheck",
     "HostDomain",
     "HostDomains",

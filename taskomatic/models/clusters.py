@@ -15,6 +15,11 @@ Weigher = Literal["spread", "pack"]
 """How placement orders the hosts of a cluster that can take a VM: ``spread`` (least loaded
 first, the default) or ``pack`` (most loaded first, to keep hosts empty)."""
 
+GroupPolicy = Literal["anti-affinity", "soft-anti-affinity", "affinity"]
+"""An affinity group's rule (oVirt's affinity groups, Nova's server groups): its VMs never
+share a host (``anti-affinity``), preferably not (``soft-anti-affinity``: a weigher), or always
+share one (``affinity``)."""
+
 HypervisorType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,31}$")]
 """A libvirt driver as ``virConnectGetType()`` names it, lower case: ``test``, ``qemu``, …"""
 

@@ -156,10 +156,6 @@ class StorageReach(Model):
         """The pools the VM's disks are in (placement's ``pools``)."""
         return frozenset(p.pool for p in self.pools)
 
-    def sees_all(self, host: str) -> bool:
-        """Whether ``host`` sees every pool the VM's disks are in."""
-        return all(host in p.hosts for p in self.pools)
-
     def unseen_by(self, host: str) -> str | None:
         """Why the VM cannot go to ``host`` for its storage (``h2 does not see pool 'images'
         (local to h1)``), or None when ``host`` sees all its pools."""
@@ -168,11 +164,11 @@ class StorageReach(Model):
             return None
         return f"{host} does not see {self._listed(missing)}"
 
-    def not_movable(self, others: list[str]) -> str | None:
-        """Why the VM cannot leave its host for its storage, given the ``others`` hosts it
-        could go to: None when one of them sees every pool its disks are in (or it has none).
-        """
-        if any(self.sees_all(h) for h in others if h != self.host):
+    def not_movable(self) -> str | None:
+        """Why the VM cannot leave its host for its storage: None when another host sees every
+        pool its disks are in (or it has none)."""
+        seeing = set.intersection(*(set(p.hosts) for p in self.pools)) if self.pools else {""}
+        if seeing - {self.host}:
             return None
         together = "" if len(self.pools) == 1 else " together"
         return (f"not movable: its disks are in {self._listed(self.pools)}, which no other "

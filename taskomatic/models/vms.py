@@ -11,6 +11,7 @@ from typing import Annotated
 from pydantic import Field
 
 from taskomatic.models.base import Model, Name, TaskRequest, pool_resource, vm_resource
+from taskomatic.models.clusters import GroupPolicy
 from taskomatic.models.disks import DiskRequest
 from taskomatic.states import HostState
 
@@ -49,6 +50,7 @@ class VmRecord(Model):
     memory_mib: int
     state: VmState
     origin_host: str | None = Field(None, description="the host it was moved off while clearing")
+    group: str | None = Field(None, description="its affinity group")
     created_at: datetime | None = None
     updated_at: datetime | None = None
 
@@ -75,6 +77,11 @@ class CreateVmRequest(TaskRequest):
     vcpus: Vcpus = 1
     memory_mib: MemoryMib = 512
     host: Name | None = Field(None, description="place on this host; chosen by placement if unset")
+    cluster: Name | None = Field(None, description="place in this cluster; any if unset")
+    group: Name | None = Field(None, description="its affinity group (made on first use)")
+    group_policy: GroupPolicy | None = Field(
+        None, description="the rule of a new group (default anti-affinity); must match an "
+                          "existing group's")
     start: bool = False
     disks: list[DiskRequest] = Field(default_factory=list, max_length=16)
 
@@ -119,6 +126,8 @@ class ReserveCapacityInput(Model):
     host_field: str = Field("host", description="the request field that pinned ``host``")
     cluster: str | None = Field(None, description="the cluster to place in (None: any; a move"
                                                   " stays in its source's cluster)")
+    group: str | None = Field(None, description="the VM's affinity group (a move: its own)")
+    group_policy: GroupPolicy | None = None
     pools: list[str] = Field(default_factory=list, description="a new VM's disks' pools: only "
                                                                "a host that sees them all")
 

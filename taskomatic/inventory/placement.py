@@ -1,0 +1,122 @@
+"""Inventory side of placement: find the host a reservation goes to and lock only that row.
+
+``taskomatic.placement`` decides; this module feeds it and makes the decision stick under
+concurrency, locking only the host it changes (the hosts row of the chosen host ``FOR UPDATE``,
+then its load re-read and every filter re-checked under that lock):
+
+- **fast path** (a request without an affinity group): one query pre-selects, among the hosts
+  of the request's cluster that are up, not excluded, of its hypervisor type and with room by
+  the usage counters (``host_usage``, kept by triggers on ``vms`` and ``reservations``), the
+  best by the cluster's weigher that no other placement holds right now, and locks it
+  (``FOR UPDATE SKIP LOCKED``: concurrent placements take the next-best host instead of queueing
+  on one). Its exact load (the sum of its VMs and reservations) is then re-read and
+  ``placement.exclusion`` run on it; if it fails (a pool it lacks, say), the slow path runs.
+- **slow path** (a group, a pinned host, or the fast path found nothing): every candidate's
+  exact load is read without locks, ``placement.choose`` picks (its refusal, which explains
+  every excluded host, is the error), the chosen row is locked and re-checked; if another
+  placement took its room meanwhile, the lock is given back (savepoint) and the choice made
+  again, at most ``ATTEMPTS`` times, then every candidate is locked in id order as before.
+
+Hosts are locked one at a time, so placements never deadlock one another; state changes
+(maintenance) lock the host row too, so a host that left service is never picked once that
+commit is visible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from taskomatic import placement
+from taskomatic.inventory.clusters import host_groups
+from taskomatic.inventory.hosts import lock_hosts, read_hosts
+from taskomatic.models import HostRecord
+
+ATTEMPTS = 3
+
+# The fast path's pre-selection: hosts of the cluster (%(cluster)s NULL: any) passing the
+# SQL-expressible filters by the usage counters, best first by the weigher, one not locked by
+# another placement, locked. Spread: least memory used (share), then vCPUs; pack: the most;
+# then the name in code-point order (as Python compares it). float8: cheaper than numeric.
+_PRESELECT = """
+    SELECT h.id, h.name FROM (
+        SELECT h.id, h.name,
+               COALESCE(h.vcpus, floor(h.cpus * c.vcpu_overcommit::float8)) AS vcpus,
+               COALESCE(h.memory_mib, floor(h.physical_memory_mib * c.memory_overcommit::float8))
+                   AS memory_mib,
+               COALESCE(u.vcpus, 0) AS used_vcpus, COALESCE(u.memory_mib, 0) AS used_memory_mib
+        FROM hosts h JOIN clusters c ON c.id = h.cluster_id
+        LEFT JOIN host_usage u ON u.host_id = h.id
+        WHERE (%(cluster)s::text IS NULL OR c.name = %(cluster)s)
+          AND (%(kind)s::text IS NULL OR c.hypervisor_type = %(kind)s)
+          AND h.state = 'up' AND NOT (h.name = ANY(%(exclude)s))) s
+    JOIN hosts h ON h.id = s.id
+    WHERE s.vcpus - s.used_vcpus >= %(vcpus)s AND s.memory_mib - s.used_memory_mib >= %(memory)s
+    ORDER BY %(sign)s * s.used_memory_mib / s.memory_mib, %(sign)s * s.used_vcpus / s.vcpus,
+             s.name COLLATE "C"
+    LIMIT 1
+    FOR UPDATE OF h SKIP LOCKED
+"""
+
+
+def loads(cur: Any, hosts: Iterable[HostRecord], *, with_groups: bool
+          ) -> list[placement.HostLoad]:
+    """The hosts as placement sees them; ``with_groups``: with the affinity groups that have a
+    member on each (read only when the placement has a group)."""
+    groups = host_groups(cur) if with_groups else {}
+    return [placement.HostLoad.of(h, frozenset(h.pools), groups=groups.get(h.name, frozenset()))
+            for h in hosts]
+
+
+def place(cur: Any, request: placement.PlacementRequest) -> tuple[int, HostRecord]:
+    """The host ``request`` goes to, its row locked ``FOR UPDATE`` in the caller's transaction:
+    (host id, its exact load). Raises ``placement.choose``'s typed errors (``UnknownHost``,
+    ``HostNotAvailable``, ``NoCapacity``, explained)."""
+    if request.host is None and request.group is None:
+        found = _fast(cur, request)
+        if found is not None:
+            return found
+    return _slow(cur, request)
+
+
+def _fast(cur: Any, request: placement.PlacementRequest) -> tuple[int, HostRecord] | None:
+    cur.execute("SAVEPOINT fast_place;" + _PRESELECT, {
+        "cluster": request.cluster, "kind": request.hypervisor_type,
+        "exclude": list(request.exclude), "vcpus": request.vcpus, "memory": request.memory_mib,
+        "sign": -1.0 if request.weigher == "pack" else 1.0})
+    row = cur.fetchone()
+    if row is not None:
+        exact = read_hosts(cur, ids=[row["id"]])
+        if exact and placement.exclusion(loads(cur, exact, with_groups=False)[0],
+                                         request) is None:
+            return row["id"], exact[0]  # (the savepoint ends with the transaction)
+    cur.execute("ROLLBACK TO SAVEPOINT fast_place")  # gives the lock back
+    return None
+
+
+def _slow(cur: Any, request: placement.PlacementRequest) -> tuple[int, HostRecord]:
+    with_groups = request.group is not None
+    for _ in range(ATTEMPTS):
+        hosts = _candidates(cur, request)
+        chosen = placement.choose(request, loads(cur, hosts, with_groups=with_groups))
+        cur.execute("SAVEPOINT slow_place")
+        locked = lock_hosts(cur, chosen.name)
+        exact = read_hosts(cur, ids=list(locked.values()))
+        if exact:
+            fresh = loads(cur, exact, with_groups=with_groups)[0]
+            if placement.exclusion(fresh, request) is None:
+                return locked[chosen.name], exact[0]
+        cur.execute("ROLLBACK TO SAVEPOINT slow_place")  # another placement took it: again
+    # Contended beyond the attempts: lock every candidate (in id order) and choose for sure.
+    locked = lock_hosts(cur, request.host, None if request.host else request.cluster)
+    hosts = read_hosts(cur, ids=list(locked.values()))
+    chosen = placement.choose(request, loads(cur, hosts, with_groups=with_groups))
+    return locked[chosen.name], next(h for h in hosts if h.name == chosen.name)
+
+
+def _candidates(cur: Any, request: placement.PlacementRequest) -> list[HostRecord]:
+    """The hosts placement may consider, read without locks: the pinned one, else the hosts of
+    the request's cluster (every host when it has none)."""
+    if request.host is not None:
+        return read_hosts(cur, name=request.host)
+    return read_hosts(cur, cluster=request.cluster)
