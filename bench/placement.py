@@ -71,7 +71,8 @@ def run_all(threads: int, n: int, one: Callable[[int], Any]) -> tuple[float, lis
 def placements(db: Database, tag: str) -> Callable[[int], Any]:
     def one(i: int) -> Any:
         return inventory.reserve_capacity(db, ReserveCapacityInput(
-            task_id=f"{tag}-{i}", vm_name=f"{tag}-{i}", vcpus=1, memory_mib=64))
+            task_id=f"{tag}-{i}", vm_name=f"{tag}-{i}", vcpus=1, memory_mib=64,
+            cluster=CLUSTER))
     return one
 
 
@@ -170,9 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     slowdown = round(first["placement_per_s"] / last["placement_per_s"], 3)
     print(f"slowdown {first['hosts']} → {last['hosts']} hosts: {slowdown}x; "
           f"overcommit check: {over}")
+    goals = {f"ratio at {last['hosts']} hosts >= 0.5": last["ratio"] >= 0.5,
+             "slowdown <= 1.5": slowdown <= 1.5,
+             "0 overcommitted hosts": over["overcommitted_hosts"] == 0}
+    print("goals: " + "; ".join(f"{goal}: {'met' if ok else 'NOT met'}"
+                                for goal, ok in goals.items()))
     print(json.dumps({"postgres": kind, "threads": args.threads,
                       "placements_per_round": args.placements, "rows": rows,
-                      "slowdown": slowdown, "overcommit": over}))
+                      "slowdown": slowdown, "overcommit": over, "goals": goals}))
     return 1 if over["overcommitted_hosts"] or over["other_errors"] else 0
 
 

@@ -25,7 +25,7 @@ async def create_many(client: TaskomaticClient, lab: Lab, c: str, group: str, po
     """``n`` creates of one group submitted at once; each one's error, or None."""
     async def one(i: int) -> BaseException | None:
         req = CreateVmRequest(name=lab.vm_name(f"{group}-{i}"), cluster=c, group=group,
-                              group_policy=policy, memory_mib=64)  # type: ignore[arg-type]
+                              group_policy=policy, memory_mib=64)
         try:
             await (await client.create_vm(req)).result()
         except TaskError as err:

@@ -48,6 +48,10 @@ def test_existing_hosts_move_into_a_default_cluster_per_hypervisor_type(
                           ("t2", "test:///tmp/t2.xml"), ("q2", "qemu:///system")):
             cur.execute("INSERT INTO hosts (name, uri, vcpus, memory_mib) VALUES (%s, %s, 8, 4096)",
                         (name, uri))
+        cur.execute("INSERT INTO vms (name, uuid, host_id, vcpus, memory_mib, state) SELECT 'v1',"
+                    " gen_random_uuid(), id, 2, 512, 'running' FROM hosts WHERE name = 't1'")
+        cur.execute("INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib)"
+                    " SELECT 'task-1', id, 'v2', 1, 256 FROM hosts WHERE name = 't1'")
     conn.close()
     assert upgrade(scratch_database_url)[0] == "0006_clusters.sql"  # and those after it
     db = Database(scratch_database_url)
@@ -60,6 +64,12 @@ def test_existing_hosts_move_into_a_default_cluster_per_hypervisor_type(
         # Capacities registered before stay what they were (explicit).
         assert {(h.name, h.vcpus, h.memory_mib) for h in inventory.list_hosts(db)} == {
             (n, 8, 4096) for n in ("t1", "t2", "q1", "q2")}
+        with db.transaction() as cur:  # the usage counters start from what is recorded
+            cur.execute("SELECT name, vcpus, memory_mib, vcpus_total, memory_total"
+                        " FROM host_usage ORDER BY name")
+            assert [tuple(r.values()) for r in cur.fetchall()] == [
+                ("q1", 0, 0, 8, 4096), ("q2", 0, 0, 8, 4096), ("t1", 3, 768, 8, 4096),
+                ("t2", 0, 0, 8, 4096)]
     finally:
         db.close()
 
@@ -193,3 +203,33 @@ async def test_cluster_cli_creates_lists_shows_and_refuses_by_field(
             code_, err = await asyncio.to_thread(run_cli, argv)
             assert (code_, named_field(err)) == (2, field), err
 
+
+
+@pytest.mark.asyncio
+async def test_a_mixed_inventory_never_moves_vms_between_hypervisor_types(
+        client: TaskomaticClient, lab: Lab, db: Database) -> None:
+    """Test-driver hosts and a (roomier) QEMU host registered without a cluster land in
+    different default clusters, and no move or plan ever picks the QEMU host."""
+    a, b = lab.host(1, vcpus=2, memory_mib=1024), lab.host(2, vcpus=2, memory_mib=1024)
+    qemu = HostSpec(name=f"q{lab.prefix}", uri=f"qemu+tcp://127.0.0.1:1/{lab.prefix}",
+                    vcpus=64, memory_mib=65536)
+    inventory.add_host(db, qemu)
+    lab.hosts.append(qemu)
+    kinds = {h.name: (h.cluster, h.hypervisor_type) for h in inventory.list_hosts(db)}
+    assert kinds[a.name][1] == kinds[b.name][1] == "test" and kinds[qemu.name][1] == "qemu"
+    assert kinds[a.name][0] == kinds[b.name][0] != kinds[qemu.name][0]
+    name = lab.vm_name("mixed")
+    await (await client.create_vm(CreateVmRequest(name=name, host=a.name, memory_mib=256))
+           ).result()
+    assert [m.destination for m in inventory.plan_moves(db, a.name, [name])] == [b.name]
+    moved = await (await client.migrate_vm(MigrateVmRequest(name=name))).result()
+    assert moved.host == b.name
+    with pytest.raises(RequestError) as refused:
+        await client.migrate_vm(MigrateVmRequest(name=name, to=qemu.name))
+    assert refused.value.field == "to"
+    # With the other test host out of service, nothing is left: the QEMU host is no option.
+    with db.transaction() as cur:
+        cur.execute("UPDATE hosts SET state = 'down' WHERE name = %s", (a.name,))
+    [move] = inventory.plan_moves(db, b.name, [name])
+    assert move.destination is None and move.reason is not None
+    assert qemu.name not in move.reason and "hosts of other clusters" in move.reason

@@ -26,6 +26,7 @@ from taskomatic.hypervisor.domain_xml import build_domain_xml, shape_of
 from taskomatic.inventory.db import Database
 from taskomatic.logs import configure_logging
 from taskomatic.models import (
+    ClusterSpec,
     CreateVmRequest,
     DestroyVmRequest,
     DomainSpec,
@@ -53,11 +54,17 @@ ANY = st.one_of(st.none(), st.booleans(), NUMBERISH, NAMEISH, st.lists(NAMEISH, 
 
 MODELS: dict[type[Any], dict[str, st.SearchStrategy[Any]]] = {
     CreateVmRequest: {"name": NAMEISH, "vcpus": NUMBERISH, "memory_mib": NUMBERISH,
-                      "host": st.one_of(st.none(), NAMEISH), "start": ANY},
+                      "host": st.one_of(st.none(), NAMEISH), "start": ANY,
+                      "cluster": st.one_of(st.none(), NAMEISH),
+                      "group": st.one_of(st.none(), NAMEISH), "group_policy": ANY},
     StartVmRequest: {"name": NAMEISH},
     StopVmRequest: {"name": NAMEISH, "force": ANY, "timeout_seconds": NUMBERISH},
     DestroyVmRequest: {"name": NAMEISH},
-    HostSpec: {"name": NAMEISH, "uri": URIISH, "vcpus": NUMBERISH, "memory_mib": NUMBERISH},
+    HostSpec: {"name": NAMEISH, "uri": URIISH, "vcpus": NUMBERISH, "memory_mib": NUMBERISH,
+               "cluster": st.one_of(st.none(), NAMEISH)},
+    ClusterSpec: {"name": NAMEISH, "hypervisor_type": NAMEISH,
+                  "cpu_model": st.one_of(st.none(), NAMEISH), "vcpu_overcommit": NUMBERISH,
+                  "memory_overcommit": NUMBERISH, "weigher": ANY},
 }
 COMMON = {"requested_by": st.one_of(st.none(), ARG_TEXT), "after": st.one_of(
     st.lists(NAMEISH, max_size=3), ANY)}
@@ -65,7 +72,7 @@ COMMON = {"requested_by": st.one_of(st.none(), ARG_TEXT), "after": st.one_of(
 
 @st.composite
 def request_fields(draw: st.DrawFn, model: type[Any]) -> dict[str, Any]:
-    fields = {**MODELS[model], **({} if model is HostSpec else COMMON)}
+    fields = {**MODELS[model], **({} if model in (HostSpec, ClusterSpec) else COMMON)}
     chosen = draw(st.sets(st.sampled_from(sorted(fields))))
     data = {key: draw(fields[key]) for key in chosen}
     if draw(st.booleans()) and draw(st.integers(0, 9)) == 0:
@@ -139,6 +146,8 @@ VERBS: dict[str, st.SearchStrategy[list[str]]] = {
     "vm create": st.tuples(
         NAMEISH.map(lambda n: [n]), _optional("--vcpus", NUMBERISH),
         _optional("--memory-mib", NUMBERISH), _optional("--host", NAMEISH),
+        _optional("--cluster", NAMEISH), _optional("--group", NAMEISH),
+        _optional("--group-policy", ARG_TEXT),
         st.sampled_from([[], ["--start"]]), _optional("--requested-by", ARG_TEXT),
         _optional("--after", NAMEISH), st.sampled_from([[], ["--wait"], ["--json"]])),
     "vm start": st.tuples(NAMEISH.map(lambda n: [n]), _optional("--after", NAMEISH)),
@@ -147,7 +156,14 @@ VERBS: dict[str, st.SearchStrategy[list[str]]] = {
     "vm destroy": st.tuples(NAMEISH.map(lambda n: [n]), _optional("--requested-by", ARG_TEXT)),
     "host add": st.tuples(NAMEISH.map(lambda n: [n]), _optional("--uri", URIISH),
                           _optional("--vcpus", NUMBERISH), _optional("--memory-mib", NUMBERISH),
-                          st.sampled_from([[], ["--no-probe"]])),
+                          _optional("--cluster", NAMEISH), st.sampled_from([[], ["--no-probe"]])),
+    "cluster create": st.tuples(NAMEISH.map(lambda n: [n]), _optional("--hypervisor-type",
+                                                                       NAMEISH),
+                                _optional("--cpu-model", NAMEISH),
+                                _optional("--vcpu-overcommit", NUMBERISH),
+                                _optional("--memory-overcommit", NUMBERISH),
+                                _optional("--weigher", ARG_TEXT)),
+    "cluster show": st.tuples(NAMEISH.map(lambda n: [n])),
     "vm list": st.tuples(_optional("--host", NAMEISH)),
     "tasks list": st.tuples(_optional("--vm", NAMEISH), _optional("--state", ARG_TEXT)),
     "tasks show": st.tuples(NAMEISH.map(lambda n: [n])),
@@ -252,6 +268,14 @@ CASES: dict[str, tuple[list[str], st.SearchStrategy[str], set[str]]] = {
     "vm migrate --to": (["vm", "migrate", "{}", "--to", "{}"], NAME_ARG, {"name", "to"}),
     "vm create --host": (["vm", "create", "<fresh>", *NEW_VM, "--host", "{}"], NAME_ARG,
                          {"host"}),
+    "vm create --cluster": (["vm", "create", "<fresh>", *NEW_VM, "--cluster", "{}"], NAME_ARG,
+                            {"cluster"}),
+    "vm create --group": (["vm", "create", "<fresh>", *NEW_VM, "--group", "{}"], BAD_NAME,
+                          {"group"}),
+    "cluster show": (["cluster", "show", "{}"], NAME_ARG, {"name"}),
+    "host add --cluster": (["host", "add", "<fresh>", "--uri", "test:///nonexistent/<fresh>.xml",
+                            "--no-probe", "--vcpus", "1", "--memory-mib", "64", "--cluster",
+                            "{}"], NAME_ARG, {"cluster"}),
     "vm create --disk": (["vm", "create", "<fresh>", *NEW_VM, "--disk", "{}"], VOLUME_ARG,
                          {"disks.0.volume"}),
     "vm create --pool": (["vm", "create", "<fresh>", *NEW_VM, "--disk-size", "1GiB", "--pool",

@@ -18,14 +18,21 @@ from taskomatic import inventory, placement
 from taskomatic.errors import ErrorType, error_info
 from taskomatic.inventory.db import Database
 from taskomatic.inventory.hosts import read_hosts
-from taskomatic.models import ClusterSpec, HostSpec, RecordVmInput, ReserveCapacityInput, VmState
+from taskomatic.models import (
+    ClusterSpec,
+    HostFacts,
+    HostSpec,
+    RecordVmInput,
+    ReserveCapacityInput,
+    VmState,
+)
 
 
 def make_cluster(db: Database, lab: Lab, weigher: str, capacities: list[tuple[int, int]]
                  ) -> tuple[str, list[str]]:
     name = f"c{lab.prefix}-{weigher}"
     inventory.create_cluster(db, ClusterSpec(name=name, hypervisor_type="test",
-                                             weigher=weigher))  # type: ignore[arg-type]
+                                             weigher=weigher))
     hosts = []
     for i, (vcpus, memory_mib) in enumerate(capacities):
         host = f"h{lab.prefix}-{weigher}{i}"
@@ -46,13 +53,14 @@ def reserve(db: Database, cluster: str | None, vcpus: int = 1, memory_mib: int =
 
 
 def usage_matches_the_sums(db: Database, hosts: list[str]) -> None:
+    """The counters of ``host_usage`` are the hosts' capacity and the sums of their rows."""
     with db.transaction() as cur:
-        cur.execute("SELECT h.name, COALESCE(u.vcpus, 0) AS vcpus,"
-                    " COALESCE(u.memory_mib, 0) AS memory_mib FROM hosts h"
-                    " LEFT JOIN host_usage u ON u.host_id = h.id WHERE h.name = ANY(%s)",
+        cur.execute("SELECT h.name, u.vcpus, u.memory_mib, u.vcpus_total, u.memory_total"
+                    " FROM hosts h JOIN host_usage u ON u.host_id = h.id WHERE h.name = ANY(%s)",
                     (hosts,))
-        counters = {r["name"]: (r["vcpus"], r["memory_mib"]) for r in cur.fetchall()}
-    sums = {h.name: (h.used_vcpus + h.reserved_vcpus, h.used_memory_mib + h.reserved_memory_mib)
+        counters = {r["name"]: tuple(r.values())[1:] for r in cur.fetchall()}
+    sums = {h.name: (h.used_vcpus + h.reserved_vcpus, h.used_memory_mib + h.reserved_memory_mib,
+                     h.vcpus, h.memory_mib)
             for h in inventory.list_hosts(db) if h.name in hosts}
     assert counters == sums
 
@@ -114,3 +122,19 @@ def test_the_placement_benchmark_quick_mode_runs(pg_server_url: str,
     out = capsys.readouterr().out
     assert code == 0, out
     assert "'overcommitted_hosts': 0" in out and "'placed': 160" in out
+
+
+def test_the_counters_follow_a_change_of_the_overcommit(lab: Lab, db: Database) -> None:
+    name = f"c{lab.prefix}-oc"
+    inventory.create_cluster(db, ClusterSpec(name=name, hypervisor_type="test"))
+    host = f"h{lab.prefix}-oc"
+    spec = HostSpec(name=host, uri=write_test_host(lab.dir, host, 1, 1024), cluster=name)
+    inventory.add_host(db, spec, HostFacts(hypervisor_type="test", cpus=3, memory_mib=1000))
+    lab.hosts.append(spec)
+    usage_matches_the_sums(db, [host])
+    with db.transaction() as cur:
+        cur.execute("UPDATE clusters SET vcpu_overcommit = 2.5, memory_overcommit = 1.5"
+                    " WHERE name = %s", (name,))
+    record = inventory.get_host(db, host)
+    assert record is not None and (record.vcpus, record.memory_mib) == (7, 1500)
+    usage_matches_the_sums(db, [host])

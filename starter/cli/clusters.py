@@ -16,7 +16,7 @@ from typing import Any
 
 from starter import RequestError, validated
 from starter.cli import common, render
-from starter.cli.common import console, noun, verb
+from starter.cli.common import noun, show, verb
 from taskomatic.models import ClusterSpec
 from taskomatic.models.clusters import DEFAULT_MEMORY_OVERCOMMIT, DEFAULT_VCPU_OVERCOMMIT
 
@@ -26,27 +26,21 @@ async def cluster_create(args: argparse.Namespace) -> int:
                      cpu_model=args.cpu_model, vcpu_overcommit=args.vcpu_overcommit,
                      memory_overcommit=args.memory_overcommit, weigher=args.weigher)
     cluster, created = await (await common.connect()).create_cluster(spec)
-    if args.json:
-        render.print_json(cluster)
-    else:
-        console.print(f"cluster [bold]{cluster.name}[/] "
-                      f"{'created' if created else 'already exists'} "
-                      f"({cluster.hypervisor_type}, {cluster.weigher})")
-    return 0
+    return show(args, cluster, f"cluster [bold]{cluster.name}[/] "
+                               f"{'created' if created else 'already exists'} "
+                               f"({cluster.hypervisor_type}, {cluster.weigher})")
 
 
 async def cluster_list(args: argparse.Namespace) -> int:
     clusters = await (await common.connect()).clusters()
-    render.print_json(clusters) if args.json else console.print(render.clusters_table(clusters))
-    return 0
+    return show(args, clusters, render.clusters_table(clusters))
 
 
 async def cluster_show(args: argparse.Namespace) -> int:
     cluster = await (await common.connect()).cluster(args.name)
     if cluster is None:
         raise RequestError("name", f"no cluster named {args.name!r}")
-    render.print_json(cluster) if args.json else console.print(render.clusters_table([cluster]))
-    return 0
+    return show(args, cluster, render.clusters_table([cluster]))
 
 
 def add_commands(nouns: Any) -> None:

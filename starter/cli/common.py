@@ -148,6 +148,12 @@ def verb(parent: Any, name: str, fn: Callable[..., Any], help: str, *,
     return sp
 
 
+def show(args: argparse.Namespace, data: Any, text: Any) -> int:
+    """Print ``data`` as JSON with ``--json``, else ``text`` (a line or a rich table); 0."""
+    render.print_json(data) if args.json else console.print(text)
+    return 0
+
+
 def noun(nouns: Any, name: str, help: str) -> Any:
     """Add a noun whose verbs are required sub-commands; returns its sub-parsers."""
     return nouns.add_parser(name, help=help).add_subparsers(dest="verb", required=True)

@@ -26,6 +26,7 @@ from starter.cli.common import (
     noun,
     report_failure,
     report_submitted,
+    show,
     verb,
     who,
 )
@@ -34,20 +35,16 @@ from taskomatic.models import ActivateHostRequest, ClearHostRequest, HostSpec, R
 
 async def host_add(args: argparse.Namespace) -> int:
     spec = validated(HostSpec, name=args.name, uri=args.uri, cluster=args.cluster,
-                     vcpus=args.vcpus,
-                     memory_mib=args.memory_mib, migration_uri=args.migration_uri)
+                     vcpus=args.vcpus, memory_mib=args.memory_mib,
+                     migration_uri=args.migration_uri)
     client = await common.connect()
     host, created = await client.add_host(spec, probe=not args.no_probe)
     shares = await client.share_pools(host.name)  # the cluster's shared pools, to this host
-    if args.json:
-        render.print_json(host)
-    else:
-        console.print(f"host [bold]{host.name}[/] {'added' if created else 'already registered'}"
-                      f" in cluster {host.cluster} ({host.vcpus} vCPUs, {host.memory_mib} MiB,"
-                      f" {host.uri})")
-        for task in shares:
-            console.print(f"shared pool brought to it: {task.id}")
-    return 0
+    brought = "".join(f"\nshared pool brought to it: {task.id}" for task in shares)
+    return show(args, host, f"host [bold]{host.name}[/] "
+                            f"{'added' if created else 'already registered'} in cluster "
+                            f"{host.cluster} ({host.vcpus} vCPUs, {host.memory_mib} MiB,"
+                            f" {host.uri}){brought}")
 
 
 async def host_list(args: argparse.Namespace) -> int:

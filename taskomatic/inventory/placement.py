@@ -4,13 +4,14 @@
 concurrency, locking only the host it changes (the hosts row of the chosen host ``FOR UPDATE``,
 then its load re-read and every filter re-checked under that lock):
 
-- **fast path** (a request without an affinity group): one query pre-selects, among the hosts
-  of the request's cluster that are up, not excluded, of its hypervisor type and with room by
-  the usage counters (``host_usage``, kept by triggers on ``vms`` and ``reservations``), the
-  best by the cluster's weigher that no other placement holds right now, and locks it
-  (``FOR UPDATE SKIP LOCKED``: concurrent placements take the next-best host instead of queueing
-  on one). Its exact load (the sum of its VMs and reservations) is then re-read and
-  ``placement.exclusion`` run on it; if it fails (a pool it lacks, say), the slow path runs.
+- **fast path** (a request without an affinity group or pinned host): one query pre-selects,
+  among the hosts of the request's cluster that are up, not excluded, of its hypervisor type
+  and with room by the usage counters (``host_usage``: capacity and use, kept by triggers on
+  ``hosts``, ``clusters``, ``vms`` and ``reservations``, indexed by weigher), the best by the
+  cluster's weigher that no other placement holds right now, and locks it (``FOR UPDATE SKIP
+  LOCKED``: concurrent placements take the next-best host instead of queueing on one). Its
+  exact load (the sum of its VMs and reservations) is then re-read and ``placement.exclusion``
+  run on it; if it fails (a pool it lacks, say), the slow path runs.
 - **slow path** (a group, a pinned host, or the fast path found nothing): every candidate's
   exact load is read without locks, ``placement.choose`` picks (its refusal, which explains
   every excluded host, is the error), the chosen row is locked and re-checked; if another
@@ -34,29 +35,28 @@ from taskomatic.models import HostRecord
 
 ATTEMPTS = 3
 
-# The fast path's pre-selection: hosts of the cluster (%(cluster)s NULL: any) passing the
-# SQL-expressible filters by the usage counters, best first by the weigher, one not locked by
-# another placement, locked. Spread: least memory used (share), then vCPUs; pack: the most;
-# then the name in code-point order (as Python compares it). float8: cheaper than numeric.
+# The fast path's pre-selection: the hosts of the cluster (%(cluster)s NULL: any) passing the
+# SQL-expressible filters by the usage counters, best first by the weigher (spread: least memory
+# used, as a share, then vCPUs; pack: the most; then the name in code-point order, as Python
+# compares it), the first one no other placement holds, locked. With a cluster it walks the
+# weigher's index of host_usage: its cost does not grow with the number of hosts.
 _PRESELECT = """
-    SELECT h.id, h.name FROM (
-        SELECT h.id, h.name,
-               COALESCE(h.vcpus, floor(h.cpus * c.vcpu_overcommit::float8)) AS vcpus,
-               COALESCE(h.memory_mib, floor(h.physical_memory_mib * c.memory_overcommit::float8))
-                   AS memory_mib,
-               COALESCE(u.vcpus, 0) AS used_vcpus, COALESCE(u.memory_mib, 0) AS used_memory_mib
-        FROM hosts h JOIN clusters c ON c.id = h.cluster_id
-        LEFT JOIN host_usage u ON u.host_id = h.id
-        WHERE (%(cluster)s::text IS NULL OR c.name = %(cluster)s)
-          AND (%(kind)s::text IS NULL OR c.hypervisor_type = %(kind)s)
-          AND h.state = 'up' AND NOT (h.name = ANY(%(exclude)s))) s
-    JOIN hosts h ON h.id = s.id
-    WHERE s.vcpus - s.used_vcpus >= %(vcpus)s AND s.memory_mib - s.used_memory_mib >= %(memory)s
-    ORDER BY %(sign)s * s.used_memory_mib / s.memory_mib, %(sign)s * s.used_vcpus / s.vcpus,
-             s.name COLLATE "C"
+    SELECT h.id, h.name FROM host_usage u JOIN hosts h ON h.id = u.host_id
+    JOIN clusters c ON c.id = u.cluster_id
+    WHERE {cluster} AND (%(kind)s::text IS NULL OR c.hypervisor_type = %(kind)s)
+      AND h.state = 'up' AND NOT (h.name = ANY(%(exclude)s))
+      AND u.vcpus_total - u.vcpus >= %(vcpus)s AND u.memory_total - u.memory_mib >= %(memory)s
+    ORDER BY {order}
     LIMIT 1
     FOR UPDATE OF h SKIP LOCKED
 """
+_IN_CLUSTER = "u.cluster_id = (SELECT id FROM clusters WHERE name = %(cluster)s)"
+_ORDERS = {"spread": 'u.memory_share, u.vcpu_share, u.name COLLATE "C"',
+           "pack": 'u.memory_share DESC, u.vcpu_share DESC, u.name COLLATE "C"'}
+_PRESELECTS = {  # (weigher, in one cluster) → query; in one cluster: the index's order
+    (weigher, scoped): _PRESELECT.format(cluster=_IN_CLUSTER if scoped else "TRUE",
+                                         order=f"u.cluster_id, {order}" if scoped else order)
+    for weigher, order in _ORDERS.items() for scoped in (True, False)}
 
 
 def loads(cur: Any, hosts: Iterable[HostRecord], *, with_groups: bool
@@ -80,10 +80,10 @@ def place(cur: Any, request: placement.PlacementRequest) -> tuple[int, HostRecor
 
 
 def _fast(cur: Any, request: placement.PlacementRequest) -> tuple[int, HostRecord] | None:
-    cur.execute("SAVEPOINT fast_place;" + _PRESELECT, {
+    query = _PRESELECTS[request.weigher, request.cluster is not None]
+    cur.execute("SAVEPOINT fast_place;" + query, {
         "cluster": request.cluster, "kind": request.hypervisor_type,
-        "exclude": list(request.exclude), "vcpus": request.vcpus, "memory": request.memory_mib,
-        "sign": -1.0 if request.weigher == "pack" else 1.0})
+        "exclude": list(request.exclude), "vcpus": request.vcpus, "memory": request.memory_mib})
     row = cur.fetchone()
     if row is not None:
         exact = read_hosts(cur, ids=[row["id"]])

@@ -69,22 +69,53 @@ ALTER TABLE vms ADD COLUMN affinity_group_id bigint REFERENCES affinity_groups (
 ALTER TABLE reservations ADD COLUMN affinity_group_id bigint REFERENCES affinity_groups (id);
 CREATE INDEX vms_affinity_group_id ON vms (affinity_group_id);
 
--- What each host's VMs and reservations use, kept by triggers: placement's fast path
--- pre-selects candidates with it instead of summing every host's rows (taskomatic/inventory/
--- placement.py). It is a guide only: the truth is the sum, which placement re-reads under the
--- chosen host's row lock before reserving.
+-- What each host's VMs and reservations use, next to its capacity, kept by triggers:
+-- placement's fast path walks an index of it (best host first by the cluster's weigher)
+-- instead of summing every host's rows (taskomatic/inventory/placement.py). It is a guide only:
+-- the truth is the sum, which placement re-reads under the chosen host's row lock.
 CREATE TABLE host_usage (
-    host_id     bigint      PRIMARY KEY REFERENCES hosts (id) ON DELETE CASCADE,
-    vcpus       bigint      NOT NULL DEFAULT 0,
-    memory_mib  bigint      NOT NULL DEFAULT 0
+    host_id       bigint  PRIMARY KEY REFERENCES hosts (id) ON DELETE CASCADE,
+    cluster_id    bigint  NOT NULL,
+    name          text    NOT NULL,
+    vcpus_total   float8  NOT NULL,
+    memory_total  float8  NOT NULL,
+    vcpus         bigint  NOT NULL DEFAULT 0,
+    memory_mib    bigint  NOT NULL DEFAULT 0,
+    memory_share  float8  GENERATED ALWAYS AS (memory_mib / NULLIF(memory_total, 0)) STORED,
+    vcpu_share    float8  GENERATED ALWAYS AS (vcpus / NULLIF(vcpus_total, 0)) STORED
 );
-INSERT INTO host_usage (host_id, vcpus, memory_mib)
-SELECT h.id,
-       (SELECT COALESCE(SUM(vcpus), 0) FROM vms WHERE host_id = h.id)
-     + (SELECT COALESCE(SUM(vcpus), 0) FROM reservations WHERE host_id = h.id),
-       (SELECT COALESCE(SUM(memory_mib), 0) FROM vms WHERE host_id = h.id)
-     + (SELECT COALESCE(SUM(memory_mib), 0) FROM reservations WHERE host_id = h.id)
-FROM hosts h;
+CREATE INDEX host_usage_spread
+    ON host_usage (cluster_id, memory_share, vcpu_share, name COLLATE "C");
+CREATE INDEX host_usage_pack
+    ON host_usage (cluster_id, memory_share DESC, vcpu_share DESC, name COLLATE "C");
+
+-- A host's capacity as placement uses it: explicit, else libvirt's figure times the ratio.
+CREATE FUNCTION track_host_capacity() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO host_usage AS u (host_id, cluster_id, name, vcpus_total, memory_total)
+    SELECT h.id, h.cluster_id, h.name,
+           COALESCE(h.vcpus, floor(h.cpus * c.vcpu_overcommit)),
+           COALESCE(h.memory_mib, floor(h.physical_memory_mib * c.memory_overcommit))
+    FROM hosts h JOIN clusters c ON c.id = h.cluster_id
+    WHERE (TG_TABLE_NAME = 'hosts' AND h.id = NEW.id)
+       OR (TG_TABLE_NAME = 'clusters' AND h.cluster_id = NEW.id)
+    ON CONFLICT (host_id) DO UPDATE
+    SET cluster_id = EXCLUDED.cluster_id, name = EXCLUDED.name,
+        vcpus_total = EXCLUDED.vcpus_total, memory_total = EXCLUDED.memory_total;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER hosts_capacity
+    AFTER INSERT OR UPDATE OF cluster_id, name, vcpus, memory_mib, cpus, physical_memory_mib
+    ON hosts FOR EACH ROW EXECUTE FUNCTION track_host_capacity();
+CREATE TRIGGER clusters_capacity AFTER UPDATE OF vcpu_overcommit, memory_overcommit
+    ON clusters FOR EACH ROW EXECUTE FUNCTION track_host_capacity();
+UPDATE hosts SET cluster_id = cluster_id;  -- every existing host gets its row
+UPDATE host_usage u SET
+    vcpus = (SELECT COALESCE(SUM(vcpus), 0) FROM vms WHERE host_id = u.host_id)
+          + (SELECT COALESCE(SUM(vcpus), 0) FROM reservations WHERE host_id = u.host_id),
+    memory_mib = (SELECT COALESCE(SUM(memory_mib), 0) FROM vms WHERE host_id = u.host_id)
+          + (SELECT COALESCE(SUM(memory_mib), 0) FROM reservations WHERE host_id = u.host_id);
 
 CREATE FUNCTION track_host_usage() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -93,10 +124,8 @@ BEGIN
         WHERE host_id = OLD.host_id;
     END IF;
     IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        INSERT INTO host_usage AS u (host_id, vcpus, memory_mib)
-        VALUES (NEW.host_id, NEW.vcpus, NEW.memory_mib)
-        ON CONFLICT (host_id) DO UPDATE
-        SET vcpus = u.vcpus + EXCLUDED.vcpus, memory_mib = u.memory_mib + EXCLUDED.memory_mib;
+        UPDATE host_usage SET vcpus = vcpus + NEW.vcpus, memory_mib = memory_mib + NEW.memory_mib
+        WHERE host_id = NEW.host_id;
     END IF;
     RETURN NULL;
 END
