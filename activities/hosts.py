@@ -31,13 +31,15 @@ class HostActivities:
 
     @activity.defn
     def reserve_destination(self, inp: ReserveCapacityInput) -> MoveReservation:
-        """Reserve room for an existing VM on the host it moves to (placement unless pinned)."""
+        """Reserve room for an existing VM on the host it moves to (placement unless pinned),
+        with what the move needs of its disks' storage."""
         res = inventory.reserve_capacity(self.db, inp, moving=True)
         host = inventory.get_host(self.db, res.host)
         get_logger(vm=inp.vm_name, host=res.host).info("destination reserved", vcpus=res.vcpus,
                                                        memory_mib=res.memory_mib)
         return MoveReservation(**res.model_dump(),
-                               migration_uri=host.migration_uri if host else None)
+                               migration_uri=host.migration_uri if host else None,
+                               storage=inventory.move_storage(self.db, inp.vm_name))
 
     @activity.defn
     def host_ref(self, inp: HostNameInput) -> HostInfo:

@@ -17,6 +17,7 @@ watches it to its end.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import timedelta
 
@@ -29,6 +30,7 @@ from taskomatic import inventory
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.hypervisor import Hypervisors, Migrator, list_domains, locate
 from taskomatic.hypervisor.migration import ProgressCallback
+from taskomatic.hypervisor.storage import refresh_pools
 from taskomatic.inventory.db import Database
 from taskomatic.logs import get_logger
 from taskomatic.metrics import MIGRATIONS_IN_FLIGHT
@@ -69,7 +71,12 @@ class MigrationActivities:
 
     @activity.defn
     async def migrate_domain(self, inp: MigrateDomainInput) -> MigrationReport:
+        """Migrate the domain (``Migrator.migrate``), the destination's shared pools of its
+        disks refreshed first."""
         started = time.monotonic()
+        if inp.storage.shared_pools:
+            await asyncio.to_thread(refresh_pools, self.migrator.hv, inp.destination,
+                                    inp.storage.shared_pools)
         with MIGRATIONS_IN_FLIGHT.track_inprogress():
             report = await self.migrator.migrate(inp, on_progress=self._progress(),
                                                  on_step=_heartbeat,

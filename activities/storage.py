@@ -37,12 +37,14 @@ from taskomatic.logs import get_logger
 from taskomatic.models import (
     PoolAutostartInput,
     PoolNameInput,
+    PoolPeers,
     PoolPlacement,
     PoolRecord,
     PoolRef,
     PoolReport,
     PoolScan,
     PoolSpec,
+    RecordPoolHostInput,
     RecordPoolInput,
     RecordVolumeInput,
     ReservePoolInput,
@@ -326,7 +328,17 @@ class StorageInventoryActivities:
 
     @activity.defn
     def record_pool(self, inp: RecordPoolInput) -> PoolRecord:
-        return inv.record_pool(self.db, inp.scan)
+        return inv.record_pool(self.db, inp.scan, inp.uuid)
+
+    @activity.defn
+    def pool_peers(self, inp: PoolNameInput) -> PoolPeers:
+        """The other hosts of a shared pool's cluster, in service (none for a local pool)."""
+        return inv.pool_peers(self.db, inp.name)
+
+    @activity.defn
+    def record_pool_host(self, inp: RecordPoolHostInput) -> PoolRecord:
+        """Record whether a host sees a pool (``pool_hosts``)."""
+        return inv.record_pool_host(self.db, inp)
 
     @activity.defn
     def record_pool_autostart(self, inp: PoolAutostartInput) -> StorageResult:
@@ -368,6 +380,7 @@ class StorageInventoryActivities:
 
     def all(self) -> list[object]:
         return [self.reserve_pool, self.release_pool, self.lookup_pool, self.check_pool_unused,
-                self.record_pool, self.record_pool_autostart, self.remove_pool,
+                self.record_pool, self.record_pool_autostart, self.remove_pool, self.pool_peers,
+                self.record_pool_host,
                 self.check_new_volume, self.lookup_volume, self.check_volume_unused,
                 self.record_volume, self.remove_volume]

@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 import xml.etree.ElementTree as ET
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from lab.initramfs import TICK_PATTERN, write_initramfs
 from lab.models import LabError, LabHost
 from lab.system import apt_get, run
 from taskomatic.hypervisor.domain_xml import build_domain_xml
-from taskomatic.models import DomainSpec
+from taskomatic.models import DiskSpec, DomainSpec
 
 SEABIOS_MEMORY_MIB = 64
 LINUX_MEMORY_MIB = 96
@@ -106,11 +107,12 @@ def _kernel_package() -> str:
 
 def linux_domain_xml(name: str, image: LinuxImage, serial_log: Path,
                      memory_mib: int = LINUX_MEMORY_MIB, vcpus: int = 1,
-                     domain_uuid: str | None = None) -> str:
-    """The Linux guest's domain XML: the default guest plus a direct kernel boot, a small TCG
-    cache and its serial console appended to ``serial_log``."""
+                     domain_uuid: str | None = None, disks: Sequence[DiskSpec] = ()) -> str:
+    """The Linux guest's domain XML: the default guest (with ``disks``, pool volumes) plus a
+    direct kernel boot, a small TCG cache and its serial console appended to ``serial_log``."""
     spec = DomainSpec(host="-", uri="qemu:///system", name=name,
-                      uuid=domain_uuid or str(uuid.uuid4()), vcpus=vcpus, memory_mib=memory_mib)
+                      uuid=domain_uuid or str(uuid.uuid4()), vcpus=vcpus, memory_mib=memory_mib,
+                      disks=list(disks))
     root = ET.fromstring(build_domain_xml(spec))
     os_el = root.find("os")
     features = root.find("features")
@@ -163,14 +165,16 @@ class LinuxGuest:
 
 
 def start_linux_guest(conn: libvirt.virConnect, name: str, cache_dir: Path,
-                      memory_mib: int = LINUX_MEMORY_MIB, vcpus: int = 1) -> LinuxGuest:
-    """Define and start a Linux guest (persistent) on the host of ``conn``."""
+                      memory_mib: int = LINUX_MEMORY_MIB, vcpus: int = 1,
+                      disks: Sequence[DiskSpec] = ()) -> LinuxGuest:
+    """Define and start a Linux guest (persistent) on the host of ``conn``, with ``disks``
+    (volumes of pools active there) as virtio disks."""
     image = linux_image(cache_dir)
     consoles = cache_dir.resolve() / "consoles"
     consoles.mkdir(parents=True, exist_ok=True)
     guest = LinuxGuest(name=name, uuid=str(uuid.uuid4()), memory_mib=memory_mib, vcpus=vcpus,
                        serial_log=consoles / f"{name}-{uuid.uuid4().hex[:8]}.log")
-    xml = linux_domain_xml(name, image, guest.serial_log, memory_mib, vcpus, guest.uuid)
+    xml = linux_domain_xml(name, image, guest.serial_log, memory_mib, vcpus, guest.uuid, disks)
     dom = conn.defineXML(xml)
     try:
         dom.create()

@@ -15,10 +15,12 @@ the registry of task kinds (``workflows.kinds``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
+from starter.tasks import TaskHandle
 from taskomatic import inventory
 from taskomatic.inventory.db import Database
-from taskomatic.models import PoolRecord, VolumeRecord
+from taskomatic.models import PoolRecord, RefreshPoolRequest, VolumeRecord
 
 
 class StorageReads:
@@ -26,9 +28,23 @@ class StorageReads:
 
     db: Database
 
+    refresh_pool: Callable[[RefreshPoolRequest], Awaitable[TaskHandle]]  # the client's task
+
     async def pools(self, host: str | None = None) -> list[PoolRecord]:
         """Every storage pool, or those on ``host``."""
         return await asyncio.to_thread(inventory.list_pools, self.db, host)
+
+    async def pool(self, name: str) -> PoolRecord | None:
+        """One storage pool (with the hosts that see it), or None if there is none of that
+        name."""
+        found = await asyncio.to_thread(inventory.get_pool, self.db, name)
+        return found.pool if found else None
+
+    async def share_pools(self, host: str) -> list[TaskHandle]:
+        """Bring the shared pools of ``host``'s cluster that it does not see yet to it (a host
+        that just joined): one ``RefreshStoragePool`` task per pool, started and returned."""
+        names = await asyncio.to_thread(inventory.pools_to_share, self.db, host)
+        return [await self.refresh_pool(RefreshPoolRequest(name=name)) for name in names]
 
     async def volumes(self, pool: str | None = None) -> list[VolumeRecord]:
         """Every volume, or those of ``pool``."""

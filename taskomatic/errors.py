@@ -41,6 +41,7 @@ class ErrorType(StrEnum):
     MIGRATION_FAILED = "MigrationFailed"
     MIGRATION_STALLED = "MigrationStalled"  # no progress for the progress timeout; aborted
     MIGRATION_TIMED_OUT = "MigrationTimedOut"  # not done within the completion timeout; aborted
+    NOT_MIGRATABLE = "NotMigratable"  # the VM's storage is not seen by any (or the pinned) host
 
 
 RETRYABLE = frozenset({ErrorType.HYPERVISOR_UNAVAILABLE, ErrorType.DATABASE_UNAVAILABLE})

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import libvirt
@@ -31,7 +31,15 @@ from lab.system import run
 from taskomatic import inventory
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.inventory.db import Database
-from taskomatic.models import DomainSpec, HostState, RecordVmInput, VmState
+from taskomatic.models import (
+    DiskSpec,
+    DomainSpec,
+    HostState,
+    PlannedDisk,
+    RecordVmDisksInput,
+    RecordVmInput,
+    VmState,
+)
 
 LAB_HOSTS = 3
 LAB_VCPUS = 32  # capacity registered per host: room for dozens of 64 MiB guests
@@ -68,15 +76,23 @@ class QemuLab:
     def seabios_spec(self, host: LabHost, label: str) -> DomainSpec:
         return seabios_spec(host, self.vm_name(label))
 
-    def start_linux_guest(self, host: LabHost, label: str, record: bool = False) -> LinuxGuest:
-        """A running Linux guest printing ticks; with ``record`` also a VM row in the
-        inventory on ``host`` (as if CreateVm had made it), for tasks that act on it."""
-        guest = start_linux_guest(self.conn(host), self.vm_name(label), self.cache_dir)
+    def start_linux_guest(self, host: LabHost, label: str, record: bool = False,
+                          disks: Sequence[PlannedDisk] = ()) -> LinuxGuest:
+        """A running Linux guest printing ticks, with ``disks`` (existing volumes); with
+        ``record`` also a VM row (and its disks) in the inventory on ``host`` (as if CreateVm
+        had made it), for tasks that act on it."""
+        specs = [DiskSpec(pool=d.pool, volume=d.volume, format=d.format, target=d.target)
+                 for d in disks]
+        guest = start_linux_guest(self.conn(host), self.vm_name(label), self.cache_dir,
+                                  disks=specs)
         if record:
             inventory.record_vm(self.db, RecordVmInput(
                 task_id=f"lab-fixture-{guest.name}", name=guest.name, uuid=guest.uuid,
                 host=host.name, vcpus=guest.vcpus, memory_mib=guest.memory_mib,
                 state=VmState.RUNNING))
+            if disks:
+                inventory.record_vm_disks(self.db, RecordVmDisksInput(vm=guest.name,
+                                                                      disks=list(disks)))
         return guest
 
     def cut_link(self, host: LabHost) -> None:

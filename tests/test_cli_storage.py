@@ -57,6 +57,8 @@ REFUSED = [
      "source"),
     (["volume", "create", "nopool", "--size", "1GiB"], "volume"),
     (["volume", "create", "p/v<1>", "--size", "1GiB"], "name"),
+    (["pool", "create", "p1", "--host", "host-1", "--type", "logical", "--source-name", "vg",
+      "--source-device", "/dev/sdb", "--shared"], "shared"),
     (["volume", "create", "p/v", "--size", "0"], "capacity"),
     (["volume", "create", "p/v", "--size=-1GiB"], "capacity"),
     (["volume", "create", "p/v", "--size", "900TiB"], "capacity"),
@@ -75,3 +77,29 @@ def test_refused_storage_requests_exit_2_naming_the_field(shell: Shell) -> None:
         assert "Traceback" not in done.stderr
     assert not {"p1", "p", "x1"} & {p["name"] for p in shell.json("pool", "list")}
     assert "x1" not in {v["name"] for v in shell.json("vm", "list")}
+
+
+def test_a_shared_pool_and_a_vm_on_it_through_the_cli(shell: Shell) -> None:  # noqa: F811
+    shell.json("pool", "create", "shared1", "--host", "host-1", "--path", f"{ROOT}/shared1",
+               "--shared", "--wait")
+    hosts = {h["name"]: h for h in shell.json("host", "list")}
+    cluster = [n for n, h in sorted(hosts.items()) if h["state"] == "up"
+               and h["cluster"] == hosts["host-1"]["cluster"]]
+    assert len(cluster) >= 2, hosts
+    shown = shell.json("pool", "show", "shared1")
+    assert shown["scope"] == "shared"
+    assert [(h["host"], h["state"]) for h in shown["hosts"]] == [(n, "active") for n in cluster]
+    human = shell.run("pool", "show", "shared1")
+    assert human.returncode == 0 and all(f"│ {n} │ active" in human.stdout for n in cluster)
+    assert f"shared ({len(cluster)} of {len(cluster)} hosts)" in shell.run("pool", "list").stdout
+    missing = shell.run("pool", "show", "ghost")
+    assert missing.returncode == 2 and "error: name:" in " ".join(missing.stderr.split())
+
+    vm = shell.json("vm", "create", "s1", "--vcpus", "1", "--memory-mib", "256", "--disk-size",
+                    "512MiB", "--pool", "shared1", "--start", "--wait")
+    plan = shell.json("host", "clear", vm["host"], "--dry-run")
+    [move] = [m for m in plan["plan"] if m["vm"] == "s1"]
+    assert move["destination"] not in (None, vm["host"])
+    shell.json("vm", "destroy", "s1", "--wait")
+    shell.json("pool", "destroy", "shared1", "--delete", "--wait")
+    assert shell.json("pool", "list") == []

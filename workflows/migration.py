@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         MigrationReport,
         MoveConfirmation,
         MoveReservation,
+        MoveStorage,
         ReleaseCapacityInput,
         ReserveCapacityInput,
         VmPlacement,
@@ -110,6 +111,7 @@ class DestinationAttempts:
         self._pinned = pinned
         self._limit = 1 if pinned is not None else limit
         self.tried: list[str] = []
+        self.storage = MoveStorage()  # of the VM's disks, as the last reservation read it
 
     async def until_moved(self, migrate: Callable[[HostRef], Awaitable[MigrationReport]]
                           ) -> Moved:
@@ -160,6 +162,7 @@ class DestinationAttempts:
             undo=None if self.tried else Undo("release destination", Inventory.release_capacity,
                                               ReleaseCapacityInput(task_id=task_id), DATABASE))
         self.tried.append(res.host)
+        self.storage = res.storage
         return res.ref()
 
 
@@ -185,12 +188,13 @@ class Mover:
                              "reserve destination")
         attempts = DestinationAttempts(self._task, vm, source, pinned=to)
         moved = await attempts.until_moved(
-            lambda destination: self._migrate(vm.name, source, destination, limits))
+            lambda destination: self._migrate(vm.name, source, destination, limits,
+                                              attempts.storage))
         self._task.set_percent(100.0)
         return moved
 
     async def _migrate(self, name: str, source: HostRef, destination: HostRef,
-                       limits: MigrationLimits) -> MigrationReport:
+                       limits: MigrationLimits, storage: MoveStorage) -> MigrationReport:
         # Migration slots are held only around the migrate step.
         slots = [f"migrate-out:{source.name}", f"migrate-in:{destination.name}",
                  "migrate:cluster"]
@@ -200,7 +204,7 @@ class Mover:
             report: MigrationReport = await self._task.step(
                 f"migrate to {destination.name}", Moves.migrate_domain,
                 MigrateDomainInput(name=name, source=source, destination=destination,
-                                   limits=limits),
+                                   limits=limits, storage=storage),
                 options=migrate_options(limits, self._task.cancel_safe))
         finally:
             await self._task.unhold(slots)

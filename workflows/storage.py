@@ -1,5 +1,9 @@
 """Storage tasks: create, destroy, refresh and autostart pools; create, delete, resize volumes.
 
+A shared pool (``CreatePoolRequest.shared``) is created on its host, then defined and started on
+every other host of that host's cluster in service (``StorageTask.share``); a refresh does the
+same for hosts that joined since. Which hosts see it is recorded per host (``pool_hosts``).
+
 Like the VM tasks: plan (validate and reserve in the inventory), run (libvirt, each step with its
 undo registered next to it), finalize (record what libvirt reports).
 """
@@ -17,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
         DestroyPoolRequest,
         PoolAutostartInput,
         PoolNameInput,
+        PoolPeers,
         PoolPlacement,
         PoolRecord,
         PoolRef,
@@ -24,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
         PoolScan,
         PoolSpec,
         PoolType,
+        RecordPoolHostInput,
         RecordPoolInput,
         RecordVolumeInput,
         RefreshPoolRequest,
@@ -40,7 +46,11 @@ with workflow.unsafe.imports_passed_through():
         VolumeSpec,
     )
 
-from workflows.runbook import DATABASE, Runbook, Undo
+from workflows.runbook import DATABASE, Runbook, TaskFailed, Undo
+
+# Shared pools (issue 13b): a create or refresh of a shared pool also defines and starts it on
+# the other hosts of its cluster.
+SHARED_POOL_PATCH = "h13b-shared-pool"
 
 Storage = StorageActivities
 StorageInventory = StorageInventoryActivities
@@ -49,6 +59,9 @@ StorageInventory = StorageInventoryActivities
 class StorageTask(Runbook):
     """Steps shared by the pool and volume tasks."""
 
+    shared = False  # the pool ``locate_pool`` found is shared by a cluster
+    pool_uuid: str | None = None  # and its libvirt UUID, when recorded
+
     async def locate_pool(self, name: str, check_unused: bool = False) -> PoolRef:
         self.phase("plan")
         check = StorageInventory.check_pool_unused if check_unused else StorageInventory.lookup_pool
@@ -56,14 +69,50 @@ class StorageTask(Runbook):
             "check pool is unused" if check_unused else "look up pool", check,
             PoolNameInput(name=name), options=DATABASE)
         self.on_host(placed.pool.host)
+        self.shared, self.pool_uuid = placed.pool.scope == "shared", placed.pool.uuid
         return placed.ref()
 
     async def record_scan(self, ref: PoolRef) -> PoolRecord:
         self.phase("finalize")
         scan: PoolScan = await self.step("scan pool", Storage.refresh_pool, ref)
         recorded: PoolRecord = await self.step("record pool", StorageInventory.record_pool,
-                                               RecordPoolInput(scan=scan), options=DATABASE)
+                                               RecordPoolInput(scan=scan, uuid=ref.uuid),
+                                               options=DATABASE)
         return recorded
+
+    async def share(self, spec: PoolSpec, autostart: bool) -> list[str]:
+        """Define and start the shared pool of ``spec`` on every other host of its cluster in
+        service (idempotent: a host that has it already only says so). A host where that fails
+        is recorded ``failed`` with the reason, and placement treats it as not seeing the pool:
+        a report, not a failure of the task. Returns one note per host."""
+        peers: PoolPeers = await self.step(
+            "list the cluster's other hosts", StorageInventory.pool_peers,
+            PoolNameInput(name=spec.name), options=DATABASE)
+        notes: list[str] = []
+        for peer in peers.hosts:
+            ref = peer.model_copy(update={"uuid": spec.uuid})
+            failure = await self._attach(PoolSpec(**ref.model_dump(), type=spec.type,
+                                                  path=spec.path, source=spec.source), autostart)
+            await self.step(f"record pool on {ref.host}", StorageInventory.record_pool_host,
+                            RecordPoolHostInput(pool=spec.name, host=ref.host,
+                                                state="failed" if failure else "active",
+                                                detail=failure), options=DATABASE)
+            notes.append(f"{ref.host}: {failure}" if failure else f"{ref.host}: active")
+        return notes
+
+    async def _attach(self, spec: PoolSpec, autostart: bool) -> str | None:
+        """Define, start (and autostart) the pool on ``spec.host``; None, or why it failed."""
+        ref = PoolRef(host=spec.host, uri=spec.uri, name=spec.name, uuid=spec.uuid)
+        try:
+            await self.step(f"define pool on {ref.host}", Storage.define_pool, spec,
+                            undo=Undo(f"undefine pool on {ref.host}", Storage.undefine_pool, ref))
+            await self.step(f"start pool on {ref.host}", Storage.start_pool, ref)
+            if autostart:
+                await self.step(f"set autostart on {ref.host}", Storage.set_pool_autostart,
+                                PoolAutostartInput(**ref.model_dump(), autostart=True))
+        except TaskFailed as failed:
+            return failed.info.message
+        return None
 
     async def record_volume(self, made: VolumeReport) -> StorageTaskResult:
         self.phase("finalize")
@@ -122,6 +171,8 @@ class CreateStoragePool(StorageTask):
             notes.append(auto.detail)
 
         recorded = await self.record_scan(ref)
+        if req.shared and workflow.patched(SHARED_POOL_PATCH):
+            notes += await self.share(spec, req.autostart)
         return self.result(req.name, recorded.state, notes)
 
 
@@ -135,6 +186,8 @@ class DestroyStoragePool(StorageTask):
         ref = await self.locate_pool(req.name, check_unused=True)
         self.phase("run")
         reports: list[PoolReport] = []
+        if self.shared and workflow.patched(SHARED_POOL_PATCH):
+            reports += await self._leave_peers(ref)
         if req.delete:
             reports.append(await self.step("delete volumes", Storage.delete_pool_volumes, ref))
         reports.append(await self.step("stop pool", Storage.stop_pool, ref))
@@ -148,6 +201,20 @@ class DestroyStoragePool(StorageTask):
         return self.result(req.name, None, [r.detail for r in reports] + [removed.detail])
 
 
+    async def _leave_peers(self, home: PoolRef) -> list[PoolReport]:
+        """Stop and undefine a shared pool on the other hosts of its cluster (its storage, on
+        the path they share, is deleted from its own host only)."""
+        peers: PoolPeers = await self.step(
+            "list the cluster's other hosts", StorageInventory.pool_peers,
+            PoolNameInput(name=home.name), options=DATABASE)
+        reports: list[PoolReport] = []
+        for peer in peers.hosts:
+            reports.append(await self.step(
+                f"undefine pool on {peer.host}", Storage.undefine_pool,
+                peer.model_copy(update={"uuid": self.pool_uuid})))
+        return reports
+
+
 @workflow.defn(name="RefreshStoragePool")
 class RefreshStoragePool(StorageTask):
     @workflow.run
@@ -157,7 +224,14 @@ class RefreshStoragePool(StorageTask):
     async def _refresh(self, req: RefreshPoolRequest) -> StorageTaskResult:
         ref = await self.locate_pool(req.name)
         recorded = await self.record_scan(ref)
-        return self.result(req.name, recorded.state, [recorded.detail])
+        notes = [recorded.detail]
+        if recorded.scope == "shared" and workflow.patched(SHARED_POOL_PATCH):
+            # Hosts that joined the cluster since, or where the pool had failed, get it now.
+            notes += await self.share(PoolSpec(**ref.model_dump(exclude={"uuid"}),
+                                               uuid=recorded.uuid, type=recorded.type,
+                                               path=recorded.path, source=recorded.source),
+                                      recorded.autostart)
+        return self.result(req.name, recorded.state, notes)
 
 
 @workflow.defn(name="SetPoolAutostart")

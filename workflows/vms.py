@@ -79,13 +79,15 @@ class CreateVm(Runbook):
                                  memory_mib=req.memory_mib,
                                  host=plan.host if plan and plan.host else req.host,
                                  cluster=req.cluster, group=req.group,
-                                 group_policy=req.group_policy),
+                                 group_policy=req.group_policy,
+                                 pools=plan.pools if plan else []),
             options=DATABASE,
             undo=Undo("release capacity", Inventory.release_capacity,
                       ReleaseCapacityInput(task_id=task_id), DATABASE))
         self.on_host(res.host)
 
         self.phase("run")
+        plan = plan.on(res.host, res.host_uri) if plan else None
         created = await self.disks.create_volumes(plan) if plan else []
         spec = DomainSpec(host=res.host, uri=res.host_uri, name=req.name,
                           uuid=str(workflow.uuid4()), vcpus=req.vcpus, memory_mib=req.memory_mib,

@@ -39,10 +39,12 @@ async def host_add(args: argparse.Namespace) -> int:
                      migration_uri=args.migration_uri)
     client = await common.connect()
     host, created = await client.add_host(spec, probe=not args.no_probe)
+    shares = await client.share_pools(host.name)  # the cluster's shared pools, to this host
+    brought = "".join(f"\nshared pool brought to it: {task.id}" for task in shares)
     return show(args, host, f"host [bold]{host.name}[/] "
                             f"{'added' if created else 'already registered'} in cluster "
                             f"{host.cluster} ({host.vcpus} vCPUs, {host.memory_mib} MiB,"
-                            f" {host.uri})")
+                            f" {host.uri}){brought}")
 
 
 async def host_list(args: argparse.Namespace) -> int:

@@ -46,7 +46,7 @@ async def pool_create(args: argparse.Namespace) -> int:
         ("devices", args.source_device)) if value}
     req = validated(CreatePoolRequest, name=args.name, host=args.host, type=args.type,
                     path=args.path, source=source, build=not args.no_build,
-                    autostart=not args.no_autostart, **_common(args))
+                    autostart=not args.no_autostart, shared=args.shared, **_common(args))
     return await submit(args, lambda c: c.create_pool(req))
 
 
@@ -70,6 +70,22 @@ async def pool_list(args: argparse.Namespace) -> int:
     client = await common.connect()
     pools = await client.pools(host=await common.existing(client, "host", "host", args.host))
     render.print_json(pools) if args.json else console.print(pools_table(pools))
+    return 0
+
+
+async def pool_show(args: argparse.Namespace) -> int:
+    pool = await (await common.connect()).pool(args.name)
+    if pool is None:
+        raise RequestError("name", f"no pool named {args.name!r}")
+    if args.json:
+        render.print_json(pool)
+        return 0
+    console.print(pools_table([pool]))
+    table = Table("host", "state", "detail", title=f"Hosts that see {pool.name} ({pool.scope})")
+    for h in pool.hosts:
+        table.add_row(h.host, Text(h.state, style="green" if h.state == "active" else "red"),
+                      h.detail or "")
+    console.print(table)
     return 0
 
 
@@ -135,7 +151,9 @@ def pools_table(pools: Sequence[PoolRecord]) -> Table:
                   "volumes", "path", title="Storage pools")
     for p in pools:
         style = "green" if p.state == "active" else "yellow"
-        table.add_row(p.name, p.host, p.type, Text(p.state, style=style),
+        seen = sum(1 for h in p.hosts if h.state == "active")
+        host = p.host if p.scope == "local" else f"shared ({seen} of {len(p.hosts)} hosts)"
+        table.add_row(p.name, host, p.type, Text(p.state, style=style),
                       "on" if p.autostart else "off", format_size(p.capacity),
                       format_size(p.available), str(p.volume_count), p.path)
     return table
@@ -159,7 +177,11 @@ def add_commands(nouns: Any) -> None:
     sp = verb(pool, "create", pool_create, "define, build, start and autostart a pool",
               write=True)
     sp.add_argument("name")
-    sp.add_argument("--host", required=True, help="the host the pool is on")
+    sp.add_argument("--host", required=True,
+                    help="the host the pool is on (shared: created from; its cluster shares it)")
+    sp.add_argument("--shared", action="store_true",
+                    help="define and start it on every host of the host's cluster (dir on a "
+                         "path they all share, or netfs)")
     sp.add_argument("--type", choices=["dir", "netfs", "logical"], default="dir")
     sp.add_argument("--path", help="target directory (dir, netfs); /dev/VG for logical")
     sp.add_argument("--source-host", help="NFS server (netfs)")
@@ -180,6 +202,8 @@ def add_commands(nouns: Any) -> None:
     sp.add_argument("name")
     sp.add_argument("state", choices=["on", "off"])
     verb(pool, "list", pool_list, "pools from the inventory", read=True).add_argument("--host")
+    verb(pool, "show", pool_show, "one pool and the hosts that see it",
+         read=True).add_argument("name")
 
     volume = noun(nouns, "volume", "storage volumes")
     sp = verb(volume, "create", volume_create, "create (or clone) a volume", write=True)

@@ -24,7 +24,8 @@ def migration_flags(inp: MigrateDomainInput, live: bool) -> tuple[int, dict[str,
 
     Always peer-to-peer, persisted on the destination and undefined on the source; live for a
     running domain (with the bandwidth cap in MiB/s and the destination's migration URI, when
-    set), offline for a shut-off one; unsafe only when the limits ask for it.
+    set), offline for a shut-off one; unsafe only when the limits ask for it or a disk is on a
+    shared ``dir`` pool (``MoveStorage.unsafe``).
     """
     flags = (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
              | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
@@ -37,7 +38,7 @@ def migration_flags(inp: MigrateDomainInput, live: bool) -> tuple[int, dict[str,
             params[libvirt.VIR_MIGRATE_PARAM_URI] = inp.destination.migration_uri
     else:
         flags |= libvirt.VIR_MIGRATE_OFFLINE
-    if inp.limits.unsafe:
+    if inp.limits.unsafe or inp.storage.unsafe:
         flags |= libvirt.VIR_MIGRATE_UNSAFE
     return flags, params
 

@@ -200,3 +200,14 @@ def refuse_users(hv: Hypervisors, conn: libvirt.virConnect, host: str, target: S
         raise task_error(ErrorType.STORAGE_IN_USE,
                          f"{what} on {host} is used by domain {', '.join(users)}; nothing done",
                          host=host)
+
+
+def refresh_pools(hv: Hypervisors, host: HostRef, names: Sequence[str]) -> None:
+    """Refresh the active pools ``names`` on ``host`` (blocking), so that its libvirt knows the
+    volumes another host of a shared pool made; a pool absent or inactive there is left as it
+    is (the move then fails with libvirt's reason). Errors: as typed by ``Hypervisors.call``."""
+    with hv.call("refresh shared pools on", host.uri, host.name) as conn:
+        for name in names:
+            pool = lookup_pool(conn, name)
+            if pool is not None and pool.isActive():
+                pool.refresh(0)

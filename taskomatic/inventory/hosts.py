@@ -24,14 +24,16 @@ from taskomatic.models import (
 from taskomatic.states import TRANSITIONS, HostState, HostTransition, check_transition
 from taskomatic.uris import canonical_uri, uri_driver
 
-# The one host-load query: each host with its capacity, what its VMs use and what the
-# reservations of tasks still placing VMs there hold.
+# The one host-load query: each host with its capacity, what its VMs use, what the
+# reservations of tasks still placing VMs there hold, and the pools it sees.
 _HOST_LOAD = f"""
     SELECT h.name, h.uri, h.state, h.state_reason, h.migration_uri, h.hypervisor_id,
            {CAPACITY_COLUMNS},
            c.name AS cluster, c.hypervisor_type, h.cpu_model, h.cpus, h.physical_memory_mib,
            v.vcpus AS used_vcpus, v.memory_mib AS used_memory_mib, v.n AS vm_count,
-           r.vcpus AS reserved_vcpus, r.memory_mib AS reserved_memory_mib
+           r.vcpus AS reserved_vcpus, r.memory_mib AS reserved_memory_mib,
+           ARRAY(SELECT p.name FROM pool_hosts ph JOIN storage_pools p ON p.id = ph.pool_id
+                 WHERE ph.host_id = h.id AND ph.state = 'active' ORDER BY p.name) AS pools
     FROM hosts h JOIN clusters c ON c.id = h.cluster_id
     CROSS JOIN LATERAL (
         SELECT COALESCE(SUM(vcpus), 0)::bigint AS vcpus,

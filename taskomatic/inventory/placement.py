@@ -64,7 +64,8 @@ def loads(cur: Any, hosts: Iterable[HostRecord], *, with_groups: bool
     """The hosts as placement sees them; ``with_groups``: with the affinity groups that have a
     member on each (read only when the placement has a group)."""
     groups = host_groups(cur) if with_groups else {}
-    return [placement.HostLoad.of(h, groups=groups.get(h.name, frozenset())) for h in hosts]
+    return [placement.HostLoad.of(h, frozenset(h.pools), groups=groups.get(h.name, frozenset()))
+            for h in hosts]
 
 
 def place(cur: Any, request: placement.PlacementRequest) -> tuple[int, HostRecord]:

@@ -14,29 +14,29 @@ from psycopg2.extras import Json
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.db import Database
 from taskomatic.models import (
-    AttachedDisk,
     CreatePoolRequest,
-    DiskPlan,
     HostState,
-    PlanDisksInput,
-    PlannedDisk,
+    PoolPeers,
     PoolPlacement,
     PoolRecord,
+    PoolRef,
     PoolScan,
     PoolType,
-    RecordVmDisksInput,
-    VmDisks,
+    RecordPoolHostInput,
     VolumeInfo,
     VolumePlacement,
     VolumeRecord,
     check_pool_path,
-    owned_volume_name,
 )
 
 _POOLS = """
     SELECT p.name, h.name AS host, h.uri AS host_uri, p.type, p.path, p.state, p.autostart,
-           p.capacity, p.allocation, p.available,
-           (SELECT count(*) FROM storage_volumes v WHERE v.pool_id = p.id) AS volume_count
+           p.capacity, p.allocation, p.available, p.scope, p.uuid::text AS uuid, p.source,
+           (SELECT count(*) FROM storage_volumes v WHERE v.pool_id = p.id) AS volume_count,
+           COALESCE((SELECT json_agg(json_build_object('host', sh.name, 'state', ph.state,
+                                                       'detail', ph.detail) ORDER BY sh.name)
+                     FROM pool_hosts ph JOIN hosts sh ON sh.id = ph.host_id
+                     WHERE ph.pool_id = p.id), '[]') AS hosts
     FROM storage_pools p JOIN hosts h ON h.id = p.host_id
 """
 _VOLUMES = """
@@ -62,9 +62,13 @@ def _volume(row: dict[str, Any]) -> VolumePlacement:
 
 
 def list_pools(db: Database, host: str | None = None) -> list[PoolRecord]:
+    """Every pool, or those ``host`` has: its local pools and the shared pools it sees or
+    failed to see (``pool_hosts``)."""
     with db.transaction() as cur:
-        cur.execute(_POOLS + " WHERE %(host)s::text IS NULL OR h.name = %(host)s ORDER BY p.name",
-                    {"host": host})
+        cur.execute(_POOLS + " WHERE %(host)s::text IS NULL OR h.name = %(host)s"
+                    " OR EXISTS (SELECT 1 FROM pool_hosts ph JOIN hosts sh"
+                    "  ON sh.id = ph.host_id WHERE ph.pool_id = p.id AND sh.name = %(host)s)"
+                    " ORDER BY p.name", {"host": host})
         return [_pool(row).pool for row in cur.fetchall()]
 
 
@@ -98,10 +102,11 @@ def reserve_pool(db: Database, task_id: str, req: CreatePoolRequest, roots: list
         with db.transaction() as cur:
             host = _refuse_pool(cur, req, roots, task_id)
             cur.execute(
-                "INSERT INTO storage_pools (name, host_id, type, path, source, task_id)"
-                " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO storage_pools (name, host_id, type, path, source, task_id, scope)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
                 (req.name, host["id"], req.type.value, req.path,
-                 Json(req.source.model_dump(mode="json")), task_id))
+                 Json(req.source.model_dump(mode="json")), task_id,
+                 "shared" if req.shared else "local"))
             # A concurrent create of the same name may have committed first: checked again.
             _refuse_pool(cur, req, roots, task_id)
     except psycopg2.errors.UniqueViolation as err:
@@ -152,21 +157,24 @@ def release_pool(db: Database, task_id: str) -> bool:
         return bool(cur.rowcount)
 
 
-def record_pool(db: Database, scan: PoolScan) -> PoolRecord:
-    """Record what libvirt reports of a pool; an active pool's volume list is reconciled
-    (volumes gone from libvirt are forgotten unless a VM still has them attached)."""
+def record_pool(db: Database, scan: PoolScan, uuid: str | None = None) -> PoolRecord:
+    """Record what libvirt reports of a pool (and its ``uuid`` when given); an active pool's
+    volume list is reconciled (volumes gone from libvirt are forgotten unless a VM still has
+    them attached), and its host is recorded as seeing it or not (``pool_hosts``)."""
     with db.transaction() as cur:
         cur.execute(
             "UPDATE storage_pools SET state = %s, autostart = %s, capacity = %s, allocation = %s,"
-            " available = %s, task_id = NULL, updated_at = now() WHERE name = %s RETURNING id",
+            " available = %s, task_id = NULL, uuid = COALESCE(%s::uuid, uuid),"
+            " updated_at = now() WHERE name = %s RETURNING id",
             ("active" if scan.active else "inactive", bool(scan.autostart), scan.capacity,
-             scan.allocation, scan.available, scan.name))
+             scan.allocation, scan.available, uuid, scan.name))
         row = cur.fetchone()
         if row is None:
             raise task_error(ErrorType.UNKNOWN_POOL, f"no pool named {scan.name!r}", field="name")
+        set_pool_host(cur, row["id"], scan.host, "active" if scan.active else "inactive")
         if scan.active:
             for vol in scan.volumes:
-                _upsert_volume(cur, row["id"], vol, None)
+                upsert_volume(cur, row["id"], vol, None)
             cur.execute("DELETE FROM storage_volumes v WHERE pool_id = %s"
                         " AND NOT (name = ANY(%s))"
                         " AND NOT EXISTS (SELECT 1 FROM vm_disks d WHERE d.volume_id = v.id)",
@@ -174,6 +182,55 @@ def record_pool(db: Database, scan: PoolScan) -> PoolRecord:
     found = get_pool(db, scan.name)
     assert found is not None
     return found.pool
+
+
+def set_pool_host(cur: Any, pool_id: int, host: str, state: str, detail: str | None = None
+                  ) -> None:
+    """Record in ``pool_hosts`` whether ``host`` sees the pool: ``active`` (started there; what
+    placement counts), ``inactive`` or ``failed`` (with ``detail``: why)."""
+    cur.execute("INSERT INTO pool_hosts (pool_id, host_id, state, detail)"
+                " SELECT %(pool)s, id, %(state)s, %(detail)s FROM hosts WHERE name = %(host)s"
+                " ON CONFLICT (pool_id, host_id) DO UPDATE SET state = EXCLUDED.state,"
+                " detail = EXCLUDED.detail, updated_at = now()",
+                {"pool": pool_id, "host": host, "state": state, "detail": detail})
+
+
+def record_pool_host(db: Database, inp: RecordPoolHostInput) -> PoolRecord:
+    """Record whether ``inp.host`` sees pool ``inp.pool`` (``set_pool_host``); the pool."""
+    with db.transaction() as cur:
+        cur.execute("SELECT id FROM storage_pools WHERE name = %s", (inp.pool,))
+        row = cur.fetchone()
+        if row is None:
+            raise task_error(ErrorType.UNKNOWN_POOL, f"no pool named {inp.pool!r}", field="name")
+        set_pool_host(cur, row["id"], inp.host, inp.state, inp.detail)
+    found = get_pool(db, inp.pool)
+    assert found is not None
+    return found.pool
+
+
+def pool_peers(db: Database, name: str) -> PoolPeers:
+    """The hosts a shared pool belongs on besides the host it was created from: every host in
+    service (``up``) of that host's cluster. A local pool has none."""
+    with db.transaction() as cur:
+        cur.execute("SELECT h.name AS host, h.uri FROM storage_pools p JOIN hosts home"
+                    " ON home.id = p.host_id JOIN hosts h ON h.id <> home.id"
+                    " WHERE p.name = %s AND p.scope = 'shared' AND h.state = 'up'"
+                    " AND h.cluster_id = home.cluster_id"
+                    " ORDER BY h.name", (name,))
+        return PoolPeers(pool=name, hosts=[PoolRef(host=r["host"], uri=r["uri"], name=name)
+                                           for r in cur.fetchall()])
+
+
+def pools_to_share(db: Database, host: str) -> list[str]:
+    """The shared pools of ``host``'s cluster it does not see (active) yet: a host that joined
+    since they were created, or where they failed."""
+    with db.transaction() as cur:
+        cur.execute("SELECT p.name FROM storage_pools p JOIN hosts home ON home.id = p.host_id"
+                    " JOIN hosts h ON h.cluster_id = home.cluster_id AND h.name = %s"
+                    " WHERE p.scope = 'shared' AND p.state <> 'creating' AND NOT EXISTS"
+                    " (SELECT 1 FROM pool_hosts ph WHERE ph.pool_id = p.id AND ph.host_id = h.id"
+                    "  AND ph.state = 'active') ORDER BY p.name", (host,))
+        return [r["name"] for r in cur.fetchall()]
 
 
 def set_pool_autostart(db: Database, name: str, autostart: bool) -> bool:
@@ -258,11 +315,11 @@ def record_volume(db: Database, pool: str, vol: VolumeInfo, owner_vm: str | None
         row = cur.fetchone()
         if row is None:
             raise task_error(ErrorType.UNKNOWN_POOL, f"no pool named {pool!r}", field="pool")
-        _upsert_volume(cur, row["id"], vol, owner_vm)
+        upsert_volume(cur, row["id"], vol, owner_vm)
     return require_volume(db, pool, vol.name).volume
 
 
-def _upsert_volume(cur: Any, pool_id: int, vol: VolumeInfo, owner_vm: str | None) -> None:
+def upsert_volume(cur: Any, pool_id: int, vol: VolumeInfo, owner_vm: str | None) -> None:
     cur.execute(
         "INSERT INTO storage_volumes (pool_id, name, format, capacity, allocation, path, owner_vm)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (pool_id, name) DO UPDATE SET"
@@ -281,117 +338,3 @@ def remove_volume(db: Database, pool: str, name: str) -> bool:
     except psycopg2.errors.ForeignKeyViolation as err:
         raise task_error(ErrorType.STORAGE_IN_USE, f"volume {pool}/{name} is attached to a VM",
                          field="name") from err
-
-
-# --- the disks of VMs ------------------------------------------------------------------------
-
-
-def plan_disks(db: Database, inp: PlanDisksInput) -> DiskPlan:
-    """Check a new VM's disks and find the one host all their pools are on."""
-    planned: list[PlannedDisk] = []
-    hosts: set[str] = set()
-    for i, disk in enumerate(inp.disks):
-        field = f"disks.{i}"
-        target = f"vd{chr(ord('a') + i)}"
-        if disk.volume is not None:
-            pool_name, _, volume = disk.volume.partition("/")
-            placed = require_pool(db, pool_name, field=f"{field}.volume")
-            found = require_volume(db, pool_name, volume, field=f"{field}.volume").volume
-            if found.used_by:
-                raise task_error(ErrorType.STORAGE_IN_USE, f"volume {disk.volume} is attached to"
-                                 f" VM {found.used_by!r}", field=f"{field}.volume", vm=inp.vm)
-            fmt, capacity = found.format, None
-        else:
-            pool_name = str(disk.pool)
-            placed = require_pool(db, pool_name, field=f"{field}.pool")
-            try:
-                volume = owned_volume_name(inp.vm, i, disk.format)
-            except ValueError as err:
-                raise task_error(ErrorType.INVALID_REQUEST, f"the VM's volume name {err}",
-                                 field="name", vm=inp.vm) from None
-            if get_volume(db, pool_name, volume) is not None:
-                raise task_error(ErrorType.DUPLICATE_VOLUME, f"volume {pool_name}/{volume} "
-                                 "already exists", field=f"{field}.pool", vm=inp.vm)
-            fmt, capacity = disk.format, disk.size
-        if placed.pool.state != "active":
-            raise task_error(ErrorType.INVALID_OPERATION, f"pool {pool_name!r} is not active",
-                             field=field, vm=inp.vm)
-        hosts.add(placed.pool.host)
-        planned.append(PlannedDisk(pool=pool_name, volume=volume, format=fmt,
-                                   target=target, capacity=capacity, host=placed.pool.host,
-                                   host_uri=placed.host_uri))
-    if len(hosts) > 1:
-        raise task_error(ErrorType.INVALID_REQUEST, "the disks' pools are on different hosts "
-                         f"({', '.join(sorted(hosts))}); a VM's disks must share its host",
-                         field="disks", vm=inp.vm)
-    host = hosts.pop() if hosts else None
-    if host and inp.host and host != inp.host:
-        raise task_error(ErrorType.INVALID_REQUEST, f"the disks' pools are on {host}, not on "
-                         f"{inp.host}", field="host", vm=inp.vm)
-    return DiskPlan(vm=inp.vm, host=host, disks=planned)
-
-
-def record_vm_disks(db: Database, inp: RecordVmDisksInput) -> VmDisks:
-    """Record the volumes a create made (owned by the VM) and every attachment; idempotent."""
-    try:
-        with db.transaction() as cur:
-            cur.execute("SELECT id FROM vms WHERE name = %s", (inp.vm,))
-            vm = cur.fetchone()
-            if vm is None:
-                raise task_error(ErrorType.UNKNOWN_VM, f"no VM named {inp.vm!r}", vm=inp.vm)
-            created = {v.name: v for v in inp.created}
-            for disk in inp.disks:
-                cur.execute("SELECT id FROM storage_pools WHERE name = %s", (disk.pool,))
-                pool = cur.fetchone()
-                if pool is None:
-                    raise task_error(ErrorType.UNKNOWN_POOL, f"no pool named {disk.pool!r}",
-                                     field="disks", vm=inp.vm)
-                if disk.volume in created:
-                    _upsert_volume(cur, pool["id"], created[disk.volume], inp.vm)
-                cur.execute(
-                    "INSERT INTO vm_disks (vm_id, volume_id, target)"
-                    " SELECT %s, id, %s FROM storage_volumes WHERE pool_id = %s AND name = %s"
-                    " ON CONFLICT (vm_id, target) DO NOTHING",
-                    (vm["id"], disk.target, pool["id"], disk.volume))
-    except psycopg2.errors.UniqueViolation as err:
-        raise task_error(ErrorType.STORAGE_IN_USE, "a volume is already attached to another VM",
-                         field="disks", vm=inp.vm) from err
-    return vm_disks(db, inp.vm)
-
-
-def vm_disks(db: Database, vm: str) -> VmDisks:
-    with db.transaction() as cur:
-        cur.execute("SELECT p.name AS pool, v.name AS volume, d.target,"
-                    " v.owner_vm IS NOT DISTINCT FROM vm.name AS owned, h.name AS host,"
-                    " h.uri AS host_uri"
-                    " FROM vm_disks d JOIN vms vm ON vm.id = d.vm_id"
-                    " JOIN storage_volumes v ON v.id = d.volume_id"
-                    " JOIN storage_pools p ON p.id = v.pool_id JOIN hosts h ON h.id = p.host_id"
-                    " WHERE vm.name = %s ORDER BY d.target", (vm,))
-        return VmDisks(vm=vm, disks=[AttachedDisk.model_validate(r) for r in cur.fetchall()])
-
-
-def release_vm_volumes(db: Database, vm: str, keep: bool) -> int:
-    """After a VM is gone: forget the volumes it owned (deleted), or keep them ownerless."""
-    with db.transaction() as cur:
-        if keep:
-            cur.execute("UPDATE storage_volumes SET owner_vm = NULL, updated_at = now()"
-                        " WHERE owner_vm = %s", (vm,))
-        else:
-            cur.execute("DELETE FROM storage_volumes v WHERE owner_vm = %s"
-                        " AND NOT EXISTS (SELECT 1 FROM vm_disks d WHERE d.volume_id = v.id)",
-                        (vm,))
-        return int(cur.rowcount)
-
-
-def unrecord_vm(db: Database, vm: str, uuid: str) -> bool:
-    """Undo of recording a VM with disks: drop its row (and attachments) if it is still the VM
-    of that UUID; another VM of the same name is left alone."""
-    with db.transaction() as cur:
-        cur.execute("SELECT host_id FROM vms WHERE name = %s AND uuid = %s", (vm, uuid))
-        row = cur.fetchone()
-        if row is None:
-            return False
-        cur.execute("SELECT 1 FROM hosts WHERE id = %s FOR UPDATE", (row["host_id"],))
-        cur.execute("DELETE FROM vms WHERE name = %s AND uuid = %s", (vm, uuid))
-        return bool(cur.rowcount)

@@ -17,6 +17,7 @@ from taskomatic import placement
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.clusters import lock_group, placement_policy
 from taskomatic.inventory.db import Database
+from taskomatic.inventory.disks import refuse_unreachable_storage, storage_reach
 from taskomatic.inventory.placement import place
 from taskomatic.models import (
     RecordVmInput,
@@ -204,7 +205,9 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
     ``HostNotAvailable``, ``NoCapacity``) propagate. Idempotent: a task that
     already holds a reservation gets it back unchanged. ``moving`` reserves room for an existing
     VM about to move there (a migration), so its name is expected to exist; otherwise a taken
-    name is ``DuplicateVm``.
+    name is ``DuplicateVm``. A moving VM goes only to a host that sees every pool its disks are
+    in (placement's ``sees_pools``); ``disks.refuse_unreachable_storage`` says why not
+    (``NotMigratable``) when no other host, or not the pinned one, sees them.
     """
     try:
         with db.transaction() as cur:
@@ -218,13 +221,17 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
             policy = placement_policy(cur, cluster=inp.cluster,
                                       vm=inp.vm_name if moving else None, host=inp.host)
             cluster = policy["name"] if policy else None
+            reach = storage_reach(cur, [inp.vm_name]).get(inp.vm_name) if moving else None
+            if reach is not None:  # a VM moves only to a host that sees its disks' pools
+                refuse_unreachable_storage(cur, reach, inp.host, inp.host_field)
             request = placement.PlacementRequest(
                 vm=inp.vm_name, vcpus=inp.vcpus, memory_mib=inp.memory_mib, host=inp.host,
                 exclude=tuple(inp.exclude), field=inp.host_field, cluster=cluster,
                 hypervisor_type=policy["hypervisor_type"] if policy else None,
                 weigher=policy["weigher"] if policy else "spread",
                 group=group["name"] if group else None,
-                group_policy=group["policy"] if group else "anti-affinity")
+                group_policy=group["policy"] if group else "anti-affinity",
+                pools=reach.names if reach else frozenset(inp.pools))
             host_id, chosen = place(cur, request)
             cur.execute(
                 "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib,"

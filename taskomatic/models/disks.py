@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
 from taskomatic.models.base import Model, Name, VolumeFormat, VolumePath, check_volume_name
@@ -56,8 +58,18 @@ class PlannedDisk(Model):
 
 class DiskPlan(Model):
     vm: str
-    host: str | None = Field(None, description="the host every disk's pool is on")
+    host: str | None = Field(None, description="the one host that sees every disk's pool "
+                                               "(None: several do, or no disks)")
     disks: list[PlannedDisk] = Field(default_factory=list)
+    pools: list[str] = Field(default_factory=list, description="the pools of the disks")
+
+    def on(self, host: str, uri: str) -> DiskPlan:
+        """This plan with the disks of shared pools (no single host) made on ``host``: a
+        volume of a shared pool is created through the host the VM goes to."""
+        if self.host is not None:
+            return self
+        disks = [d.model_copy(update={"host": host, "host_uri": uri}) for d in self.disks]
+        return self.model_copy(update={"disks": disks})
 
     @property
     def detail(self) -> str:
@@ -113,3 +125,57 @@ class VmDisks(Model):
     def detail(self) -> str:
         owned = sum(1 for d in self.disks if d.owned)
         return f"{len(self.disks)} disk(s), {owned} owned" if self.disks else "no disks"
+
+
+class PoolSight(Model):
+    """A pool a VM's disks are in, and the hosts that see it (``pool_hosts``: started there)."""
+
+    pool: str
+    scope: Literal["local", "shared"]
+    hosts: list[str] = Field(default_factory=list)
+
+    @property
+    def where(self) -> str:
+        """``local to h1``, ``shared, seen by h1, h2`` or ``seen by no host``."""
+        if not self.hosts:
+            return "seen by no host"
+        listed = ", ".join(self.hosts)
+        return f"local to {listed}" if self.scope == "local" else f"shared, seen by {listed}"
+
+
+class StorageReach(Model):
+    """Where a VM's storage lets it go: the VM, the host it is on, and every pool its disks
+    are in. A VM without disks goes anywhere."""
+
+    vm: str
+    host: str
+    pools: list[PoolSight] = Field(default_factory=list)
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The pools the VM's disks are in (placement's ``pools``)."""
+        return frozenset(p.pool for p in self.pools)
+
+    def unseen_by(self, host: str) -> str | None:
+        """Why the VM cannot go to ``host`` for its storage (``h2 does not see pool 'images'
+        (local to h1)``), or None when ``host`` sees all its pools."""
+        missing = [p for p in self.pools if host not in p.hosts]
+        if not missing:
+            return None
+        return f"{host} does not see {self._listed(missing)}"
+
+    def not_movable(self) -> str | None:
+        """Why the VM cannot leave its host for its storage: None when another host sees every
+        pool its disks are in (or it has none)."""
+        seeing = set.intersection(*(set(p.hosts) for p in self.pools)) if self.pools else {""}
+        if seeing - {self.host}:
+            return None
+        together = "" if len(self.pools) == 1 else " together"
+        return (f"not movable: its disks are in {self._listed(self.pools)}, which no other "
+                f"host sees{together}")
+
+    @staticmethod
+    def _listed(pools: list[PoolSight]) -> str:
+        if len(pools) == 1:
+            return f"pool {pools[0].pool!r} ({pools[0].where})"
+        return "pools " + ", ".join(f"{p.pool!r} ({p.where})" for p in pools)

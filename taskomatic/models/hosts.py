@@ -56,6 +56,9 @@ class HostRecord(Model):
     reserved_vcpus: int = 0
     reserved_memory_mib: int = 0
     vm_count: int = 0
+    pools: list[str] = Field(
+        default_factory=list, description="the storage pools this host sees (started there, "
+                                          "``pool_hosts``), by name")
 
 
 class ClearHostRequest(TaskRequest):

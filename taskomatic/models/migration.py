@@ -48,12 +48,23 @@ class HostRef(Model):
     migration_uri: str | None = None
 
 
+class MoveStorage(Model):
+    """What a move needs to know of the VM's disks: the shared pools they are in, refreshed on
+    the destination before the move so its libvirt knows the volumes; ``unsafe`` when one is a
+    ``dir`` pool, whose sharing libvirt cannot detect (the move then passes
+    ``VIR_MIGRATE_UNSAFE``: the cluster shares the path, as the pool's creator declared)."""
+
+    shared_pools: list[str] = Field(default_factory=list)
+    unsafe: bool = False
+
+
 class MigrateDomainInput(Model):
     name: str
     source: HostRef
     destination: HostRef
     limits: MigrationLimits
     save_dir: str | None = Field(None, description="cold moves: the worker's setting if unset")
+    storage: MoveStorage = Field(default_factory=MoveStorage)
 
 
 class MigrationReport(Model):
@@ -70,6 +81,7 @@ class MoveReservation(Reservation):
     """Room reserved on a migration's destination, with how to reach it."""
 
     migration_uri: str | None = None
+    storage: MoveStorage = Field(default_factory=MoveStorage)
 
     def ref(self) -> HostRef:
         return HostRef(name=self.host, uri=self.host_uri, migration_uri=self.migration_uri)

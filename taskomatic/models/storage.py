@@ -92,6 +92,9 @@ class CreatePoolRequest(TaskRequest):
     source: PoolSource = Field(default_factory=PoolSource)
     build: bool = Field(True, description="create the backing storage (mkdir, vgcreate)")
     autostart: bool = True
+    shared: bool = Field(False, description="shared by the cluster of ``host``: defined and "
+                                            "started on each of its hosts (dir on a path they "
+                                            "all share, or netfs), not on ``host`` alone")
 
     @model_validator(mode="after")
     def _fits_type(self) -> CreatePoolRequest:
@@ -114,6 +117,9 @@ class CreatePoolRequest(TaskRequest):
             raise ValueError(f"source: devices and name are for logical pools, not {self.type}")
         if self.type is not PoolType.NETFS and (src.host or src.dir):
             raise ValueError(f"source: host and dir are for netfs pools, not {self.type}")
+        if self.shared and self.type is PoolType.LOGICAL:
+            raise ValueError("shared: a shared pool is dir (on a path every host shares) or "
+                             "netfs, not logical")
         return self
 
     def resources(self) -> list[str]:
@@ -241,9 +247,22 @@ class VolumeReport(Model):
 # --- inventory -------------------------------------------------------------------------------
 
 
+PoolHostState = Literal["active", "inactive", "failed"]
+
+
+class PoolHost(Model):
+    """A host that has (or should have) a pool: ``active`` (started there: placement counts it
+    as seen), ``inactive``, or ``failed`` (it could not be defined or started; ``detail``)."""
+
+    host: str
+    state: PoolHostState
+    detail: str | None = None
+
+
 class PoolRecord(Model):
     name: str
-    host: str
+    host: str = Field(description="the pool's host; for a shared pool the one it was created "
+                                  "from")
     type: PoolType
     path: str
     state: Literal["creating", "active", "inactive"]
@@ -252,6 +271,10 @@ class PoolRecord(Model):
     allocation: int | None = None
     available: int | None = None
     volume_count: int = 0
+    scope: Literal["local", "shared"] = "local"
+    hosts: list[PoolHost] = Field(default_factory=list, description="the hosts that see it")
+    uuid: str | None = Field(None, description="its libvirt UUID, the same on every host")
+    source: PoolSource = Field(default_factory=PoolSource)
 
     @property
     def detail(self) -> str:
@@ -319,6 +342,7 @@ class VolumeNameInput(Model):
 
 class RecordPoolInput(Model):
     scan: PoolScan
+    uuid: str | None = Field(None, description="the libvirt UUID its create gave the pool")
 
 
 class RecordVolumeInput(Model):
@@ -348,3 +372,21 @@ class StorageTaskResult(Model):
         where = f" on {self.host}" if self.host else ""
         return f"{self.kind} {what}{where}: {self.state or 'gone'} ({'; '.join(self.notes)})"
 
+
+
+class PoolPeers(Model):
+    """The other hosts a shared pool belongs on (its cluster's, in service), as pool refs."""
+
+    pool: str
+    hosts: list[PoolRef] = Field(default_factory=list)
+
+    @property
+    def detail(self) -> str:
+        return f"{len(self.hosts)} other host(s)"
+
+
+class RecordPoolHostInput(Model):
+    pool: str
+    host: str
+    state: PoolHostState
+    detail: str | None = None

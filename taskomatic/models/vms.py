@@ -130,6 +130,8 @@ class ReserveCapacityInput(Model):
                                                   " stays in its source's cluster)")
     group: str | None = Field(None, description="the VM's affinity group (a move: its own)")
     group_policy: GroupPolicy | None = None
+    pools: list[str] = Field(default_factory=list, description="a new VM's disks' pools: only "
+                                                               "a host that sees them all")
 
 
 class Reservation(Model):
