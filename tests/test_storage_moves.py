@@ -55,7 +55,7 @@ def test_pools_recorded_before_0007_are_seen_by_their_host(scratch_database_url:
             cur.execute("INSERT INTO storage_pools (name, host_id, type, path, state) SELECT"
                         " %s, id, 'dir', %s, %s FROM hosts", (name, f"/p/{name}", state))
     conn.close()
-    assert upgrade(scratch_database_url) == ["0006_clusters.sql", "0007_pool_hosts.sql"]
+    assert upgrade(scratch_database_url)[:2] == ["0006_clusters.sql", "0007_pool_hosts.sql"]
     db = Database(scratch_database_url)
     try:
         pools = {p.name: p for p in inventory.list_pools(db)}
