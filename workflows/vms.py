@@ -40,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows.cancels import CANCEL_HEARTBEAT
 from workflows.disks import DISKS_PATCH, DiskSteps, disk_specs
-from workflows.migration import Mover
+from workflows.move_steps import Mover
 from workflows.runbook import DATABASE, HYPERVISOR, ActivityOptions, Runbook, Undo
 from workflows.vm_steps import VmSteps
 
