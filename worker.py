@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import py_compile
 import signal
 import sys
 from collections.abc import Sequence
@@ -95,6 +96,26 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
         "workflows.cancels", "workflows.move_steps"))
 
 
+def write_workflow_bytecode(workflows: Sequence[type]) -> list[str]:
+    """Write the bytecode (``__pycache__``) of the modules that define ``workflows``; returns
+    the source files written for. The sandbox imports a workflow's module afresh into every
+    workflow run: without bytecode (``PYTHONDONTWRITEBYTECODE``, which the image and this
+    project's machines set) every run compiles it from source again (measured: ~5 ms of CPU
+    per VM task for ``workflows/vms.py``). ``py_compile`` writes it whatever that setting says;
+    a module it cannot write for (read-only tree) keeps compiling, as before."""
+    written = []
+    for name in sorted({wf.__module__ for wf in workflows}):
+        path = getattr(sys.modules.get(name), "__file__", None)
+        if not path or not path.endswith(".py"):
+            continue
+        try:
+            py_compile.compile(path, doraise=True)
+            written.append(path)
+        except (OSError, py_compile.PyCompileError) as err:
+            get_logger().info("workflow bytecode not written", module=name, error=str(err))
+    return written
+
+
 def drain_time(settings: Settings) -> timedelta:
     """How long a stopping worker lets its running activities finish."""
     return timedelta(seconds=settings.worker_drain_seconds)
@@ -102,6 +123,7 @@ def drain_time(settings: Settings) -> timedelta:
 
 def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
                  executor: ThreadPoolExecutor) -> Worker:
+    write_workflow_bytecode(TASK_WORKFLOWS)
     return Worker(
         client,
         task_queue=settings.task_queue,
