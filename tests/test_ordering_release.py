@@ -1,7 +1,7 @@
 """A task's last inventory step releases the task's claims in its own transaction
 (``inventory.ordering.finishing``, the ``release_task`` of the VM finalize steps): against the
 session's real database. The workflow side (the patch, the wake signal from the workflow) is in
-the recorded histories (``tests/histories/*.i16-lean-steps.json``) and the ordering
+the recorded histories (``tests/histories/*.i16-release-with-last-step.json``) and the ordering
 tests."""
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
         VolumeSpec,
     )
 
-from workflows.runbook import DATABASE, INVENTORY, Runbook, Undo
+from workflows.runbook import DATABASE, Runbook, Undo
 
 DISKS_PATCH = "vm-disks"
 Storage = StorageActivities
@@ -85,7 +85,7 @@ class DiskSteps:
     async def lookup(self, vm: str) -> VmDisks:
         """The VM's disks as recorded, each marked whether the VM owns its volume."""
         disks: VmDisks = await self._task.step("look up disks", Disks.lookup_vm_disks,
-                                               VmNameInput(vm=vm), options=INVENTORY)
+                                               VmNameInput(vm=vm), options=DATABASE)
         return disks
 
     async def delete_owned_volumes(self, disks: VmDisks) -> list[str]:

@@ -55,12 +55,10 @@ _WATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
                            maximum_interval=timedelta(seconds=30))
 
 
-# Tasks started with this patch take fewer round trips: they release their claims in the
-# transaction of their last inventory step when they have one (``InLine.releasing``: one
-# activity, one commit and the ordering queue's round trip fewer per task), and run the VM tasks'
-# short inventory steps as local activities (``ActivityOptions.local``). Histories recorded
-# before it replay with the release step and the activities as they were.
-LEAN_STEPS = "i16-lean-steps"
+# Tasks started with this patch release their claims in the transaction of their last inventory
+# step when they have one (``InLine.releasing``): one activity, one commit and the ordering
+# queue's round trip fewer per task. Histories recorded before it replay with the release step.
+RELEASE_WITH_LAST_STEP = "i16-release-with-last-step"
 
 # Memo key set by the starter when it could grant a task's resources at submission.
 GRANTED_AT_SUBMIT = "granted_at_submit"
@@ -196,9 +194,9 @@ class InLine:
     def releasing(self) -> str | None:
         """For the input (``release_task``) of the task's last step, an inventory step: this
         task's id when that step is to release all its claims in its own transaction; None when
-        the task holds none, or for a run from before ``LEAN_STEPS`` (it releases them in a
-        step of its own at its end, ``release``)."""
-        if not self._claimed or not workflow.patched(LEAN_STEPS):
+        the task holds none, or for a run from before ``RELEASE_WITH_LAST_STEP`` (it releases
+        them in a step of its own at its end, ``release``)."""
+        if not self._claimed or not workflow.patched(RELEASE_WITH_LAST_STEP):
             return None
         return workflow.info().workflow_id
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -61,7 +61,7 @@ with workflow.unsafe.imports_passed_through():
     from taskomatic.temporal import TASK_HOST
 
 from workflows.cancels import CANCEL_PATCH, Interrupted, settle, together
-from workflows.ordering import LEAN_STEPS, InLine, ordering_queue
+from workflows.ordering import InLine, ordering_queue
 
 # Histories recorded before tasks waited for prerequisites and resources replay without it.
 ORDERING_PATCH = "ordering-1"
@@ -79,10 +79,6 @@ class ActivityOptions:
     # A cancel of the task reaches the activity (at its next heartbeat) and is awaited until it
     # has ended, so no undo runs beside it (CANCEL_PATCH; before it, the SDK's try-cancel).
     cancellation: ActivityCancellationType = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
-    # A local activity (LEAN_STEPS): run by the worker within the workflow task, no round trip
-    # through a task queue. Only for short inventory steps that are idempotent even when a
-    # discarded workflow task makes them run again.
-    local: bool = False
 
 
 # Database steps are short; a lost connection is retried briefly, anything else is final.
@@ -91,8 +87,6 @@ DATABASE = ActivityOptions(
     retry=RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
                       maximum_interval=timedelta(seconds=5), maximum_attempts=8),
 )
-# The VM tasks' inventory steps (look up, reserve, record, remove): as DATABASE, but local.
-INVENTORY = replace(DATABASE, local=True)
 # Hypervisor steps: an unreachable host is retried for ~15 s (6 attempts) before the task gives
 # up and compensates; long enough to ride out a libvirtd restart.
 HYPERVISOR = ActivityOptions(
@@ -254,14 +248,12 @@ class Runbook(InLine):
             if undo_once_done is not None and record.state == StepState.DONE:
                 self.undo.add(undo_once_done)
             raise asyncio.CancelledError() from None
-        except (ActivityError, ApplicationError, CancelledError) as err:
-            # A local activity's failure reaches the workflow as its own error, unwrapped.
-            cause = (err.cause or err) if isinstance(err, ActivityError) else err
-            if isinstance(cause, CancelledError):
+        except ActivityError as err:
+            if isinstance(err.cause, CancelledError):
                 record.state, record.finished_at, record.detail = (
                     StepState.FAILED, workflow.now(), "cancelled")
                 raise asyncio.CancelledError() from err
-            info = error_info(cause)
+            info = error_info(err.cause or err)
             record.state, record.finished_at, record.detail = (StepState.FAILED, workflow.now(),
                                                                info.message)
             self.log("step failed", step=name, error=info.message, error_type=info.type)
@@ -291,15 +283,10 @@ class Runbook(InLine):
                 retry_policy=options.retry, heartbeat_timeout=options.heartbeat,
                 task_queue=queue,
             )
-        if options.local and workflow.patched(LEAN_STEPS):
-            handle = workflow.start_local_activity_method(
-                activity, arg, start_to_close_timeout=options.start_to_close,
-                retry_policy=options.retry, cancellation_type=options.cancellation)
-        else:
-            handle = workflow.start_activity_method(
-                activity, arg, start_to_close_timeout=options.start_to_close,
-                retry_policy=options.retry, heartbeat_timeout=options.heartbeat,
-                task_queue=queue, cancellation_type=options.cancellation)
+        handle = workflow.start_activity_method(
+            activity, arg, start_to_close_timeout=options.start_to_close,
+            retry_policy=options.retry, heartbeat_timeout=options.heartbeat, task_queue=queue,
+            cancellation_type=options.cancellation)
         if await settle(handle, (lambda: None) if shielded else handle.cancel):
             if not shielded:
                 raise Interrupted(handle)

@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
         VmTaskResult,
     )
 
-from workflows.runbook import INVENTORY, Runbook
+from workflows.runbook import DATABASE, Runbook
 
 Inventory = InventoryActivities
 
@@ -37,7 +37,7 @@ class VmSteps:
         self._task.phase("plan")
         self._task.about(vm=name)
         found: VmPlacement = await self._task.step("look up VM", Inventory.lookup_vm,
-                                                   LookupVmInput(name=name), options=INVENTORY)
+                                                   LookupVmInput(name=name), options=DATABASE)
         self._task.on_host(found.vm.host)
         return found, DomainRef(host=found.vm.host, uri=found.host_uri, name=name)
 
@@ -46,7 +46,7 @@ class VmSteps:
         (it releases the task's claims in its transaction)."""
         self._task.phase("finalize")
         await self._task.step("record state", Inventory.set_vm_state,
-                              SetVmStateInput(name=name, state=state), options=INVENTORY,
+                              SetVmStateInput(name=name, state=state), options=DATABASE,
                               last=True)
 
     def result(self, vm: str, host: str | None, state: VmState | None, notes: list[str],

@@ -41,7 +41,7 @@ with workflow.unsafe.imports_passed_through():
 from workflows.cancels import CANCEL_HEARTBEAT
 from workflows.disks import DISKS_PATCH, DiskSteps, disk_specs
 from workflows.move_steps import Mover
-from workflows.runbook import DATABASE, HYPERVISOR, INVENTORY, ActivityOptions, Runbook, Undo
+from workflows.runbook import DATABASE, HYPERVISOR, ActivityOptions, Runbook, Undo
 from workflows.vm_steps import VmSteps
 
 Inventory = InventoryActivities
@@ -78,7 +78,7 @@ class CreateVm(Runbook):
             ReserveCapacityInput(task_id=task_id, vm_name=req.name, vcpus=req.vcpus,
                                  memory_mib=req.memory_mib,
                                  host=plan.host if plan and plan.host else req.host),
-            options=INVENTORY,
+            options=DATABASE,
             undo=Undo("release capacity", Inventory.release_capacity,
                       ReleaseCapacityInput(task_id=task_id), DATABASE))
         self.on_host(res.host)
@@ -103,8 +103,8 @@ class CreateVm(Runbook):
             "record VM", Inventory.record_vm,
             RecordVmInput(task_id=task_id, name=req.name, uuid=spec.uuid, host=res.host,
                           vcpus=req.vcpus, memory_mib=req.memory_mib, state=state),
-            options=INVENTORY, last=not plan,
-            undo=self.disks.unrecord_undo(req.name, spec.uuid) if plan else None)
+            options=DATABASE, undo=self.disks.unrecord_undo(req.name, spec.uuid) if plan else None,
+            last=not plan)
         if plan:
             await self.disks.record(req.name, plan, created)
         return self.vm.result(vm.name, vm.host, vm.state, notes, uuid=vm.uuid)
@@ -203,7 +203,7 @@ class DestroyVm(Runbook):
         owned = bool(disks and any(d.owned for d in disks.disks))
         removed: InventoryResult = await self.step(
             "remove from inventory and release capacity", Inventory.remove_vm,
-            RemoveVmInput(name=req.name), options=INVENTORY, last=not owned)
+            RemoveVmInput(name=req.name), options=DATABASE, last=not owned)
         notes.append(removed.detail)
         if owned:
             notes.append(await self.disks.release_volumes(req.name, keep=req.keep_disks))
