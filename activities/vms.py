@@ -10,6 +10,7 @@ failing; libvirt errors leave as typed errors.
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import libvirt
 from temporalio import activity
@@ -20,6 +21,7 @@ from taskomatic.errors import ErrorType, task_error
 from taskomatic.hypervisor import Hypervisors, lookup, power_state
 from taskomatic.hypervisor.domain_xml import build_domain_xml, shape_of
 from taskomatic.hypervisor.presence import elsewhere_error, sightings
+from taskomatic.inventory import ordering
 from taskomatic.inventory.db import Database
 from taskomatic.logs import get_logger
 from taskomatic.models import (
@@ -30,6 +32,7 @@ from taskomatic.models import (
     HostState,
     InventoryResult,
     LookupVmInput,
+    RecordedVm,
     RecordVmInput,
     ReleaseCapacityInput,
     ReleaseResult,
@@ -38,7 +41,6 @@ from taskomatic.models import (
     ReserveCapacityInput,
     SetVmStateInput,
     VmPlacement,
-    VmRecord,
     VmState,
     WaitShutoffInput,
 )
@@ -255,22 +257,30 @@ class InventoryActivities:
                              vm=inp.name)
         return found
 
+    # The three finalize steps below may be a task's last step: with ``release_task`` they
+    # release that task's claims in their own transaction (``ordering.finishing``) and name
+    # the tasks to wake in their result.
+
     @activity.defn
-    def record_vm(self, inp: RecordVmInput) -> VmRecord:
-        vm = inventory.record_vm(self.db, inp)
+    def record_vm(self, inp: RecordVmInput) -> RecordedVm:
+        vm, woken = ordering.finishing(self.db, inp.release_task,
+                                       partial(inventory.record_vm_in, inp=inp))
         get_logger(vm=vm.name, host=vm.host).info("VM recorded", state=vm.state)
-        return vm
+        return RecordedVm(**vm.model_dump(), woken=woken)
 
     @activity.defn
     def set_vm_state(self, inp: SetVmStateInput) -> InventoryResult:
-        changed = inventory.set_vm_state(self.db, inp.name, inp.state)
+        changed, woken = ordering.finishing(
+            self.db, inp.release_task,
+            partial(inventory.set_vm_state_in, name=inp.name, state=inp.state))
         detail = f"state {inp.state}" if changed else f"state already {inp.state}"
         get_logger(vm=inp.name).info("VM state", detail=detail)
-        return InventoryResult(changed=changed, detail=detail)
+        return InventoryResult(changed=changed, detail=detail, woken=woken)
 
     @activity.defn
     def remove_vm(self, inp: RemoveVmInput) -> InventoryResult:
-        changed = inventory.remove_vm(self.db, inp.name)
+        changed, woken = ordering.finishing(self.db, inp.release_task,
+                                            partial(inventory.remove_vm_in, name=inp.name))
         detail = "removed from inventory" if changed else "already absent from inventory"
         get_logger(vm=inp.name).info(detail)
-        return InventoryResult(changed=changed, detail=detail)
+        return InventoryResult(changed=changed, detail=detail, woken=woken)

@@ -30,14 +30,7 @@ from typing import Any, NoReturn
 from rich.console import Console
 
 from bench.baseline_driver import baseline_chain
-from bench.lifecycle import (
-    ACTIVITIES_PER_VM,
-    STEPS,
-    add_hosts,
-    expected_counts,
-    leftovers,
-    lifecycle_chain,
-)
+from bench.lifecycle import ChainSteps, add_hosts, leftovers, lifecycle_chain
 from bench.probe import (
     ActivityProbe,
     CpuSampler,
@@ -66,6 +59,7 @@ from taskomatic.inventory.db import get_database, with_dbname
 from taskomatic.logs import configure_logging
 from taskomatic.settings import Settings
 from worker import build_ordering_worker
+from workflows.ordering import ordering_queue
 
 DEFAULT_VMS = 200
 QUICK_VMS = 40
@@ -80,7 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--concurrency", type=int, default=50, help="VM chains in flight (default 50)")
     p.add_argument("--hosts", type=int, default=4, help="test-driver hosts (default 4)")
     p.add_argument("--warmup", type=int, default=5,
-                   help="VM chains per side run first and not counted (default 5)")
+                   help="VM chains per side run first and not counted (default 5); "
+                        "taskomatic's tell which activities a chain runs, which the baseline "
+                        "then mirrors and the measured phases are checked against")
     p.add_argument("--unloaded", type=int, default=10,
                    help="VM chains per side run one at a time for unloaded latency (default 10)")
     p.add_argument("--rounds", type=int, default=None,
@@ -107,8 +103,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.rounds = 1 if args.quick else 2
     if min(args.vms, args.concurrency, args.hosts, args.rounds, args.pollers or 1) < 1:
         p.error("--vms, --concurrency, --hosts and --rounds must be >= 1")
-    if min(args.warmup, args.unloaded) < 0 or args.rounds > args.vms:
-        p.error("--warmup and --unloaded must be >= 0, --rounds <= --vms")
+    if args.warmup < 1 or args.unloaded < 0 or args.rounds > args.vms:
+        p.error("--warmup must be >= 1, --unloaded >= 0, --rounds <= --vms")
     return args
 
 
@@ -189,21 +185,30 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
         await stack.enter_async_context(build_ordering_worker(env.client, settings))
         tk = TaskomaticClient(env.client, settings, db)
 
+        # The warm-up's taskomatic chains tell what a chain runs (ChainSteps); the baseline
+        # runs as many hypervisor and inventory steps per task, and every measured phase is
+        # checked against it.
+        err.print(f"warm-up: {args.warmup} VM chains per side (not counted)")
+        acts0, warm = probe.totals(), Recorder()
+        await run_chains(args.warmup, args.warmup, lifecycle_chain(tk, f"{prefix}w"), warm)
+        steps, found = ChainSteps.derive((probe.totals() - acts0).count, args.warmup,
+                                         probe.queues(), ordering_queue(settings.task_queue))
+        problems += [f"warm-up taskomatic: {f}" for f in warm.failures] + found
+        if problems:
+            raise RuntimeError("; ".join(problems))
+        for kind, acts in steps.describe().items():
+            err.print(f"  {kind}: {', '.join(acts)}", highlight=False)
         chains = {
             "taskomatic": lambda tag: lifecycle_chain(tk, f"{prefix}{tag}"),
             "baseline": lambda tag: baseline_chain(env.client, settings.task_queue,
-                                                   f"{prefix}{tag}", STEPS),
+                                                   f"{prefix}{tag}", steps.baseline()),
         }
         order = ["baseline", "taskomatic"]
         if args.order == "taskomatic-first":
             order.reverse()
-
-        if args.warmup:
-            err.print(f"warm-up: {args.warmup} VM chains per side (not counted)")
-            for side in order:
-                warm = Recorder()
-                await run_chains(args.warmup, args.warmup, chains[side]("w"), warm)
-                problems += [f"warm-up {side}: {f}" for f in warm.failures]
+        warm = Recorder()
+        await run_chains(args.warmup, args.warmup, chains["baseline"]("w"), warm)
+        problems += [f"warm-up baseline: {f}" for f in warm.failures]
 
         unloaded = {side: Phase(side) for side in order}
         if args.unloaded:
@@ -227,10 +232,11 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
 
         tk_phase, bl_phase = phases["taskomatic"], phases["baseline"]
         if not tk_phase.rec.failures:
-            problems += check_counts(tk_phase, expected_counts(args.vms))
+            problems += check_counts(tk_phase, steps.expected(args.vms))
         if not bl_phase.rec.failures:
+            per_vm = sum(n for _, n in steps.baseline())
             problems += check_counts(
-                bl_phase, Counter({("BenchBaseline", "bench_noop"): args.vms * ACTIVITIES_PER_VM}))
+                bl_phase, Counter({("BenchBaseline", "bench_noop"): args.vms * per_vm}))
         problems += [f"left behind: {x}" for x in leftovers(db, hypervisors, hosts)[:10]]
 
         info = {"machine": machine(), "versions": versions(db_url)}
@@ -242,7 +248,7 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> int:
             "dev_server_args": list(DEV_SERVER_ARGS),
             "worker": worker_settings(worker), "pollers_override": args.pollers,
             "log_level": args.log_level,
-            "steps": dict(STEPS),
+            "steps": steps.describe(), "baseline_steps": dict(steps.baseline()),
         }
         tk_sum = tk_phase.summary(unloaded["taskomatic"])
         bl_sum = bl_phase.summary(unloaded["baseline"])

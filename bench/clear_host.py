@@ -65,6 +65,9 @@ VM_MEMORY_MIB = 64
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench clear-host", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true",
+                   help="small run (the suite's smoke test): 16 VMs, 2 singles, 8 VMs per "
+                        "ClearHost run (so continue-as-new happens)")
     p.add_argument("--lab", action="store_true",
                    help="real libvirtd hosts and QEMU guests (a private lab; needs root)")
     p.add_argument("--vms", type=int, default=None,
@@ -82,8 +85,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
                    default="warning")
     args = p.parse_args(argv)
-    args.vms = args.vms or (16 if args.lab else 500)
-    args.singles = args.singles or (4 if args.lab else 10)
+    args.vms = args.vms or (16 if args.lab or args.quick else 500)
+    args.singles = args.singles or (2 if args.quick else 4 if args.lab else 10)
+    args.batch = args.batch or (8 if args.quick else None)
     if min(args.vms, args.singles, args.destinations, args.parallel or 1, args.batch or 1) < 1:
         p.error("--vms, --singles, --destinations, --parallel and --batch must be >= 1")
     return args

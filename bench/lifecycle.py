@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -21,35 +22,57 @@ from taskomatic.models import (
     VmTaskResult,
 )
 
-# The activities each task runs on the happy path, read from workflows/vms.py:
-#   CreateVm(start=True): reserve capacity, define domain, start domain, record VM
-#   StopVm(force=True):   look up VM, power off (destroy_domain), record state
-#   DestroyVm:            look up VM, power off, undefine domain, remove from inventory
-# and, for each, the release of its VM in the line (the starter takes the VM at submission: a
-# chain's tasks never find it taken). The probe checks every run against this (per workflow type
-# and activity type).
-EXPECTED_ACTIVITIES: dict[str, tuple[str, ...]] = {
-    "CreateVm": ("reserve_capacity", "define_domain", "start_domain", "record_vm",
-                 "release_resources"),
-    "StopVm": ("lookup_vm", "destroy_domain", "set_vm_state", "release_resources"),
-    "DestroyVm": ("lookup_vm", "destroy_domain", "undefine_domain", "remove_vm",
-                  "release_resources"),
-}
-STEPS: tuple[tuple[str, int], ...] = tuple(
-    (kind, len(acts)) for kind, acts in EXPECTED_ACTIVITIES.items())
-ACTIVITIES_PER_VM = sum(n for _, n in STEPS)
+# The task kinds of one VM's chain, in order (``lifecycle_chain``).
+CHAIN: tuple[str, ...] = ("CreateVm", "StopVm", "DestroyVm")
+Key = tuple[str, str]  # (workflow type, activity type)
 
 VM_VCPUS = 1
 VM_MEMORY_MIB = 128
 
 
-def expected_counts(vms: int) -> Counter[tuple[str, str]]:
-    """(workflow type, activity type) → executions expected for ``vms`` lifecycles."""
-    counts: Counter[tuple[str, str]] = Counter()
-    for kind, acts in EXPECTED_ACTIVITIES.items():
-        for act in acts:
-            counts[(kind, act)] += vms
-    return counts
+@dataclass(frozen=True)
+class ChainSteps:
+    """What one VM's chain runs, derived from a run of the real workflows (the warm-up), never
+    written down by hand: a step added to a task changes it, and the baseline with it.
+
+    ``per_vm``: executions of each (workflow type, activity type) per chain. ``ordering``: those
+    that ran on the ordering queue (claims, releases, waits): the ordering machinery, which is
+    part of what is measured and has no counterpart in the baseline.
+    """
+
+    per_vm: dict[Key, int]
+    ordering: frozenset[Key]
+
+    @classmethod
+    def derive(cls, counts: Counter[Key], vms: int, queues: dict[Key, str],
+               ordering_queue: str) -> tuple[ChainSteps, list[str]]:
+        """From ``counts``, the executions of ``vms`` chains, and the queue each activity ran
+        on; with the problems found (an activity run a number of times not a multiple of
+        ``vms``: a chain that retried or took another path)."""
+        problems = [f"warm-up: {k[0]}.{k[1]} ran {n} times in {vms} chains"
+                    for k, n in sorted(counts.items()) if n % vms]
+        per_vm = {k: n // vms for k, n in sorted(counts.items()) if n >= vms}
+        missing = [kind for kind in CHAIN if not any(k[0] == kind for k in per_vm)]
+        problems += [f"warm-up: no activity of {kind} seen" for kind in missing]
+        ordering = frozenset(k for k in per_vm if queues.get(k) == ordering_queue)
+        return cls(per_vm, ordering), problems
+
+    def expected(self, vms: int) -> Counter[Key]:
+        """(workflow type, activity type) → executions expected for ``vms`` chains."""
+        return Counter({k: n * vms for k, n in self.per_vm.items()})
+
+    def baseline(self) -> tuple[tuple[str, int], ...]:
+        """Per task kind of the chain, its hypervisor and inventory steps (the ordering
+        machinery left out): what the baseline's workflow for that task runs."""
+        return tuple((kind, sum(n for k, n in self.per_vm.items()
+                                if k[0] == kind and k not in self.ordering))
+                     for kind in CHAIN)
+
+    def describe(self) -> dict[str, list[str]]:
+        """Per task kind, its activities (``xN`` when run N times; ``(ordering)`` marked)."""
+        return {kind: [k[1] + (f" x{n}" if n > 1 else "")
+                       + (" (ordering)" if k in self.ordering else "")
+                       for k, n in self.per_vm.items() if k[0] == kind] for kind in CHAIN}
 
 
 def add_hosts(db: Database, hypervisors: Hypervisors, directory: Path, prefix: str,
@@ -71,15 +94,16 @@ def lifecycle_chain(client: TaskomaticClient, prefix: str) -> Chain:
 
     async def chain(index: int, rec: Recorder) -> None:
         name = f"bench-{prefix}-vm{index}"
-        created: VmTaskResult = await timed("CreateVm", partial(
+        create, stop, destroy = CHAIN
+        created: VmTaskResult = await timed(create, partial(
             client.create_vm, CreateVmRequest(name=name, vcpus=VM_VCPUS,
                                               memory_mib=VM_MEMORY_MIB, start=True)), rec)
         _expect(created, VmState.RUNNING)
         stopped: VmTaskResult = await timed(
-            "StopVm", partial(client.stop_vm, StopVmRequest(name=name, force=True)), rec)
+            stop, partial(client.stop_vm, StopVmRequest(name=name, force=True)), rec)
         _expect(stopped, VmState.SHUTOFF)
         destroyed: VmTaskResult = await timed(
-            "DestroyVm", partial(client.destroy_vm, DestroyVmRequest(name=name)), rec)
+            destroy, partial(client.destroy_vm, DestroyVmRequest(name=name)), rec)
         _expect(destroyed, None)
 
     return chain

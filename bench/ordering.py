@@ -10,6 +10,11 @@ side alternating (ABBA) so drift hits both alike:
   makespan and throughput. Ordered, each VM's tasks run one at a time in submission order;
   unordered (``ordered=False``), they race, which is exactly what ordering exists to prevent,
   so the unordered side is a speed reference, not a correct alternative.
+
+Checked on every run (exit status 1 and ``"ok": false`` otherwise): no ordered task fails; after
+each ordered contended run every VM is in the power state its last task asked for, as libvirt
+says; no claim is left once all tasks have ended. ``--quick`` is a small run (the suite's smoke
+test); the last line is one JSON record.
 """
 
 from __future__ import annotations
@@ -17,15 +22,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import shutil
 import statistics
+import sys
 import tempfile
+import traceback
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -34,10 +42,18 @@ from bench.lifecycle import add_hosts
 from bench.probe import ActivityProbe
 from bench.stack import fresh_database, machine, postgres_server, temporal_dev_server
 from starter.client import TaskError, TaskomaticClient
-from taskomatic.hypervisor import Hypervisors
+from taskomatic.hypervisor import Hypervisors, power_state
+from taskomatic.inventory import ordering
 from taskomatic.inventory.db import get_database
 from taskomatic.logs import configure_logging
-from taskomatic.models import CreateVmRequest, StartVmRequest, StopVmRequest, TaskRequest
+from taskomatic.models import (
+    CreateVmRequest,
+    HostSpec,
+    StartVmRequest,
+    StopVmRequest,
+    TaskRequest,
+    VmState,
+)
 from taskomatic.settings import Settings
 from worker import build_ordering_worker, build_worker
 
@@ -61,6 +77,16 @@ async def free_latency(tk: TaskomaticClient, vm: str, n: int, ordered: bool) -> 
     return [(await _one(tk, *_request(vm, i, ordered)))[0] for i in range(n)]
 
 
+def _states(hv: Hypervisors, where: dict[str, HostSpec]) -> dict[str, VmState]:
+    return {vm: power_state(hv.connection(host.uri).lookupByName(vm))
+            for vm, host in where.items()}
+
+
+def _last_asked(per_vm: int) -> VmState:
+    """The power state the last of a VM's ``per_vm`` tasks asks for (``_request``'s order)."""
+    return VmState.RUNNING if (per_vm - 1) % 2 == 0 else VmState.SHUTOFF
+
+
 async def contended(tk: TaskomaticClient, vms: list[str], per_vm: int, ordered: bool
                     ) -> dict[str, Any]:
     plan = [_request(vms[i % len(vms)], i // len(vms), ordered)
@@ -80,12 +106,13 @@ def _p(values: list[float], q: float) -> float:
 
 async def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
     prefix = uuid.uuid4().hex[:6]
+    problems: list[str] = []
     async with AsyncExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="taskomatic-bench-ordering-"))
         stack.callback(shutil.rmtree, tmp, ignore_errors=True)
         log_file = stack.enter_context((tmp / "taskomatic.log").open("w", encoding="utf-8"))
         configure_logging("json", "warning", log_file)
-        pg_server, pg_kind = stack.enter_context(postgres_server(None, args.embedded_pg,
+        pg_server, pg_kind = stack.enter_context(postgres_server(args.pg_url, args.embedded_pg,
                                                                  tmp / "pg"))
         db_url = stack.enter_context(fresh_database(pg_server, f"taskomatic_bench_{prefix}"))
         env = await stack.enter_async_context(
@@ -103,6 +130,7 @@ async def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
         await stack.enter_async_context(build_ordering_worker(env.client, settings))
         tk = TaskomaticClient(env.client, settings, db)
         vms = [f"o{prefix}-{i}" for i in range(args.vms)]
+        where = {vm: hosts[i % len(hosts)] for i, vm in enumerate(vms)}
         await asyncio.gather(*[
             (await tk.create_vm(CreateVmRequest(name=vm, memory_mib=64,
                                                 host=hosts[i % len(hosts)].name))).result()
@@ -116,6 +144,13 @@ async def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
             for ordered in ((True, False) if rnd % 2 == 0 else (False, True)):
                 lat[ordered] += await free_latency(tk, vms[0], args.free // args.rounds, ordered)
                 load[ordered].append(await contended(tk, vms, args.per_vm, ordered))
+                if ordered:
+                    wrong = {vm: st for vm, st in _states(hypervisors, where).items()
+                             if st != _last_asked(args.per_vm)}
+                    problems += [f"round {rnd + 1}, ordered: {vm} is {st.value}, its last "
+                                 f"task asked for {_last_asked(args.per_vm).value}"
+                                 for vm, st in sorted(wrong.items())][:10]
+        problems += [f"claim left: {c.task_id} on {c.resource}" for c in ordering.queue(db)][:10]
 
     def side(ordered: bool) -> dict[str, Any]:
         runs = load[ordered]
@@ -127,7 +162,9 @@ async def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
                 "failed": sum(r["failed"] for r in runs)}
 
     on, off = side(True), side(False)
-    result = {
+    if on["failed"]:
+        problems.append(f"{on['failed']} ordered tasks failed")
+    result: dict[str, Any] = {
         "bench": "taskomatic-ordering", "machine": machine(), "postgres": pg_kind,
         "config": {"vms": args.vms, "tasks_per_vm": args.per_vm, "rounds": args.rounds,
                    "free_samples": args.free},
@@ -135,6 +172,7 @@ async def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
         "ratios": {"free_latency_p50": on["free_p50_ms"] / off["free_p50_ms"],
                    "contended_throughput": on["contended_tasks_per_s"]
                    / off["contended_tasks_per_s"]},
+        "ok": not problems, "problems": problems,
     }
     table = Table("", "ordered", "unordered", "ordered / unordered",
                   title=f"Ordering: {args.vms * args.per_vm} tasks over {args.vms} VMs, "
@@ -151,21 +189,43 @@ async def run(args: argparse.Namespace, out: Console) -> dict[str, Any]:
                   f"{on['contended_wall_s'] / off['contended_wall_s']:.2f}x")
     table.add_row("failed tasks", str(on["failed"]), str(off["failed"]), "")
     out.print(table)
+    for problem in problems:
+        out.print(f"[red]problem:[/] {problem}", highlight=False)
     return result
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> NoReturn:
     p = argparse.ArgumentParser(prog="python -m bench.ordering", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vms", type=int, default=20)
-    p.add_argument("--per-vm", type=int, default=10, help="tasks per VM in the contended run")
-    p.add_argument("--rounds", type=int, default=2, help="ABBA rounds (default 2)")
-    p.add_argument("--free", type=int, default=40, help="free-resource samples per side")
-    p.add_argument("--embedded-pg", action="store_true")
+    p.add_argument("--quick", action="store_true",
+                   help="small run: 4 VMs x 4 tasks, 1 round, 4 free-resource samples")
+    p.add_argument("--vms", type=int, default=None, help="VMs (default 20)")
+    p.add_argument("--per-vm", type=int, default=None,
+                   help="tasks per VM in the contended run (default 10)")
+    p.add_argument("--rounds", type=int, default=None, help="ABBA rounds (default 2)")
+    p.add_argument("--free", type=int, default=None,
+                   help="free-resource samples per side (default 40)")
+    p.add_argument("--pg-url", default=os.environ.get("TASKOMATIC_BENCH_PG_URL"),
+                   help="PostgreSQL server URL (default: local 127.0.0.1:5432 if it answers, "
+                        "else an embedded server); a fresh database is created and dropped")
+    p.add_argument("--embedded-pg", action="store_true", help="always use an embedded server")
     args = p.parse_args(argv)
-    out = Console()
-    result = asyncio.run(run(args, out))
-    print(json.dumps(result))
+    for name, full, quick in (("vms", 20, 4), ("per_vm", 10, 4), ("rounds", 2, 1),
+                              ("free", 40, 4)):
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    if min(args.vms, args.per_vm, args.rounds) < 1 or args.free < args.rounds:
+        p.error("--vms, --per-vm, --rounds must be >= 1 and --free >= --rounds")
+    code = 1
+    try:
+        result = asyncio.run(run(args, Console()))
+        print(json.dumps(result, separators=(",", ":")), flush=True)
+        code = 0 if result["ok"] else 1
+    except Exception:
+        traceback.print_exc()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # no interpreter teardown (shared/notes: PyGILState_Release at exit)
 
 
 if __name__ == "__main__":

@@ -76,6 +76,7 @@ class ActivityProbe(temporalio.client.Interceptor, temporalio.worker.Interceptor
         self._count: Counter[Key] = Counter()
         self._wall: dict[Key, float] = {}
         self._cpu: dict[Key, float] = {}
+        self._queues: dict[Key, str] = {}
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
         return _Inbound(next, self)
@@ -85,6 +86,15 @@ class ActivityProbe(temporalio.client.Interceptor, temporalio.worker.Interceptor
             self._count[key] += 1
             self._wall[key] = self._wall.get(key, 0.0) + wall_s
             self._cpu[key] = self._cpu.get(key, 0.0) + cpu_s
+
+    def saw(self, key: Key, task_queue: str) -> None:
+        with self._lock:
+            self._queues[key] = task_queue
+
+    def queues(self) -> dict[Key, str]:
+        """(workflow type, activity type) → the task queue it last ran on."""
+        with self._lock:
+            return dict(self._queues)
 
     def totals(self) -> ActivityTotals:
         with self._lock:
@@ -99,6 +109,7 @@ class _Inbound(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
         key = (info.workflow_type or "-", info.activity_type)
+        self._probe.saw(key, info.task_queue)
         if inspect.iscoroutinefunction(input.fn):
             t0, c0 = perf_counter(), thread_time()
             try:

@@ -36,7 +36,7 @@ from taskomatic.inventory.db import (
 )
 from taskomatic.settings import Settings
 from taskomatic.temporal import SEARCH_ATTRIBUTES
-from worker import build_worker
+from worker import build_worker, write_workflow_bytecode
 
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -155,6 +155,7 @@ async def bench_worker(client: Client, settings: Settings, hypervisors: Hypervis
     async with template:
         pass
     config["workflows"] = [*config["workflows"], BaselineWorkflow]
+    write_workflow_bytecode([BaselineWorkflow])  # as build_worker does for taskomatic's
     config["activities"] = [*config["activities"], noop]
     if pollers is not None:
         config["workflow_task_poller_behavior"] = PollerBehaviorSimpleMaximum(maximum=pollers)

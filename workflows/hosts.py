@@ -6,7 +6,7 @@ ClearHost's runbook:
  3. list the VMs libvirt actually has on the host;
  4. migrate them as child ``MigrateVm`` tasks, at most ``parallel`` at once, restarting the
     history (continue-as-new) every ``batch`` VMs so a host with a thousand VMs stays bounded;
-    each child picks its destination by placement (``workflows.migration.DestinationAttempts``
+    each child picks its destination by placement (``workflows.move_steps.DestinationAttempts``
     → ``inventory.reserve_capacity`` → ``taskomatic.placement.choose``: never this host, which
     is in maintenance, and never one without room);
  5. end in ``maintenance`` (empty, or only stopped VMs left with ``stop_unmigratable``) or in

@@ -55,6 +55,11 @@ _WATCH_RETRY = RetryPolicy(initial_interval=timedelta(seconds=1),
                            maximum_interval=timedelta(seconds=30))
 
 
+# Tasks started with this patch release their claims in the transaction of their last inventory
+# step when they have one (``InLine.releasing``): one activity, one commit and the ordering
+# queue's round trip fewer per task. Histories recorded before it replay with the release step.
+RELEASE_WITH_LAST_STEP = "i16-release-with-last-step"
+
 # Memo key set by the starter when it could grant a task's resources at submission.
 GRANTED_AT_SUBMIT = "granted_at_submit"
 
@@ -185,6 +190,28 @@ class InLine:
             outcome: TaskOutcome = watcher.result()
             return [outcome.task_id]
         return []
+
+    def releasing(self) -> str | None:
+        """For the input (``release_task``) of the task's last step, an inventory step: this
+        task's id when that step is to release all its claims in its own transaction; None when
+        the task holds none, or for a run from before ``RELEASE_WITH_LAST_STEP`` (it releases
+        them in a step of its own at its end, ``release``)."""
+        if not self._claimed or not workflow.patched(RELEASE_WITH_LAST_STEP):
+            return None
+        return workflow.info().workflow_id
+
+    async def released(self, woken: list[str]) -> None:
+        """The last step released every claim of the task (``releasing``): nothing is left for
+        ``release``. Wake ``woken``, the tasks waiting for what it released, if any (a signal
+        from the workflow; one that has ended meanwhile needs none, and its error is dropped).
+        A cancel meanwhile is too late, as for a release."""
+        self._claimed = False
+        if not woken:
+            return
+        signals = asyncio.gather(*(workflow.get_external_workflow_handle(t).signal(WAKE_SIGNAL)
+                                   for t in woken), return_exceptions=True)
+        if await settle(signals, lambda: None):
+            self.cancel_pending = True
 
     async def release(self, resources: list[str] | None = None) -> ReleaseClaimsResult | None:
         """Give up claimed resources (all of them by default) and wake whoever is next."""

@@ -219,21 +219,28 @@ class Runbook(InLine):
 
     async def step(self, name: str, activity: Callable[..., Any], arg: Any, *,
                    options: ActivityOptions = HYPERVISOR, undo: Undo | None = None,
-                   undo_once_done: Undo | None = None) -> Any:
+                   undo_once_done: Undo | None = None, last: bool = False) -> Any:
         """Run ``activity(arg)`` as the step ``name``, ``undo`` registered first; its result.
         ``undo_once_done`` is registered only once the step has done its work (also when a
         cancel came meanwhile): for an undo that is wrong unless the step happened.
+
+        ``last``: the task's last step, an inventory step whose input has ``release_task``: it
+        also releases the task's claims in its transaction (``InLine.releasing``); a cancel
+        while it runs then comes too late, as for a release.
 
         Raises ``TaskFailed`` if the activity failed, ``asyncio.CancelledError`` if the task was
         cancelled meanwhile (once the activity has ended; the step shows what it did)."""
         if self.cancel_pending:  # a cancel met while releasing resources
             raise asyncio.CancelledError()
+        releasing = self.releasing() if last else None
+        if releasing is not None:
+            arg = arg.model_copy(update={"release_task": releasing})
         if undo is not None:
             self.undo.add(undo)
         record = self.begin(name)
         self.log("step started", step=name)
         try:
-            result = await self._run(activity, arg, options)
+            result = await self._run(activity, arg, options, shielded=releasing is not None)
         except Interrupted as cut:
             cut.record(record)
             self.log("step interrupted by a cancel", step=name, state=record.state,
@@ -256,15 +263,19 @@ class Runbook(InLine):
         self.log("step done", step=name, detail=record.detail)
         if undo_once_done is not None:
             self.undo.add(undo_once_done)
+        if releasing is not None:
+            await self.released(result.woken)
         return result
 
     async def together(self, aws: Iterable[Awaitable[T]]) -> list[T]:
         """Await ``aws`` (steps, children) at once: ``workflows.cancels.together``."""
         return await together(aws, self.cancel_safe)
 
-    async def _run(self, activity: Callable[..., Any], arg: Any, options: ActivityOptions) -> Any:
+    async def _run(self, activity: Callable[..., Any], arg: Any, options: ActivityOptions,
+                   shielded: bool = False) -> Any:
         """The activity's result. Raises ``ActivityError``, or (with CANCEL_PATCH) ``Interrupted``
-        once the activity has ended if the task was cancelled while it ran."""
+        once the activity has ended if the task was cancelled while it ran; ``shielded``: the
+        activity is not told, and the cancel waits for the next step (``cancel_pending``)."""
         queue = ordering_queue(workflow.info().task_queue) if options.ordering_queue else None
         if not self.cancel_safe:
             return await workflow.execute_activity_method(
@@ -276,8 +287,10 @@ class Runbook(InLine):
             activity, arg, start_to_close_timeout=options.start_to_close,
             retry_policy=options.retry, heartbeat_timeout=options.heartbeat, task_queue=queue,
             cancellation_type=options.cancellation)
-        if await settle(handle, handle.cancel):
-            raise Interrupted(handle)
+        if await settle(handle, (lambda: None) if shielded else handle.cancel):
+            if not shielded:
+                raise Interrupted(handle)
+            self.cancel_pending = True
         return handle.result()
 
     # --- the whole task --------------------------------------------------------------------

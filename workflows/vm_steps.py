@@ -42,10 +42,12 @@ class VmSteps:
         return found, DomainRef(host=found.vm.host, uri=found.host_uri, name=name)
 
     async def record_state(self, name: str, state: VmState) -> None:
-        """Finalize phase: record the VM's power state in the inventory."""
+        """Finalize phase: record the VM's power state in the inventory, the task's last step
+        (it releases the task's claims in its transaction)."""
         self._task.phase("finalize")
         await self._task.step("record state", Inventory.set_vm_state,
-                              SetVmStateInput(name=name, state=state), options=DATABASE)
+                              SetVmStateInput(name=name, state=state), options=DATABASE,
+                              last=True)
 
     def result(self, vm: str, host: str | None, state: VmState | None, notes: list[str],
                uuid: str | None = None) -> VmTaskResult:

@@ -40,7 +40,7 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows.cancels import CANCEL_HEARTBEAT
 from workflows.disks import DISKS_PATCH, DiskSteps, disk_specs
-from workflows.migration import Mover
+from workflows.move_steps import Mover
 from workflows.runbook import DATABASE, HYPERVISOR, ActivityOptions, Runbook, Undo
 from workflows.vm_steps import VmSteps
 
@@ -107,7 +107,8 @@ class CreateVm(Runbook):
             "record VM", Inventory.record_vm,
             RecordVmInput(task_id=task_id, name=req.name, uuid=spec.uuid, host=res.host,
                           vcpus=req.vcpus, memory_mib=req.memory_mib, state=state),
-            options=DATABASE, undo=self.disks.unrecord_undo(req.name, spec.uuid) if plan else None)
+            options=DATABASE, undo=self.disks.unrecord_undo(req.name, spec.uuid) if plan else None,
+            last=not plan)
         if plan:
             await self.disks.record(req.name, plan, created)
         return self.vm.result(vm.name, vm.host, vm.state, notes, uuid=vm.uuid)
@@ -203,10 +204,11 @@ class DestroyVm(Runbook):
         if disks and not req.keep_disks:
             notes += await self.disks.delete_owned_volumes(disks)
         self.phase("finalize")
+        owned = bool(disks and any(d.owned for d in disks.disks))
         removed: InventoryResult = await self.step(
             "remove from inventory and release capacity", Inventory.remove_vm,
-            RemoveVmInput(name=req.name), options=DATABASE)
+            RemoveVmInput(name=req.name), options=DATABASE, last=not owned)
         notes.append(removed.detail)
-        if disks and any(d.owned for d in disks.disks):
+        if owned:
             notes.append(await self.disks.release_volumes(req.name, keep=req.keep_disks))
         return self.vm.result(req.name, ref.host, None, notes, found.vm.uuid)

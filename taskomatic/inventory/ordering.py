@@ -9,17 +9,23 @@ line. A waiting claim is granted when every one of its resources has room:
 - a counted slot (capacity > 1, e.g. ``migrate:cluster``) only needs a free slot. Slots are not
   served in order, so a task held up by another of its slots does not hold back the tasks behind
   it, which would leave slots idle.
+
+A task's last inventory step may release its claims in its own transaction (``finishing``):
+that transaction locks hosts first, then resources. No transaction locks a resource before a
+host, so the two lock orders cannot deadlock.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import psycopg2.extras
 
 from taskomatic.inventory.db import Database
 from taskomatic.models import Blocker, ClaimResult, QueuedClaim
+
+T = TypeVar("T")
 
 
 def _lock(cur: Any, capacities: Mapping[str, int]) -> None:
@@ -133,14 +139,32 @@ def release(db: Database, task_id: str, resources: Iterable[str] | None = None
     them if the first attempt's wake-ups were lost.
     """
     with db.transaction() as cur:
-        names = _resources_of(cur, [task_id]) if resources is None else sorted(resources)
-        if not names:
-            return [], []
-        _lock(cur, _capacities(cur, names))
-        cur.execute("DELETE FROM claims WHERE task_id = %s AND resource = ANY(%s)"
-                    " RETURNING resource", (task_id, names))
-        released = sorted(row["resource"] for row in cur.fetchall())
-        return released, [t for t in _heads(cur, names) if t != task_id]
+        return release_in(cur, task_id, resources)
+
+
+def release_in(cur: Any, task_id: str, resources: Iterable[str] | None = None
+               ) -> tuple[list[str], list[str]]:
+    """``release`` inside the caller's transaction (cursor ``cur``)."""
+    names = _resources_of(cur, [task_id]) if resources is None else sorted(resources)
+    if not names:
+        return [], []
+    _lock(cur, _capacities(cur, names))
+    cur.execute("DELETE FROM claims WHERE task_id = %s AND resource = ANY(%s)"
+                " RETURNING resource", (task_id, names))
+    released = sorted(row["resource"] for row in cur.fetchall())
+    return released, [t for t in _heads(cur, names) if t != task_id]
+
+
+def finishing(db: Database, task_id: str | None, step: Callable[[Any], T]
+              ) -> tuple[T, list[str]]:
+    """Run ``step(cur)``, a task's last inventory step, and with ``task_id`` release every claim
+    of that task in the same transaction: one commit for both, and the resources are free the
+    moment the step's outcome is recorded. Returns (the step's result, the tasks to wake);
+    nothing is released if the step raises. Idempotent as ``release`` is."""
+    with db.transaction() as cur:
+        result = step(cur)
+        woken = release_in(cur, task_id)[1] if task_id is not None else []
+        return result, woken
 
 
 def drop_closed(db: Database, task_ids: Iterable[str]) -> tuple[list[str], list[str]]:

@@ -112,22 +112,33 @@ def _refuse_taken_name(cur: Any, name: str, task_id: str | None = None) -> bool:
 
 
 def set_vm_state(db: Database, name: str, state: VmState) -> bool:
+    """Record VM ``name``'s power state; False if it already had it (or has no row)."""
     with db.transaction() as cur:
-        cur.execute("UPDATE vms SET state = %s, state_reason = NULL, updated_at = now()"
-                    " WHERE name = %s AND state <> %s", (state.value, name, state.value))
-        return bool(cur.rowcount)
+        return set_vm_state_in(cur, name, state)
+
+
+def set_vm_state_in(cur: Any, name: str, state: VmState) -> bool:
+    """``set_vm_state`` inside the caller's transaction (cursor ``cur``)."""
+    cur.execute("UPDATE vms SET state = %s, state_reason = NULL, updated_at = now()"
+                " WHERE name = %s AND state <> %s", (state.value, name, state.value))
+    return bool(cur.rowcount)
 
 
 def remove_vm(db: Database, name: str) -> bool:
     """Delete a VM row (freeing its host's capacity), under the host's lock."""
     with db.transaction() as cur:
-        cur.execute("SELECT host_id FROM vms WHERE name = %s", (name,))
-        row = cur.fetchone()
-        if row is None:
-            return False
-        cur.execute("SELECT 1 FROM hosts WHERE id = %s FOR UPDATE", (row["host_id"],))
-        cur.execute("DELETE FROM vms WHERE name = %s", (name,))
-        return True
+        return remove_vm_in(cur, name)
+
+
+def remove_vm_in(cur: Any, name: str) -> bool:
+    """``remove_vm`` inside the caller's transaction (cursor ``cur``)."""
+    cur.execute("SELECT host_id FROM vms WHERE name = %s", (name,))
+    row = cur.fetchone()
+    if row is None:
+        return False
+    cur.execute("SELECT 1 FROM hosts WHERE id = %s FOR UPDATE", (row["host_id"],))
+    cur.execute("DELETE FROM vms WHERE name = %s", (name,))
+    return True
 
 
 def relocate_vm(db: Database, name: str, uuid: str, source: str, destination: str,
@@ -166,28 +177,33 @@ def record_vm(db: Database, inp: RecordVmInput) -> VmRecord:
     Re-recording the same VM (same name and UUID) only refreshes its state.
     """
     with db.transaction() as cur:
-        cur.execute("SELECT id FROM hosts WHERE name = %s FOR UPDATE", (inp.host,))
-        host = cur.fetchone()
-        if host is None:
-            raise task_error(ErrorType.UNKNOWN_HOST, f"no host named {inp.host!r}", field="host",
-                             host=inp.host, vm=inp.name)
-        cur.execute(
-            "INSERT INTO vms (name, uuid, host_id, vcpus, memory_mib, state, affinity_group_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s,"
-            " (SELECT affinity_group_id FROM reservations WHERE task_id = %s))"
-            " ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, updated_at = now()"
-            " WHERE vms.uuid = EXCLUDED.uuid AND vms.host_id = EXCLUDED.host_id"
-            " RETURNING name",
-            (inp.name, inp.uuid, host["id"], inp.vcpus, inp.memory_mib, inp.state.value,
-             inp.task_id),
-        )
-        if cur.fetchone() is None:
-            raise task_error(ErrorType.DUPLICATE_VM,
-                             f"another VM named {inp.name!r} is already recorded", field="name",
-                             vm=inp.name, host=inp.host)
-        cur.execute("DELETE FROM reservations WHERE task_id = %s", (inp.task_id,))
-        cur.execute(_VM_COLUMNS + " WHERE v.name = %s", (inp.name,))
-        return _vm(cur.fetchone())
+        return record_vm_in(cur, inp)
+
+
+def record_vm_in(cur: Any, inp: RecordVmInput) -> VmRecord:
+    """``record_vm`` inside the caller's transaction (cursor ``cur``)."""
+    cur.execute("SELECT id FROM hosts WHERE name = %s FOR UPDATE", (inp.host,))
+    host = cur.fetchone()
+    if host is None:
+        raise task_error(ErrorType.UNKNOWN_HOST, f"no host named {inp.host!r}", field="host",
+                         host=inp.host, vm=inp.name)
+    cur.execute(
+        "INSERT INTO vms (name, uuid, host_id, vcpus, memory_mib, state, affinity_group_id)"
+        " VALUES (%s, %s, %s, %s, %s, %s,"
+        " (SELECT affinity_group_id FROM reservations WHERE task_id = %s))"
+        " ON CONFLICT (name) DO UPDATE SET state = EXCLUDED.state, updated_at = now()"
+        " WHERE vms.uuid = EXCLUDED.uuid AND vms.host_id = EXCLUDED.host_id"
+        " RETURNING name",
+        (inp.name, inp.uuid, host["id"], inp.vcpus, inp.memory_mib, inp.state.value,
+         inp.task_id),
+    )
+    if cur.fetchone() is None:
+        raise task_error(ErrorType.DUPLICATE_VM,
+                         f"another VM named {inp.name!r} is already recorded", field="name",
+                         vm=inp.name, host=inp.host)
+    cur.execute("DELETE FROM reservations WHERE task_id = %s", (inp.task_id,))
+    cur.execute(_VM_COLUMNS + " WHERE v.name = %s", (inp.name,))
+    return _vm(cur.fetchone())
 
 
 # --- capacity --------------------------------------------------------------------------------

@@ -61,6 +61,19 @@ class VmRecord(Model):
         return f"{self.state} on {self.host}"
 
 
+# Fields of a task's last inventory step, which may release the task's claims in its own
+# transaction (``inventory.ordering.finishing``).
+_RELEASE_TASK = ("the task whose claims this step releases in its transaction (the task's last "
+                 "step); None: the task releases them itself")
+_WOKEN = "waiting tasks the step's release lets go on, to be woken"
+
+
+class RecordedVm(VmRecord):
+    """The ``record_vm`` step's result: the VM's row, and whom its release lets go on."""
+
+    woken: list[str] = Field(default_factory=list, description=_WOKEN)
+
+
 class VmPlacement(Model):
     """Where a VM lives, with what an activity needs to reach it."""
 
@@ -202,6 +215,7 @@ class RecordVmInput(Model):
     vcpus: int
     memory_mib: int
     state: VmState
+    release_task: str | None = Field(None, description=_RELEASE_TASK)
 
 
 class LookupVmInput(Model):
@@ -211,15 +225,18 @@ class LookupVmInput(Model):
 class SetVmStateInput(Model):
     name: str
     state: VmState
+    release_task: str | None = Field(None, description=_RELEASE_TASK)
 
 
 class RemoveVmInput(Model):
     name: str
+    release_task: str | None = Field(None, description=_RELEASE_TASK)
 
 
 class InventoryResult(Model):
     changed: bool
     detail: str
+    woken: list[str] = Field(default_factory=list, description=_WOKEN)
 
 
 class VmTaskResult(Model):
