@@ -47,9 +47,12 @@ from pathlib import Path
 
 from bench.fault_hosts import TestDriverHosts
 from bench.fault_plans import (
+    ALL_FAULT_KINDS,
     FAULT_KINDS,
     HOST_FAULT_KINDS,
+    LAB_FAULT_KINDS,
     PHASES,
+    PROCESS_FAULT_KINDS,
     Plan,
     Report,
     RunReport,
@@ -60,8 +63,23 @@ from bench.fault_rig import FaultRig
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.settings import Settings
 
-__all__ = ["FAULT_KINDS", "HOST_FAULT_KINDS", "PHASES", "FaultRig", "Plan", "Report",
-           "RunReport", "Shape", "TestDriverHosts", "main", "plan_run", "run_faults"]
+__all__ = [
+    "ALL_FAULT_KINDS",
+    "FAULT_KINDS",
+    "HOST_FAULT_KINDS",
+    "LAB_FAULT_KINDS",
+    "PHASES",
+    "PROCESS_FAULT_KINDS",
+    "FaultRig",
+    "Plan",
+    "Report",
+    "RunReport",
+    "Shape",
+    "TestDriverHosts",
+    "main",
+    "plan_run",
+    "run_faults",
+]
 
 
 async def run_faults(rig: FaultRig, runs: int, seed: int, kinds: Sequence[str] = FAULT_KINDS,
