@@ -42,8 +42,8 @@ PR_SET_PDEATHSIG = 1
 
 # A lab run: 12 disk-less SeaBIOS guests of 128-512 MiB, whose live migrations take about 1.3 to
 # 2.3 s each at 1 MiB/s (measured here), three at a time; a fault aimed at a phase of a move
-# strikes within 0.2 s of seeing it (an after-move phase lasts only until the task records it).
-LAB_SHAPE = Shape(vms=12, hosts=3, parallel=3, move_seconds=0.0, phase_seconds=0.4,
+# strikes within 0.05 s of seeing it (an after-move phase lasts only until the task records it).
+LAB_SHAPE = Shape(vms=12, hosts=3, parallel=3, move_seconds=0.0, phase_seconds=0.1,
                   settle_seconds=180.0, memory_mib=(128, 256, 512), bandwidth_mib_s=1)
 
 
@@ -163,11 +163,16 @@ def migrations_now(hv: Hypervisors, db: Database, source: HostLike,
         if host.name in dead:
             continue
         try:
-            for dom in hv.connection(host.uri).listAllDomains():
-                if dom.name() in vms:
-                    where.setdefault(dom.name(), {})[host.name] = bool(dom.isActive())
+            doms = hv.connection(host.uri).listAllDomains()
         except libvirt.libvirtError:
             dead.add(host.name)
+            continue
+        for dom in doms:
+            try:
+                if dom.name() in vms:
+                    where.setdefault(dom.name(), {})[host.name] = bool(dom.isActive())
+            except libvirt.libvirtError:  # gone since it was listed (its move ended)
+                continue
     found: Phases = {}
     for vm, there in where.items():
         others = [h for h in there if h != source.name]
