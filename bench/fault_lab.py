@@ -30,6 +30,7 @@ from bench.fault_plans import Shape
 from bench.fault_worker import POLL_SECONDS, InFlight, Phases
 from lab.hosts import daemon_argv
 from lab.models import LabHost, LabState
+from lab.register import empty_host
 from lab.state import pid_alive, read_pid, save_state
 from taskomatic import inventory
 from taskomatic.hypervisor import Hypervisors
@@ -72,19 +73,7 @@ class LabHosts:
         reservations and claims a run left on them (already reported as violations)."""
         names = [h.name for h in hosts]
         for host in hosts:
-            for dom in self.hv.connection(host.uri).listAllDomains():
-                with contextlib.suppress(libvirt.libvirtError):
-                    if dom.isActive():
-                        dom.destroy()
-                    dom.undefine()
-            for vm in inventory.list_vms(self.db, host.name):
-                inventory.remove_vm(self.db, vm.name)
-        with self.db.transaction() as cur:
-            cur.execute("SELECT DISTINCT r.task_id FROM reservations r JOIN hosts h"
-                        " ON h.id = r.host_id WHERE h.name = ANY(%s)", (names,))
-            tasks = [row["task_id"] for row in cur.fetchall()]
-        for task_id in tasks:
-            inventory.release_capacity(self.db, task_id)
+            empty_host(self.db, self.hv.connection(host.uri), host.name)
         for claim in ordering.queue(self.db):
             if claim.resource.partition(":")[2] in names:
                 ordering.release(self.db, claim.task_id)

@@ -93,6 +93,7 @@ __all__ = [
     "main",
     "plan_run",
     "run_faults",
+    "run_kind",
 ]
 
 
@@ -109,6 +110,14 @@ async def run_faults(rig: FaultRig, runs: int, seed: int, kinds: Sequence[str] =
         if log is not None:
             log("\n".join(done.lines()))
     return report
+
+
+async def run_kind(rig: FaultRig, kind: str, kinds: Sequence[str], runs: int, seed: int
+                   ) -> Report:
+    """``runs`` runs of ``kind`` alone, with indexes of its own (so every kind of ``kinds``
+    gets plans of its own): from ``kinds.index(kind) * 1002``, a multiple of 3, so its first
+    runs strike before a move, then after one, then anywhere (``plan_run``)."""
+    return await run_faults(rig, runs, seed, [kind], start=kinds.index(kind) * 1002)
 
 
 # --- python -m bench.faults ------------------------------------------------------------------
