@@ -24,6 +24,7 @@ from datetime import timedelta
 import libvirt
 from temporalio import activity
 from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
 from taskomatic import inventory
@@ -117,10 +118,20 @@ class MigrationActivities:
         """Where does the VM run after a move (or a failed one)? The inventory is set to match in
         this same step: on the destination, its row moves there and the reservation goes; still
         on the source (resumed if a cold move left it saved), the destination's reservation is
-        released. Anywhere else, or nowhere, is an error."""
-        where = self.locate_domain(LocateDomainInput(
-            name=inp.name, hosts=[inp.source, inp.destination], save_dir=inp.save_dir,
-            recover_on=inp.source.name))
+        released. Anywhere else, or nowhere, is an error.
+
+        When it runs on no host that answered and one could not be asked (a destination that
+        died after the switch-over), ``locate_domain``'s ``HypervisorUnavailable`` is raised
+        after the VM's state is set to ``unknown`` (on its last known host): the inventory no
+        longer says it runs on the source, and a Reconcile records it where it is found."""
+        try:
+            where = self.locate_domain(LocateDomainInput(
+                name=inp.name, hosts=[inp.source, inp.destination], save_dir=inp.save_dir,
+                recover_on=inp.source.name))
+        except ApplicationError as err:
+            if err.type == ErrorType.HYPERVISOR_UNAVAILABLE:
+                inventory.set_vm_state(self.db, inp.name, VmState.UNKNOWN)
+            raise
         if where.host is None:
             raise task_error(ErrorType.DOMAIN_NOT_FOUND,
                              f"{inp.name} is on neither {inp.source.name} nor "

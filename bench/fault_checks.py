@@ -85,12 +85,18 @@ class Violation:
 
 
 def libvirt_view(hv: Hypervisors, hosts: Sequence[HostLike]) -> dict[str, list[Domain]]:
-    """Domain name → every host of ``hosts`` that defines it (usually one), from libvirt.
-    Errors: ``libvirt.libvirtError`` if a host cannot be listed."""
+    """Domain name → every host of ``hosts`` that defines it (usually one), from libvirt; a
+    domain gone between the listing and its look-up is left out. Errors:
+    ``libvirt.libvirtError`` if a host cannot be listed."""
     seen: dict[str, list[Domain]] = {}
     for host in hosts:
         for dom in hv.connection(host.uri).listAllDomains():
-            state, max_kib, _mem, vcpus, _cpu = dom.info()
+            try:
+                state, max_kib, _mem, vcpus, _cpu = dom.info()
+            except libvirt.libvirtError as err:
+                if err.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    raise
+                continue  # gone since listed (a revived libvirtd ends a half-received guest)
             seen.setdefault(dom.name(), []).append(
                 Domain(host=host.name, state=_STATES.get(state, "unknown"), vcpus=vcpus,
                        memory_mib=max_kib // 1024))

@@ -13,15 +13,22 @@ from bench.fault_checks import Violation
 FAULT_KINDS = ("cancel-clear", "cancel-child", "stop-worker", "terminate-clear")
 # Faults only hosts that can die (a lab's libvirtd hosts) can take, besides FAULT_KINDS.
 HOST_FAULT_KINDS = ("kill-destination",)
+# Faults only a worker in a process of its own can take (``bench.fault_process``).
+PROCESS_FAULT_KINDS = ("kill-worker",)
+# The lab runs' kinds by default: a worker process on libvirtd hosts takes every kind.
+LAB_FAULT_KINDS = ("cancel-clear", "kill-worker", "kill-destination")
+ALL_FAULT_KINDS = FAULT_KINDS + HOST_FAULT_KINDS + PROCESS_FAULT_KINDS
 PHASES = ("before-move", "after-move", "anywhere")
 
 
 @dataclass(frozen=True)
 class Shape:
-    """What each run looks like: ``vms`` on the source, ``hosts`` in all (one source), at most
-    ``parallel`` moves in flight, each slowed to take ``move_seconds`` (0: as long as the real
-    move); ``phase_seconds``: how long a phase of a move lasts (default: half of
-    ``move_seconds``); ``settle_seconds`` for every task to end after the fault."""
+    """What each run looks like: ``vms`` on the source, each of one of ``memory_mib`` (MiB),
+    ``hosts`` in all (one source), at most ``parallel`` moves in flight, each slowed to take
+    ``move_seconds`` (0: as long as the real move); ``phase_seconds``: how long a phase of a
+    move lasts (default: half of ``move_seconds``); ``settle_seconds`` for every task to end
+    after the fault. ``bandwidth_mib_s``: the live migrations' bandwidth cap (MiB/s, 0: none;
+    the lab's moves are slowed by it instead of by ``move_seconds``)."""
 
     vms: int = 12
     hosts: int = 3
@@ -29,6 +36,8 @@ class Shape:
     move_seconds: float = 0.8
     phase_seconds: float | None = None
     settle_seconds: float = 120.0
+    memory_mib: tuple[int, ...] = (64, 128, 256)
+    bandwidth_mib_s: int = 0
 
     @property
     def phase(self) -> float:
@@ -39,7 +48,7 @@ class Shape:
 class Plan:
     """A run's fault, drawn before the run: its kind; it strikes ``delay`` s after ``after_moved``
     VMs have moved and a migration is in ``phase`` (one of ``PHASES``); ``pause``: seconds
-    without a worker (``stop-worker``)."""
+    without a worker (``stop-worker``, ``kill-worker``)."""
 
     kind: str
     after_moved: int
@@ -48,7 +57,8 @@ class Plan:
     pause: float
 
     def __str__(self) -> str:
-        pause = f", {self.pause:.2f}s without a worker" if self.kind == "stop-worker" else ""
+        pause = (f", {self.pause:.2f}s without a worker"
+                 if self.kind in ("stop-worker", "kill-worker") else "")
         where = "" if self.phase == "anywhere" else f" with a migration {self.phase}"
         return f"{self.kind} {self.delay:.2f}s after {self.after_moved} moved{where}{pause}"
 

@@ -1,6 +1,7 @@
 """The rig of the fault runs (``bench.faults``): a task queue of its own with a worker a run
-may stop and replace (``bench.fault_worker``), the hosts of the runs (``bench.fault_hosts``), and
-one run from set-up through the fault to the checks (``bench.fault_checks``).
+may stop, kill and replace (in-process, ``bench.fault_worker``, or a worker process,
+``bench.fault_process``), the hosts of the runs (``bench.fault_hosts``, ``bench.fault_lab``),
+and one run from set-up through the fault to the checks (``bench.fault_checks``).
 """
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import AsyncExitStack
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from bench.fault_checks import Domain, HostLike, Violation, check_run, libvirt_view
 from bench.fault_hosts import RunHosts
 from bench.fault_plans import Plan, RunReport, Shape
-from bench.fault_worker import POLL_SECONDS, Phases, ReplaceableWorker
+from bench.fault_worker import POLL_SECONDS, Phases, ReplaceableWorker, RunWorker
 from starter.client import TaskError, TaskHandle, TaskomaticClient
 from taskomatic import inventory
 from taskomatic.hypervisor import Hypervisors
@@ -43,33 +44,51 @@ from worker import build_ordering_worker
 # clean up, and one that lost a host mid-move cannot learn where the VM is until it answers.
 RECONCILED = ("terminate-clear", "kill-destination")
 
+# Keeps a run's ``Phases`` up to date from outside the worker (a worker process's moves):
+# called with the run's hosts (the source first) and VM names, and the rig's ``Phases``.
+Follow = Callable[[Sequence[HostLike], Collection[str], Phases],
+                  AbstractAsyncContextManager[object]]
+
 
 class FaultRig:
-    """A task queue of its own whose worker a run may stop and replace (``worker``), its
-    ordering worker, and a client on it. ``hv`` holds the worker's libvirt connections, through
-    which the checks list the domains; ``hosts`` gives each run its hosts."""
+    """A task queue of its own (``settings``: the rig's, for a worker of its own) whose worker
+    a run may stop, kill and replace, and a client on it. ``hv`` holds libvirt connections to the
+    hosts, through which the checks list the domains (a test-driver host lives in them: they are
+    the in-process worker's too); ``hosts`` gives each run its hosts.
+
+    By default the worker is ``ReplaceableWorker`` (in-process, its migrations slowed to keep
+    ``phases``) with an in-process ordering worker. ``make_worker`` gives another (a
+    ``WorkerProcess``, which runs the ordering queue too), made from the rig's settings;
+    ``follow`` then keeps ``phases`` during each run."""
 
     def __init__(self, temporal: Client, settings: Settings, db: Database, hv: Hypervisors,
-                 hosts: RunHosts, shape: Shape, evidence_dir: Path | None = None) -> None:
+                 hosts: RunHosts, shape: Shape, evidence_dir: Path | None = None,
+                 make_worker: Callable[[Settings], RunWorker] | None = None,
+                 follow: Follow | None = None) -> None:
         self.settings = settings.model_copy(update={
             "task_queue": f"faults-{uuid.uuid4().hex[:6]}",
             "migrations_out_per_host": shape.parallel, "migrations_in_per_host": shape.parallel,
-            "migrations_in_cluster": max(shape.parallel, settings.migrations_in_cluster)})
+            "migrations_in_cluster": max(shape.parallel, settings.migrations_in_cluster),
+            "migration_bandwidth_mib_s": shape.bandwidth_mib_s})
         self.temporal, self.db, self.hv, self.hosts, self.shape = temporal, db, hv, hosts, shape
         self.client = TaskomaticClient(temporal, self.settings, db, requested_by="bench.faults")
         self._stack = AsyncExitStack()
         self.phases: Phases = {}
-        self.worker: ReplaceableWorker | None = None
+        self.worker: RunWorker | None = None
         self.evidence_dir = evidence_dir  # where the histories of stuck tasks are saved
+        self._make_worker, self._follow = make_worker, follow
 
     async def __aenter__(self) -> FaultRig:
-        executor = self._stack.enter_context(ThreadPoolExecutor(
-            max_workers=self.settings.activity_threads, thread_name_prefix="fault-activity"))
-        self.worker = ReplaceableWorker(self.temporal, self.settings, self.hv, executor,
-                                        self.shape.move_seconds, self.phases)
+        if self._make_worker is not None:
+            self.worker = self._make_worker(self.settings)
+        else:
+            executor = self._stack.enter_context(ThreadPoolExecutor(
+                max_workers=self.settings.activity_threads, thread_name_prefix="fault-activity"))
+            self.worker = ReplaceableWorker(self.temporal, self.settings, self.hv, executor,
+                                            self.shape.move_seconds, self.phases)
+            await self._stack.enter_async_context(build_ordering_worker(self.temporal,
+                                                                        self.settings))
         await self.worker.prepare()
-        await self._stack.enter_async_context(build_ordering_worker(self.temporal,
-                                                                    self.settings))
         await self.worker.start()
         return self
 
@@ -86,17 +105,22 @@ class FaultRig:
         rng = random.Random(f"{run_seed}:vms")
         prefix = f"f{uuid.uuid4().hex[:6]}"
         hosts = await asyncio.to_thread(self.hosts.make, prefix)
+        killed: HostLike | None = None
         try:
             before = await asyncio.to_thread(self._populate, hosts[0], prefix, rng)
-            clear = await self.client.clear_host(ClearHostRequest(
-                host=hosts[0].name, parallel=self.shape.parallel))
-            killed = await self._strike(clear, plan, report, hosts, rng)
-            ids = [clear.id, *(f"{clear.id}-{slug}-{n}" for n in before
-                               for slug in ("migrate", "stop"))]
-            report.violations += await self._settle(ids)
+            following = (self._follow(hosts, set(before), self.phases)
+                         if self._follow is not None else nullcontext())
+            async with following:
+                clear = await self.client.clear_host(ClearHostRequest(
+                    host=hosts[0].name, parallel=self.shape.parallel))
+                killed = await self._strike(clear, plan, report, hosts, rng)
+                ids = [clear.id, *(f"{clear.id}-{slug}-{n}" for n in before
+                                   for slug in ("migrate", "stop"))]
+                report.violations += await self._settle(ids)
             report.clear_end = await _ending(clear)
             if killed is not None:
                 self.hosts.revive(killed)  # on this thread: a daemon may die with its starter
+                killed = None
             if plan.kind in RECONCILED:
                 report.left = await asyncio.to_thread(check_run, self.db, self.hv, hosts,
                                                       before, clear.id)
@@ -104,18 +128,20 @@ class FaultRig:
             report.violations += await asyncio.to_thread(check_run, self.db, self.hv, hosts,
                                                          before, clear.id)
         finally:
+            if killed is not None:  # the run failed before it could revive the host
+                self.hosts.revive(killed)
             await asyncio.to_thread(self.hosts.retire, hosts)
         report.seconds = time.monotonic() - started
         return report
 
     def _populate(self, host: HostLike, prefix: str, rng: random.Random) -> dict[str, Domain]:
-        """Define ``vms`` domains on ``host`` (about one in four shut off, 1 or 2 vCPUs, 64 to 256
-        MiB), record them, and return them as libvirt then has them."""
+        """Define ``vms`` domains on ``host`` (about one in four shut off, 1 or 2 vCPUs, MiB
+        among ``shape.memory_mib``), record them, and return them as libvirt then has them."""
         conn = self.hv.connection(host.uri)
         for i in range(self.shape.vms):
             spec = DomainSpec(host=host.name, uri=host.uri, name=f"{prefix}-vm{i}",
                               uuid=str(uuid.uuid4()), vcpus=rng.choice((1, 2)),
-                              memory_mib=rng.choice((64, 128, 256)))
+                              memory_mib=rng.choice(self.shape.memory_mib))
             dom = conn.defineXML(build_domain_xml(spec))
             running = rng.random() >= 0.25
             if running:
@@ -160,6 +186,12 @@ class FaultRig:
             if closed:
                 report.point += (f"; {closed} workflow coroutines of the stopped worker made "
                                  "workflow calls while collected (harmless here)")
+        elif plan.kind == "kill-worker":
+            assert self.worker is not None
+            await self.worker.kill()
+            report.point += "; killed the worker (SIGKILL)"
+            await asyncio.sleep(plan.pause)
+            await self.worker.start()
         elif plan.kind == "kill-destination":
             return await self._kill_destination(target, hosts, report, rng)
         else:

@@ -13,7 +13,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from temporalio import activity
 from temporalio.client import Client
@@ -69,6 +69,20 @@ def slowed_migrate(real: Callable[[MigrateDomainInput], Awaitable[MigrationRepor
     return migrate_domain
 
 
+class RunWorker(Protocol):
+    """The worker of the runs, as a run may disturb it: ``prepare`` once, then ``start``,
+    ``stop`` (as on SIGTERM; returns how many workflow coroutines of the stopped worker made
+    workflow calls while collected) and ``kill`` (as SIGKILL) as often as the runs need."""
+
+    async def prepare(self) -> None: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> int: ...
+
+    async def kill(self) -> None: ...
+
+
 class ReplaceableWorker:
     """``build_worker``'s worker for ``settings`` (its options, shutdown behaviour included),
     with ``migrate_domain`` slowed by ``slowed_migrate`` to ``move_seconds`` (``phases`` follows
@@ -96,6 +110,11 @@ class ReplaceableWorker:
         self._worker = Worker(**self._config)
         self._running = asyncio.ensure_future(self._worker.run())
         await asyncio.sleep(0.1)
+
+    async def kill(self) -> None:
+        """An in-process worker cannot be killed as a process is (``bench.fault_process``'s
+        ``WorkerProcess`` can)."""
+        raise NotImplementedError("kill-worker needs a worker process (WorkerProcess)")
 
     async def stop(self) -> int:
         """Shut the worker down, as at the end of a worker process: its workflow runs still in

@@ -9,8 +9,16 @@ generator, by one of the fault kinds:
 - ``stop-worker``: the worker is shut down (``Worker.shutdown``, as on SIGTERM) and, after a
   pause, a new one is started;
 - ``terminate-clear``: the ClearHost task is terminated from outside;
-- ``kill-destination`` (hosts that can die only: the lab's, ``tests/test_lab_fault_runs.py``): the
-  hypervisor of a migration's destination is killed, and started again once the tasks ended.
+- ``kill-destination`` (hosts that can die only: the lab's, ``--lab``): the hypervisor (libvirtd)
+  of a migration's destination is killed with SIGKILL, and started again once the tasks ended;
+- ``kill-worker`` (a worker process only, ``--lab``): the worker process is killed with SIGKILL
+  and, after a pause, a new one is started; it takes the tasks over.
+
+``--lab`` runs on a lab of its own (``lab.control``: real libvirtd hosts, QEMU TCG guests, live
+migrations slowed by a bandwidth cap instead of the slowed migrate activity) with a worker
+process (``python -P -m worker``, ``bench.fault_process``); migrations in flight are followed
+from libvirt (``bench.fault_lab``). Its kinds default to ``LAB_FAULT_KINDS``; every kind works
+there. ``tests/test_lab_fault_runs.py`` is its quick mode in the suite.
 
 After the last two a ``Reconcile`` runs, the safety net the design relies on when a task cannot
 clean up (terminated) or cannot learn where a VM is (its host was dead); what the tasks left is
@@ -36,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import random
 import shutil
 import sys
@@ -43,25 +52,49 @@ import tempfile
 import uuid
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
-from bench.fault_hosts import TestDriverHosts
+from bench.fault_hosts import RunHosts, TestDriverHosts
+from bench.fault_lab import LAB_SHAPE, LabHosts, follow_migrations
 from bench.fault_plans import (
+    ALL_FAULT_KINDS,
     FAULT_KINDS,
     HOST_FAULT_KINDS,
+    LAB_FAULT_KINDS,
     PHASES,
+    PROCESS_FAULT_KINDS,
     Plan,
     Report,
     RunReport,
     Shape,
     plan_run,
 )
+from bench.fault_process import WorkerProcess
 from bench.fault_rig import FaultRig
 from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory.db import Database
 from taskomatic.settings import Settings
 
-__all__ = ["FAULT_KINDS", "HOST_FAULT_KINDS", "PHASES", "FaultRig", "Plan", "Report",
-           "RunReport", "Shape", "TestDriverHosts", "main", "plan_run", "run_faults"]
+__all__ = [
+    "ALL_FAULT_KINDS",
+    "FAULT_KINDS",
+    "HOST_FAULT_KINDS",
+    "LAB_FAULT_KINDS",
+    "PHASES",
+    "PROCESS_FAULT_KINDS",
+    "FaultRig",
+    "Plan",
+    "Report",
+    "RunReport",
+    "Shape",
+    "TestDriverHosts",
+    "main",
+    "plan_run",
+    "run_faults",
+    "run_kind",
+]
 
 
 async def run_faults(rig: FaultRig, runs: int, seed: int, kinds: Sequence[str] = FAULT_KINDS,
@@ -79,6 +112,14 @@ async def run_faults(rig: FaultRig, runs: int, seed: int, kinds: Sequence[str] =
     return report
 
 
+async def run_kind(rig: FaultRig, kind: str, kinds: Sequence[str], runs: int, seed: int
+                   ) -> Report:
+    """``runs`` runs of ``kind`` alone, with indexes of its own (so every kind of ``kinds``
+    gets plans of its own): from ``kinds.index(kind) * 1002``, a multiple of 3, so its first
+    runs strike before a move, then after one, then anywhere (``plan_run``)."""
+    return await run_faults(rig, runs, seed, [kind], start=kinds.index(kind) * 1002)
+
+
 # --- python -m bench.faults ------------------------------------------------------------------
 
 
@@ -88,26 +129,43 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--runs", type=int, default=100, help="runs (100)")
     p.add_argument("--seed", type=int, default=None, help="seed of the run plans (random)")
     p.add_argument("--start", type=int, default=0, help="index of the first run (0)")
-    p.add_argument("--kinds", default=",".join(FAULT_KINDS),
-                   help=f"fault kinds, taken in turn ({','.join(FAULT_KINDS)})")
-    p.add_argument("--vms", type=int, default=Shape.vms, help=f"VMs per run ({Shape.vms})")
-    p.add_argument("--hosts", type=int, default=Shape.hosts,
-                   help=f"hosts per run, one the source ({Shape.hosts})")
-    p.add_argument("--parallel", type=int, default=Shape.parallel,
+    p.add_argument("--lab", action="store_true",
+                   help="run on a lab of real libvirtd hosts with a worker process")
+    lab_only = ",".join(HOST_FAULT_KINDS + PROCESS_FAULT_KINDS)
+    p.add_argument("--kinds", default=None,
+                   help=f"fault kinds, taken in turn ({','.join(FAULT_KINDS)}; with --lab "
+                        f"{','.join(LAB_FAULT_KINDS)}; {lab_only} only with --lab)")
+    p.add_argument("--vms", type=int, default=None,
+                   help=f"VMs per run ({Shape.vms}; with --lab {LAB_SHAPE.vms})")
+    p.add_argument("--hosts", type=int, default=None,
+                   help=f"hosts per run, one the source ({Shape.hosts}; with --lab, the lab's: "
+                        f"{LAB_SHAPE.hosts})")
+    p.add_argument("--parallel", type=int, default=None,
                    help=f"moves in flight ({Shape.parallel})")
-    p.add_argument("--move-seconds", type=float, default=Shape.move_seconds,
-                   help=f"how long each migration takes ({Shape.move_seconds})")
+    p.add_argument("--move-seconds", type=float, default=None,
+                   help=f"how long each migration takes ({Shape.move_seconds}; not with --lab, "
+                        f"whose moves a bandwidth cap of {LAB_SHAPE.bandwidth_mib_s} MiB/s "
+                        "slows)")
     p.add_argument("--evidence", type=Path, default=Path(".taskomatic/fault-evidence"),
                    help="where the histories of stuck tasks are saved, for a Replayer "
                         "(.taskomatic/fault-evidence)")
     p.add_argument("--pg-url", default=None, help="PostgreSQL server URL (default: local or "
                    "embedded); a fresh database is created and dropped")
     args = p.parse_args(argv)
-    args.kinds = [k for k in args.kinds.split(",") if k]
-    unknown = sorted(set(args.kinds) - set(FAULT_KINDS))
+    known = ALL_FAULT_KINDS if args.lab else FAULT_KINDS
+    kinds = args.kinds or ",".join(LAB_FAULT_KINDS if args.lab else FAULT_KINDS)
+    args.kinds = [k for k in kinds.split(",") if k]
+    unknown = sorted(set(args.kinds) - set(known))
     if unknown or not args.kinds:
-        p.error(f"--kinds: unknown {unknown}; choose among {', '.join(FAULT_KINDS)}")
-    if min(args.runs, args.vms, args.parallel, args.hosts - 1) < 1:
+        p.error(f"--kinds: unknown {unknown}; choose among {', '.join(known)}")
+    base = LAB_SHAPE if args.lab else Shape()
+    if args.lab and args.move_seconds is not None:
+        p.error("--move-seconds: not with --lab (its live migrations are slowed by bandwidth)")
+    args.shape = replace(base, **{k: v for k, v in (
+        ("vms", args.vms), ("hosts", args.hosts), ("parallel", args.parallel),
+        ("move_seconds", args.move_seconds)) if v is not None})
+    shape = args.shape
+    if min(args.runs, shape.vms, shape.parallel, shape.hosts - 1) < 1:
         p.error("--runs, --vms and --parallel must be >= 1, --hosts >= 2")
     if args.seed is None:
         args.seed = random.SystemRandom().randrange(1_000_000)
@@ -120,8 +178,7 @@ async def _main(args: argparse.Namespace) -> Report:
     from taskomatic.inventory.db import get_database
     from taskomatic.logs import configure_logging
 
-    shape = Shape(vms=args.vms, hosts=args.hosts, parallel=args.parallel,
-                  move_seconds=args.move_seconds)
+    shape: Shape = args.shape
     async with AsyncExitStack() as stack:
         tmp = Path(tempfile.mkdtemp(prefix="taskomatic-faults-"))
         stack.callback(shutil.rmtree, tmp, ignore_errors=True)
@@ -138,13 +195,38 @@ async def _main(args: argparse.Namespace) -> Report:
                             database_url=db_url, task_queue="faults", stop_timeout_seconds=5,
                             migration_save_dir=tmp / "saves", _env_file=None)
         db = get_database(db_url)
-        hosts = TestDriverHosts(db, hv, tmp / "hosts", shape.hosts, room=shape.vms)
+        extra: dict[str, Any] = {}
+        if args.lab:
+            hosts: RunHosts = _private_lab(stack, tmp, db, hv, db_url, shape)
+            extra = {"make_worker": lambda s: WorkerProcess(s, tmp / "worker.log"),
+                     "follow": functools.partial(follow_migrations, hv, db)}
+        else:
+            hosts = TestDriverHosts(db, hv, tmp / "hosts", shape.hosts, room=shape.vms)
         rig = await stack.enter_async_context(FaultRig(
-            env.client, settings, db, hv, hosts, shape, evidence_dir=args.evidence.resolve()))
+            env.client, settings, db, hv, hosts, shape, evidence_dir=args.evidence.resolve(),
+            **extra))
         print(f"fault runs: seed {args.seed}, {args.runs} runs from {args.start}, kinds "
               f"{','.join(args.kinds)}", file=sys.stderr, flush=True)
         return await run_faults(rig, args.runs, args.seed, args.kinds, args.start,
                                 log=lambda text: print(text, file=sys.stderr, flush=True))
+
+
+def _private_lab(stack: AsyncExitStack, tmp: Path, db: Database, hv: Hypervisors,
+                 db_url: str, shape: Shape) -> LabHosts:
+    """A lab of ``shape.hosts`` hosts for the runs, registered in ``db_url``'s inventory, with
+    room for every VM of a run on each; taken down when ``stack`` closes (and, being tied to
+    this thread, if the process dies)."""
+    from lab.control import lab_down, lab_up  # the lab, only for --lab
+
+    lab_dir = tmp / "lab"
+    report = lab_up(lab_dir, shape.hosts, vcpus=max(16, 2 * shape.vms),
+                    memory_mib=max(4096, shape.vms * max(shape.memory_mib)),
+                    database_url=db_url, tied=True)
+    assert report.state is not None
+    stack.callback(lab_down, lab_dir, database_url=db_url)
+    for host in report.state.hosts:
+        stack.callback(hv.forget, host.uri)
+    return LabHosts(db, hv, report.state)
 
 
 def main(argv: list[str] | None = None) -> int:

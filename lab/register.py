@@ -7,6 +7,10 @@ state changes are the host transitions ``activate`` and ``mark_down`` (``taskoma
 
 from __future__ import annotations
 
+import contextlib
+
+import libvirt
+
 from lab.models import LabError, LabHost
 from taskomatic import inventory
 from taskomatic.inventory.db import Database, ensure_database, upgrade
@@ -54,6 +58,22 @@ def register_hosts(database_url: str, hosts: list[LabHost], vcpus: int, memory_m
     finally:
         db.close()
     return notes
+
+
+def empty_host(db: Database, conn: libvirt.virConnect, host: str) -> None:
+    """Destroy and undefine every domain of ``conn`` (the libvirtd of lab host ``host``), then
+    forget the inventory's VM rows and reservations on ``host`` (between tests or fault runs).
+    Errors: ``libvirt.libvirtError`` if the daemon cannot list its domains."""
+    for dom in conn.listAllDomains():
+        with contextlib.suppress(libvirt.libvirtError):  # gone meanwhile
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+    for vm in inventory.list_vms(db, host):
+        inventory.remove_vm(db, vm.name)
+    with db.transaction() as cur:
+        cur.execute("DELETE FROM reservations r USING hosts h"
+                    " WHERE r.host_id = h.id AND h.name = %s", (host,))
 
 
 def retire_hosts(database_url: str, names: list[str]) -> int:

@@ -26,6 +26,7 @@ from helpers import force_host_state, only_hosts_up
 from lab.control import lab_down, lab_up, set_link
 from lab.guests import LinuxGuest, seabios_spec, start_linux_guest
 from lab.models import LabHost, LabState
+from lab.register import empty_host
 from lab.state import pid_alive
 from lab.system import run
 from taskomatic import inventory
@@ -111,16 +112,7 @@ class QemuLab:
         for host in self.hosts:
             if host.link:
                 set_link(host, up=True)
-            for dom in self.conn(host).listAllDomains():
-                with contextlib.suppress(libvirt.libvirtError):
-                    if dom.isActive():
-                        dom.destroy()
-                    dom.undefine()
-            for vm in inventory.list_vms(self.db, host.name):
-                inventory.remove_vm(self.db, vm.name)
-            with self.db.transaction() as cur:
-                cur.execute("DELETE FROM reservations r USING hosts h"
-                            " WHERE r.host_id = h.id AND h.name = %s", (host.name,))
+            empty_host(self.db, self.conn(host), host.name)
 
 
 def leftovers(state: LabState) -> list[str]:

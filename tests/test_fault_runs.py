@@ -20,7 +20,7 @@ import pytest
 from helpers import only_hosts_up
 from temporalio.testing import WorkflowEnvironment
 
-from bench.faults import FAULT_KINDS, FaultRig, Shape, TestDriverHosts, run_faults
+from bench.faults import FAULT_KINDS, FaultRig, Shape, TestDriverHosts, run_kind
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.inventory.db import Database
 from taskomatic.settings import Settings
@@ -49,10 +49,7 @@ async def rig(temporal_env: WorkflowEnvironment, settings: Settings, db: Databas
 @pytest.mark.parametrize("kind", FAULT_KINDS)
 async def test_clear_host_faults_leave_libvirt_and_inventory_agreeing(
         rig: FaultRig, kind: str) -> None:
-    # Each kind's runs have indexes of their own (every kind gets its own plans), starting at a
-    # multiple of 3: its first runs strike before a move, then after one, then anywhere.
-    start = FAULT_KINDS.index(kind) * 1002
-    report = await run_faults(rig, RUNS, SEED, [kind], start=start)
+    report = await run_kind(rig, kind, FAULT_KINDS, RUNS, SEED)
     print(report.summary())
     assert sum(r.landed for r in report.runs) >= (RUNS + 1) // 2, report.summary()
     assert not report.violations, report.summary()

@@ -48,11 +48,13 @@ from taskomatic.hypervisor.domain_xml import build_domain_xml
 from taskomatic.hypervisor.jobs import migration_flags
 from taskomatic.inventory.db import Database
 from taskomatic.models import (
+    ConfirmMoveInput,
     HostRef,
     MigrateDomainInput,
     MigrateVmRequest,
     MigrationLimits,
     MigrationReport,
+    VmState,
 )
 from taskomatic.settings import Settings
 
@@ -374,3 +376,34 @@ async def test_a_dead_destination_is_skipped_and_the_inventory_agrees_with_libvi
         await _until(f"{dead.name} answers again", lambda: _answers(dead))
     assert name not in qemu_lab.domains(dead)
     placement(qemu_lab, db)  # every VM on one host, as the inventory says
+
+
+async def test_a_destination_dead_after_the_switch_over_leaves_the_vm_unknown(
+        client: TaskomaticClient, qemu_lab: QemuLab, db: Database, settings: Settings,
+        temporal_env: WorkflowEnvironment) -> None:
+    """Found by the lab fault runs (kill-destination, after-move): the live migration completed,
+    then the destination's libvirtd died before the task confirmed the move. The source says
+    the VM is not there and the destination cannot be asked: the task cannot tell where it runs,
+    and the inventory must not go on saying "running on the source" — it says ``unknown`` (on
+    its last known host) until a Reconcile finds it."""
+    source, dest = qemu_lab.host(1), qemu_lab.host(2)
+    [name] = await fill(client, qemu_lab, source, 1, "switched", memory_mib=64)
+    inp = MigrateDomainInput(name=name, source=_ref(source), destination=_ref(dest),
+                             limits=MigrationLimits())
+    flags, params = migration_flags(inp, live=True)
+    await asyncio.to_thread(lambda: qemu_lab.conn(source).lookupByName(name).migrateToURI3(
+        dest.uri, params, flags))  # switched over: it runs on dest only
+    await asyncio.to_thread(_kill_libvirtd, dest)
+    try:
+        moves = _moves(qemu_lab.hv, db, settings, temporal_env)
+        confirm = ConfirmMoveInput(task_id=f"lab-test-{name}", name=name, source=_ref(source),
+                                   destination=_ref(dest))
+        with pytest.raises(ApplicationError) as failed:
+            await asyncio.to_thread(ActivityEnvironment().run, moves.confirm_move, confirm)
+        assert failed.value.type == "HypervisorUnavailable", failed.value
+        vm = inventory.get_vm(db, name)
+        assert vm is not None and vm.vm.state == VmState.UNKNOWN, vm
+    finally:
+        _restart_libvirtd(qemu_lab, dest)
+        await _until(f"{dest.name} answers again", lambda: _answers(dest))
+    assert _where(qemu_lab, name) == {dest.name: True}  # the guest ran on through it all
