@@ -5,6 +5,7 @@ benchmark's quick mode runs."""
 
 from __future__ import annotations
 
+import random
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +19,7 @@ from taskomatic import inventory, placement
 from taskomatic.errors import ErrorType, error_info
 from taskomatic.inventory.db import Database
 from taskomatic.inventory.hosts import read_hosts
+from taskomatic.inventory.placement import reserve_fast
 from taskomatic.models import (
     ClusterSpec,
     HostFacts,
@@ -78,6 +80,40 @@ def test_the_fast_path_picks_what_choose_picks(lab: Lab, db: Database, weigher: 
             vm="x", vcpus=1, memory_mib=256, cluster=cluster, weigher=weigher),  # type: ignore[arg-type]
             loads).name
         assert reserve(db, cluster) == expected
+    usage_matches_the_sums(db, hosts)
+
+
+@pytest.mark.parametrize("weigher", ["spread", "pack"])
+def test_the_one_call_placement_agrees_with_the_filters(lab: Lab, db: Database,
+                                                        weigher: str) -> None:
+    """Over random capacities, loads, host states, sizes and exclusions, the SQL one-call
+    placement (``reserve_fast``) places exactly where ``placement.best`` says over the exact
+    loads, and places nothing when no host passes every filter."""
+    rng = random.Random(f"{lab.prefix}-{weigher}")
+    cluster, hosts = make_cluster(db, lab, weigher, [
+        (rng.choice((4, 8, 16)), rng.choice((2048, 4096, 8192))) for _ in range(6)])
+    with db.transaction() as cur:
+        cur.execute("UPDATE hosts SET state = 'maintenance' WHERE name = %s", (hosts[5],))
+    for pinned in rng.sample(hosts[:5], 3):
+        reserve(db, cluster, rng.randint(1, 3), rng.choice((256, 1024)), host=pinned)
+    outcomes = set()
+    for i in range(40):
+        request = placement.PlacementRequest(
+            vm=lab.vm_name(f"one{weigher}{i}"), vcpus=rng.randint(1, 6),
+            memory_mib=rng.choice((64, 512, 2048, 4096)), cluster=cluster,
+            exclude=tuple(rng.sample(hosts, rng.randint(0, 2))), hypervisor_type="test",
+            weigher=weigher)  # type: ignore[arg-type]
+        with db.transaction() as cur:
+            exact = [placement.HostLoad.of(h) for h in read_hosts(cur, cluster=cluster)]
+        expected = placement.best(request, exact)
+        with db.transaction() as cur:
+            found = reserve_fast(cur, task_id=f"t-{request.vm}", vm=request.vm,
+                                 vcpus=request.vcpus, memory_mib=request.memory_mib,
+                                 cluster=cluster, exclude=request.exclude,
+                                 check=lambda _found, asked=request: asked)
+        assert (found.host.name if found else None) == (expected.name if expected else None)
+        outcomes.add(found is not None)
+    assert outcomes == {True, False}  # both kinds of answer were checked
     usage_matches_the_sums(db, hosts)
 
 

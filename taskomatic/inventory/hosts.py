@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from taskomatic.errors import ErrorType, task_error
-from taskomatic.inventory.clusters import CAPACITY_COLUMNS, join_cluster
+from taskomatic.inventory.clusters import join_cluster
 from taskomatic.inventory.db import Database
 from taskomatic.models import (
     BeginMaintenanceResult,
@@ -25,28 +25,14 @@ from taskomatic.states import TRANSITIONS, HostState, HostTransition, check_tran
 from taskomatic.uris import canonical_uri, uri_driver
 
 # The one host-load query: each host with its capacity, what its VMs use, what the
-# reservations of tasks still placing VMs there hold, and the pools it sees.
-_HOST_LOAD = f"""
-    SELECT h.name, h.uri, h.state, h.state_reason, h.migration_uri, h.hypervisor_id,
-           {CAPACITY_COLUMNS},
-           c.name AS cluster, c.hypervisor_type, h.cpu_model, h.cpus, h.physical_memory_mib,
-           v.vcpus AS used_vcpus, v.memory_mib AS used_memory_mib, v.n AS vm_count,
-           r.vcpus AS reserved_vcpus, r.memory_mib AS reserved_memory_mib,
-           ARRAY(SELECT p.name FROM pool_hosts ph JOIN storage_pools p ON p.id = ph.pool_id
-                 WHERE ph.host_id = h.id AND ph.state = 'active' ORDER BY p.name) AS pools
-    FROM hosts h JOIN clusters c ON c.id = h.cluster_id
-    CROSS JOIN LATERAL (
-        SELECT COALESCE(SUM(vcpus), 0)::bigint AS vcpus,
-               COALESCE(SUM(memory_mib), 0)::bigint AS memory_mib, COUNT(*) AS n
-        FROM vms WHERE host_id = h.id) v
-    CROSS JOIN LATERAL (
-        SELECT COALESCE(SUM(vcpus), 0)::bigint AS vcpus,
-               COALESCE(SUM(memory_mib), 0)::bigint AS memory_mib
-        FROM reservations WHERE host_id = h.id) r
-    WHERE (%(name)s::text IS NULL OR h.name = %(name)s)
-      AND (%(ids)s::bigint[] IS NULL OR h.id = ANY(%(ids)s))
-      AND (%(cluster)s::text IS NULL OR c.name = %(cluster)s)
-    ORDER BY h.name
+# reservations of tasks still placing VMs there hold, and the pools it sees (the view
+# ``host_loads``, migration 0013, which placement's fast path reads too).
+_HOST_LOAD = """
+    SELECT * FROM host_loads
+    WHERE (%(name)s::text IS NULL OR name = %(name)s)
+      AND (%(ids)s::bigint[] IS NULL OR id = ANY(%(ids)s))
+      AND (%(cluster)s::text IS NULL OR cluster = %(cluster)s)
+    ORDER BY name
 """
 
 
@@ -57,7 +43,12 @@ def read_hosts(cur: Any, *, name: str | None = None, ids: Sequence[int] | None =
     (``lock_hosts``) and reads it again."""
     cur.execute(_HOST_LOAD, {"name": name, "ids": list(ids) if ids is not None else None,
                              "cluster": cluster})
-    return [HostRecord.model_validate(row) for row in cur.fetchall()]
+    return [host_record(row) for row in cur.fetchall()]
+
+
+def host_record(row: dict[str, Any]) -> HostRecord:
+    """A ``host_loads`` row (its ``id`` dropped) as a ``HostRecord``."""
+    return HostRecord.model_validate({k: v for k, v in row.items() if k != "id"})
 
 
 def lock_hosts(cur: Any, name: str | None = None, cluster: str | None = None

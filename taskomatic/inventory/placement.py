@@ -4,14 +4,20 @@
 concurrency, locking only the host it changes (the hosts row of the chosen host ``FOR UPDATE``,
 then its load re-read and every filter re-checked under that lock):
 
-- **fast path** (a request without an affinity group or pinned host): one query pre-selects,
-  among the hosts of the request's cluster that are up, not excluded, of its hypervisor type
-  and with room by the usage counters (``host_usage``: capacity and use, kept by triggers on
-  ``hosts``, ``clusters``, ``vms`` and ``reservations``, indexed by weigher), the best by the
-  cluster's weigher that no other placement holds right now, and locks it (``FOR UPDATE SKIP
-  LOCKED``: concurrent placements take the next-best host instead of queueing on one). Its
-  exact load (the sum of its VMs and reservations) is then re-read and ``placement.exclusion``
-  run on it; if it fails (a pool it lacks, say), the slow path runs.
+- **one call** (``reserve_fast``: a create without an affinity group or pinned host): the SQL
+  function ``reserve_fast`` (migration 0013) checks the name is free, pre-selects and locks
+  the best host as the fast path does, reads its exact load under that lock, inserts the
+  reservation and checks the name again, in one round trip; ``placement.exclusion`` then runs
+  every filter on that exact load, in Python, before the caller commits. Anything else than a
+  placement passing every filter makes the caller roll back and take the full path.
+- **fast path** (a request without an affinity group or pinned host): the SQL function
+  ``preselect_host`` picks, among the hosts of the request's cluster that are up, not
+  excluded and with room by the usage counters (``host_usage``: capacity and use, kept by
+  triggers on ``hosts``, ``clusters``, ``vms`` and ``reservations``, indexed by weigher), the
+  best by the cluster's weigher that no other placement holds right now, and locks it (``FOR
+  UPDATE SKIP LOCKED``: concurrent placements take the next-best host instead of queueing on
+  one). Its exact load (the sum of its VMs and reservations) is then re-read and
+  ``placement.exclusion`` run on it; if it fails (a pool it lacks, say), the slow path runs.
 - **slow path** (a group, a pinned host, or the fast path found nothing): every candidate's
   exact load is read without locks, ``placement.choose`` picks (its refusal, which explains
   every excluded host, is the error), the chosen row is locked and re-checked; if another
@@ -25,38 +31,32 @@ commit is visible.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, NamedTuple
 
 from taskomatic import placement
 from taskomatic.inventory.clusters import host_groups
-from taskomatic.inventory.hosts import lock_hosts, read_hosts
+from taskomatic.inventory.hosts import host_record, lock_hosts, read_hosts
 from taskomatic.models import HostRecord
 
 ATTEMPTS = 3
 
-# The fast path's pre-selection: the hosts of the cluster (%(cluster)s NULL: any) passing the
-# SQL-expressible filters by the usage counters, best first by the weigher (spread: least memory
-# used, as a share, then vCPUs; pack: the most; then the name in code-point order, as Python
-# compares it), the first one no other placement holds, locked. With a cluster it walks the
-# weigher's index of host_usage: its cost does not grow with the number of hosts.
-_PRESELECT = """
-    SELECT h.id, h.name FROM host_usage u JOIN hosts h ON h.id = u.host_id
-    JOIN clusters c ON c.id = u.cluster_id
-    WHERE {cluster} AND (%(kind)s::text IS NULL OR c.hypervisor_type = %(kind)s)
-      AND h.state = 'up' AND NOT (h.name = ANY(%(exclude)s))
-      AND u.vcpus_total - u.vcpus >= %(vcpus)s AND u.memory_total - u.memory_mib >= %(memory)s
-    ORDER BY {order}
-    LIMIT 1
-    FOR UPDATE OF h SKIP LOCKED
-"""
-_IN_CLUSTER = "u.cluster_id = (SELECT id FROM clusters WHERE name = %(cluster)s)"
-_ORDERS = {"spread": 'u.memory_share, u.vcpu_share, u.name COLLATE "C"',
-           "pack": 'u.memory_share DESC, u.vcpu_share DESC, u.name COLLATE "C"'}
-_PRESELECTS = {  # (weigher, in one cluster) → query; in one cluster: the index's order
-    (weigher, scoped): _PRESELECT.format(cluster=_IN_CLUSTER if scoped else "TRUE",
-                                         order=f"u.cluster_id, {order}" if scoped else order)
-    for weigher, order in _ORDERS.items() for scoped in (True, False)}
+# The fast path's pre-selection (the SQL function ``preselect_host``, migration 0013: the best
+# host by the counters that no other placement holds, locked), after a savepoint: in the named
+# cluster (none such: no row), or among every host.
+_PRESELECT_IN_CLUSTER = """SAVEPOINT fast_place;
+    SELECT preselect_host(c.id, %(weigher)s, %(exclude)s, %(vcpus)s, %(memory)s) AS id
+    FROM clusters c WHERE c.name = %(cluster)s"""
+_PRESELECT_ANY = """SAVEPOINT fast_place;
+    SELECT preselect_host(NULL, %(weigher)s, %(exclude)s, %(vcpus)s, %(memory)s) AS id"""
+
+
+class FastPlacement(NamedTuple):
+    """What ``reserve_fast`` placed: the cluster's policy (``name``, ``hypervisor_type``,
+    ``weigher``; None: any cluster) and the chosen host's exact load before the reservation."""
+
+    policy: dict[str, Any] | None
+    host: HostRecord
 
 
 def loads(cur: Any, hosts: Iterable[HostRecord], *, with_groups: bool
@@ -79,13 +79,33 @@ def place(cur: Any, request: placement.PlacementRequest) -> tuple[int, HostRecor
     return _slow(cur, request)
 
 
-def _fast(cur: Any, request: placement.PlacementRequest) -> tuple[int, HostRecord] | None:
-    query = _PRESELECTS[request.weigher, request.cluster is not None]
-    cur.execute("SAVEPOINT fast_place;" + query, {
-        "cluster": request.cluster, "kind": request.hypervisor_type,
-        "exclude": list(request.exclude), "vcpus": request.vcpus, "memory": request.memory_mib})
+def reserve_fast(cur: Any, *, task_id: str, vm: str, vcpus: int, memory_mib: int,
+                 cluster: str | None, exclude: Sequence[str],
+                 check: Callable[[FastPlacement], placement.PlacementRequest]
+                 ) -> FastPlacement | None:
+    """A create's reservation in one round trip (the SQL function ``reserve_fast``), inserted
+    in the caller's transaction, or None when the caller must roll back and take the full path
+    (the name is taken or held, the cluster unknown, no host passes by the counters, or the
+    exact load fails a filter). ``check`` turns the result into the ``PlacementRequest`` whose
+    every filter (``placement.exclusion``) the chosen host's exact load must pass."""
+    cur.execute("SELECT * FROM reserve_fast(%s, %s, %s, %s, %s, %s)",
+                (task_id, vm, vcpus, memory_mib, cluster, list(exclude)))
     row = cur.fetchone()
-    if row is not None:
+    if row["outcome"] != "placed":
+        return None
+    found = FastPlacement(policy=row["policy"], host=host_record(row["load"]))
+    fresh = loads(cur, [found.host], with_groups=False)[0]
+    return found if placement.exclusion(fresh, check(found)) is None else None
+
+
+def _fast(cur: Any, request: placement.PlacementRequest) -> tuple[int, HostRecord] | None:
+    params = {"cluster": request.cluster, "weigher": request.weigher,
+              "exclude": list(request.exclude), "vcpus": request.vcpus,
+              "memory": request.memory_mib}
+    cur.execute(_PRESELECT_IN_CLUSTER if request.cluster is not None else _PRESELECT_ANY,
+                params)
+    row = cur.fetchone()
+    if row is not None and row["id"] is not None:
         exact = read_hosts(cur, ids=[row["id"]])
         if exact and placement.exclusion(loads(cur, exact, with_groups=False)[0],
                                          request) is None:

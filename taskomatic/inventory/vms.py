@@ -18,7 +18,7 @@ from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.clusters import lock_group, placement_policy
 from taskomatic.inventory.db import Database
 from taskomatic.inventory.disks import refuse_unreachable_storage, storage_reach
-from taskomatic.inventory.placement import place
+from taskomatic.inventory.placement import place, reserve_fast
 from taskomatic.models import (
     RecordVmInput,
     Reservation,
@@ -224,7 +224,15 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
     name is ``DuplicateVm``. A moving VM goes only to a host that sees every pool its disks are
     in (placement's ``sees_pools``); ``disks.refuse_unreachable_storage`` says why not
     (``NotMigratable``) when no other host, or not the pinned one, sees them.
+
+    The common case (a create without a group or pinned host) is first tried in one round
+    trip (``inventory.placement.reserve_fast``, its result checked by every filter of
+    ``placement``); anything else than a placement it can make takes this full path.
     """
+    if not moving and inp.host is None and inp.group is None:
+        made = _reserve_in_one_call(db, inp)
+        if made is not None:
+            return made
     try:
         with db.transaction() as cur:
             held = (_refuse_taken_name(cur, inp.vm_name, inp.task_id) if not moving
@@ -236,18 +244,11 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
                                moving=moving)
             policy = placement_policy(cur, cluster=inp.cluster,
                                       vm=inp.vm_name if moving else None, host=inp.host)
-            cluster = policy["name"] if policy else None
             reach = storage_reach(cur, [inp.vm_name]).get(inp.vm_name) if moving else None
             if reach is not None:  # a VM moves only to a host that sees its disks' pools
                 refuse_unreachable_storage(cur, reach, inp.host, inp.host_field)
-            request = placement.PlacementRequest(
-                vm=inp.vm_name, vcpus=inp.vcpus, memory_mib=inp.memory_mib, host=inp.host,
-                exclude=tuple(inp.exclude), field=inp.host_field, cluster=cluster,
-                hypervisor_type=policy["hypervisor_type"] if policy else None,
-                weigher=policy["weigher"] if policy else "spread",
-                group=group["name"] if group else None,
-                group_policy=group["policy"] if group else "anti-affinity",
-                pools=reach.names if reach else frozenset(inp.pools))
+            request = _request(inp, policy, group,
+                               reach.names if reach else frozenset(inp.pools))
             host_id, chosen = place(cur, request)
             cur.execute(
                 "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib,"
@@ -270,6 +271,43 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
         raise task_error(ErrorType.DUPLICATE_VM,
                          f"VM {inp.vm_name!r} is already being {doing} by another task",
                          field="name", vm=inp.vm_name) from err
+
+
+class _FullPath(Exception):
+    """The one-call placement did not place: its transaction is rolled back."""
+
+
+def _reserve_in_one_call(db: Database, inp: ReserveCapacityInput) -> Reservation | None:
+    """``inp``'s reservation by ``reserve_fast``, committed, or None (nothing changed): the
+    full path decides."""
+    try:
+        with db.transaction() as cur:
+            found = reserve_fast(
+                cur, task_id=inp.task_id, vm=inp.vm_name, vcpus=inp.vcpus,
+                memory_mib=inp.memory_mib, cluster=inp.cluster, exclude=inp.exclude,
+                check=lambda fast: _request(inp, fast.policy, None, frozenset(inp.pools)))
+            if found is None:
+                raise _FullPath
+            return Reservation(task_id=inp.task_id, vm_name=inp.vm_name, host=found.host.name,
+                               host_uri=found.host.uri, vcpus=inp.vcpus,
+                               memory_mib=inp.memory_mib)
+    except _FullPath:
+        return None
+
+
+def _request(inp: ReserveCapacityInput, policy: dict[str, Any] | None,
+             group: dict[str, Any] | None, pools: frozenset[str]) -> placement.PlacementRequest:
+    """The placement request of ``inp`` in cluster ``policy`` (its row: name, hypervisor type,
+    weigher; None: any cluster), with affinity group ``group`` (its row, or None), for a VM
+    whose disks are in ``pools``."""
+    return placement.PlacementRequest(
+        vm=inp.vm_name, vcpus=inp.vcpus, memory_mib=inp.memory_mib, host=inp.host,
+        exclude=tuple(inp.exclude), field=inp.host_field,
+        cluster=policy["name"] if policy else None,
+        hypervisor_type=policy["hypervisor_type"] if policy else None,
+        weigher=policy["weigher"] if policy else "spread",
+        group=group["name"] if group else None,
+        group_policy=group["policy"] if group else "anti-affinity", pools=pools)
 
 
 def release_capacity(db: Database, task_id: str) -> Reservation | None:
