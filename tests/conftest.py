@@ -166,6 +166,12 @@ def lab(db: Database, hypervisors: Hypervisors, host_dir: Path) -> Iterator[Lab]
     yield the_lab
     for spec in the_lab.hosts:
         force_host_state(db, spec.name, HostState.DOWN)
+    # Reservations a test left on purpose (e.g. an idempotent reserve) are the test's own
+    # business, asserted before this teardown; later tests count the session's reservations.
+    with db.transaction() as cur:
+        cur.execute("DELETE FROM reservations WHERE host_id IN"
+                    " (SELECT id FROM hosts WHERE name = ANY(%s))",
+                    ([spec.name for spec in the_lab.hosts],))
 
 
 @pytest.fixture
