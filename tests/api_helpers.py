@@ -3,7 +3,15 @@ tokens, and RSA keys with a JWKS for OIDC tokens."""
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 
 from starter.access import AccessAdmin
 from taskomatic.inventory.db import Database
@@ -22,3 +30,23 @@ def subject_with(db: Database, grants: list[tuple[str, str]], label: str = "u") 
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+class Issuer:
+    """An OIDC issuer for tests: an RSA key published in a JWKS file, signing access tokens."""
+
+    def __init__(self, jwks_file: Path, issuer: str = "https://idp.test",
+                 audience: str = "taskomatic-api", kid: str = "k1") -> None:
+        self.key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.issuer, self.audience, self.kid = issuer, audience, kid
+        jwk = json.loads(RSAAlgorithm.to_jwk(self.key.public_key()))
+        jwks_file.write_text(json.dumps({"keys": [{**jwk, "kid": kid, "use": "sig",
+                                                   "alg": "RS256"}]}))
+        self.jwks_file = jwks_file
+
+    def token(self, subject: str, *, lifetime: float = 300, audience: str | None = None,
+              issuer: str | None = None, key: Any = None) -> str:
+        now = int(time.time())
+        claims = {"sub": subject, "iss": issuer or self.issuer, "aud": audience or self.audience,
+                  "iat": now, "exp": now + int(lifetime)}
+        return jwt.encode(claims, key or self.key, algorithm="RS256", headers={"kid": self.kid})

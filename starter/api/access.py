@@ -15,6 +15,8 @@ from fastapi import APIRouter, Path, Query
 from starter.access import AccessAdmin
 from starter.api.auth import Principal, User, require
 from starter.api.deps import Db
+from starter.api.errors import not_found
+from starter.errors import RequestError
 from taskomatic.models import Grant, GrantSpec, NewToken, TokenRecord, TokenSpec
 
 router = APIRouter(tags=["access"])
@@ -44,7 +46,10 @@ async def add_grant(spec: GrantSpec, user: User, db: Db) -> Grant:
 async def remove_grant(grant_id: Annotated[int, Path(ge=1, le=2**31 - 1)], user: User, db: Db
                        ) -> Grant:
     await require(user, "admin", [], db)
-    return await asyncio.to_thread(AccessAdmin(db).revoke_grant, grant_id)
+    try:
+        return await asyncio.to_thread(AccessAdmin(db).revoke_grant, grant_id)
+    except RequestError as err:
+        raise not_found(err) from None
 
 
 @router.get("/tokens", response_model=list[TokenRecord])
@@ -65,4 +70,7 @@ async def create_token(spec: TokenSpec, user: User, db: Db) -> NewToken:
 async def revoke_token(token_id: Annotated[str, Path(pattern="^[0-9a-f]{12}$")], user: User,
                        db: Db) -> TokenRecord:
     await require(user, "admin", [], db)
-    return await asyncio.to_thread(AccessAdmin(db).revoke_token, token_id)
+    try:
+        return await asyncio.to_thread(AccessAdmin(db).revoke_token, token_id)
+    except RequestError as err:
+        raise not_found(err) from None

@@ -148,9 +148,10 @@ def locate(db: Database, resources: Iterable[str]) -> dict[str, str]:
 
 
 async def require(user: Principal, permission: Permission, resources: Iterable[str],
-                  db: Database) -> None:
+                  db: Database, placed_on: str | None = None) -> None:
     """ApiError 403, naming the permission and the first resource refused, unless ``user`` has
-    ``permission`` on every one of ``resources`` (on ``*`` when there are none)."""
+    ``permission`` on every one of ``resources`` (on ``*`` when there are none). A VM or pool
+    the inventory does not know yet lies on ``placed_on`` (the host a create request names)."""
     wanted = sorted(set(resources))
     if not wanted:
         if not permits_everything(user.grants, permission):
@@ -158,6 +159,8 @@ async def require(user: Principal, permission: Permission, resources: Iterable[s
         return
     host_scoped = any(scope.startswith("host:") for _, scope in user.grants)
     located = await asyncio.to_thread(locate, db, wanted) if host_scoped else {}
+    if placed_on:
+        located = {r: placed_on for r in wanted if r.startswith(("vm:", "pool:"))} | located
     for resource in wanted:
         if not permits(user.grants, permission, resource, located):
             raise forbidden(user, permission, resource)

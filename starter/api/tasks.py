@@ -70,7 +70,7 @@ def _submit_route(kind: TaskKind) -> None:
                      task_id: Annotated[TaskId | None, Query()] = None) -> Submitted:
         as_requester(user, body, "requested_by")
         req = body.model_copy(update={"requested_by": user.subject})
-        await require(user, "operate", req.resources(), db)
+        await require(user, "operate", req.resources(), db, getattr(req, "host", None))
         handle = await client.submit(kind.name, await client.checked(kind.name, req), task_id)
         return Submitted(id=handle.id, kind=handle.kind)
 
@@ -101,7 +101,8 @@ async def submit_batch(batch: BatchRequest, user: User, client: Client, db: Db
     try:
         plan = plan_batch(items, KINDS)
         for task in plan:
-            await require(user, "operate", task.request.resources(), db)
+            await require(user, "operate", task.request.resources(), db,
+                          getattr(task.request, "host", None))
         submitted = await client.submit_batch(items)
     except RequestError as err:  # the library names items[i]; this body has tasks[i]
         if err.field and err.field.startswith("items"):
