@@ -35,8 +35,10 @@ class AccessAdmin:
     def tokens(self, subject: str | None = None) -> list[TokenRecord]:
         return access.list_tokens(self.db, subject)
 
-    def create_token(self, spec: TokenSpec, created_by: str) -> NewToken:
-        return access.create_token(self.db, spec, created_by)
+    def create_token(self, spec: TokenSpec, created_by: str, token: str | None = None
+                     ) -> NewToken:
+        """A new API token (``token``: one made beforehand by ``new_token_text``)."""
+        return access.create_token(self.db, spec, created_by, token)
 
     def revoke_token(self, token_id: str) -> TokenRecord:
         with refusals():

@@ -59,16 +59,25 @@ def remove_grant(db: Database, grant_id: int) -> Grant:
     return Grant.model_validate(row)
 
 
-def create_token(db: Database, spec: TokenSpec, created_by: str) -> NewToken:
-    """Make an API token for ``spec.subject``; the returned ``token`` is never stored."""
-    token_id, secret = secrets.token_hex(6), secrets.token_urlsafe(32)
+def new_token_text() -> str:
+    """A fresh token, ``tkm_<12 hex>_<secret>`` (not stored anywhere yet)."""
+    return f"{TOKEN_PREFIX}{secrets.token_hex(6)}_{secrets.token_urlsafe(32)}"
+
+
+def create_token(db: Database, spec: TokenSpec, created_by: str,
+                 token: str | None = None) -> NewToken:
+    """Store an API token for ``spec.subject`` (``token``, made by ``new_token_text``, or a new
+    one); the returned ``token`` is never stored, only its hash. Storing the same token again
+    is a no-op that returns it (the dev stack makes its token before the database is up)."""
+    token = token or new_token_text()
+    token_id, _, secret = token.removeprefix(TOKEN_PREFIX).partition("_")
     with db.transaction() as cur:
         cur.execute("INSERT INTO api_tokens (id, subject, secret_sha256, description, created_by)"
-                    " VALUES (%s, %s, %s, %s, %s)",
+                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING",
                     (token_id, spec.subject, _digest(secret), spec.description, created_by))
         cur.execute(_TOKEN_COLUMNS + " WHERE id = %s", (token_id,))
         row = cur.fetchone()
-    return NewToken(**row, token=f"{TOKEN_PREFIX}{token_id}_{secret}")
+    return NewToken(**row, token=token)
 
 
 def list_tokens(db: Database, subject: str | None = None) -> list[TokenRecord]:
