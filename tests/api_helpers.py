@@ -4,8 +4,11 @@ tokens, and RSA keys with a JWKS for OIDC tokens."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
 from starter.access import AccessAdmin
+from starter.api.serve import server
 from taskomatic.inventory.db import Database
 from taskomatic.models import GrantSpec, TokenSpec
+from taskomatic.settings import Settings
 
 
 def subject_with(db: Database, grants: list[tuple[str, str]], label: str = "u") -> tuple[str, str]:
@@ -50,3 +55,21 @@ class Issuer:
         claims = {"sub": subject, "iss": issuer or self.issuer, "aud": audience or self.audience,
                   "iat": now, "exp": now + int(lifetime)}
         return jwt.encode(claims, key or self.key, algorithm="RS256", headers={"kid": self.kid})
+
+
+@contextmanager
+def running_api(settings: Settings) -> Iterator[str]:
+    """The API on a real uvicorn server (as ``taskomatic api`` runs it) on a free port, in a
+    thread; yields its base URL."""
+    srv = server(settings, host="127.0.0.1", port=0)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        srv.should_exit = True
+        thread.join(10)

@@ -15,8 +15,8 @@ from api_helpers import Issuer, bearer, subject_with
 from cli_helpers import run_cli
 from cryptography.hazmat.primitives.asymmetric import rsa
 from storage_helpers import pool_path
-from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
+from test_cancellation import task_exists
 
 from conftest import Lab
 from starter.api.app import create_app
@@ -143,7 +143,7 @@ async def test_permission_matrix(matrix_client: TaskomaticClient, client: Taskom
                                              params={"task_id": task_id},
                                              json={**body, "after": [gate]})
                     expected = operates and kind in COVERS[label]
-                    exists = await _exists(matrix_client, task_id)
+                    exists = await task_exists(matrix_client, task_id)
                     case = (role, scope, kind, answer.status_code, answer.text[:200])
                     if exists and not expected:
                         unauthorized.append(case)
@@ -160,16 +160,6 @@ async def test_permission_matrix(matrix_client: TaskomaticClient, client: Taskom
     assert cases == 3 * 7 * 15
     assert unauthorized == [], unauthorized
     assert false_refusals == [], false_refusals
-
-
-async def _exists(client: TaskomaticClient, task_id: str) -> bool:
-    try:
-        await client.temporal.get_workflow_handle(task_id).describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return True
 
 
 def test_tokens_and_grants_from_the_cli(monkeypatch: pytest.MonkeyPatch,

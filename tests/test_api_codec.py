@@ -6,19 +6,17 @@ from __future__ import annotations
 
 import base64
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from api_helpers import bearer, subject_with
+from api_helpers import bearer, running_api, subject_with
 from google.protobuf import json_format
 from pydantic import SecretStr
 from temporalio.contrib.pydantic import pydantic_data_converter
 
-from starter.api.serve import server
 from taskomatic.codec import KeyRing, encode_payloads, key_entry, new_key
 from taskomatic.inventory.db import Database
 from taskomatic.models import CreateVmRequest
@@ -37,17 +35,8 @@ def keyed(settings: Settings) -> Settings:
 
 @pytest.fixture(scope="module")
 def api_url(keyed: Settings) -> Iterator[str]:
-    """The API on a real uvicorn server (as ``taskomatic api`` runs it), on a free port."""
-    srv = server(keyed, host="127.0.0.1", port=0)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}"
-    srv.should_exit = True
-    thread.join(10)
+    with running_api(keyed) as url:
+        yield url
 
 
 def _sealed(keyed: Settings, name: str) -> dict[str, Any]:

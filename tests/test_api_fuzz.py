@@ -10,20 +10,17 @@ registered host would be offered to the placement of later tests.
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 import schemathesis
-from api_helpers import subject_with
+from api_helpers import running_api, subject_with
 from hypothesis import HealthCheck, settings
 from pydantic import SecretStr
 from schemathesis.checks import not_a_server_error
 from temporalio.testing import WorkflowEnvironment
 
-from starter.api.serve import server
 from starter.api.spec import SPEC_FILE
 from taskomatic.codec import key_entry, new_key
 from taskomatic.inventory import ordering
@@ -41,18 +38,9 @@ def fuzz_stack(temporal_env: WorkflowEnvironment, settings: Settings, db: Databa
     stack = settings.model_copy(update={"temporal_address": target,
                                         "task_queue": f"fuzz-{uuid.uuid4().hex[:6]}",
                                         "encryption_keys": SecretStr(key_entry("f1", new_key()))})
-    srv = server(stack, host="127.0.0.1", port=0)
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not srv.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the API did not start"
-        time.sleep(0.05)
     _, token = subject_with(db, [("admin", "*")], label="fuzz")
-    yield (f"http://127.0.0.1:{srv.servers[0].sockets[0].getsockname()[1]}",
-           {"Authorization": f"Bearer {token}"}, stack)
-    srv.should_exit = True
-    thread.join(10)
+    with running_api(stack) as url:
+        yield url, {"Authorization": f"Bearer {token}"}, stack
 
 
 @schema.exclude(method="POST", path="/hosts").parametrize()

@@ -14,8 +14,10 @@ database credentials). A bad subject, role or scope is refused naming it (exit s
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from pydantic import BaseModel
 from rich.table import Table
 
 from starter import validated
@@ -48,17 +50,24 @@ def token_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def token_list(args: argparse.Namespace) -> int:
-    tokens = _admin().tokens(args.subject)
+def _listed(args: argparse.Namespace, rows: Sequence[BaseModel], columns: list[str],
+            cells: Callable[[Any], list[str]]) -> int:
+    """Print ``rows`` as JSON (``--json``) or as a table of ``columns``; exit status 0."""
     if args.json:
-        render.print_json(tokens)
+        render.print_json(rows)
         return 0
-    table = Table("id", "subject", "description", "created", "revoked")
-    for t in tokens:
-        table.add_row(t.id, t.subject, t.description, f"{t.created_at:%Y-%m-%d %H:%M}",
-                      f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "")
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*cells(row))
     console.print(table)
     return 0
+
+
+def token_list(args: argparse.Namespace) -> int:
+    return _listed(args, _admin().tokens(args.subject),
+                   ["id", "subject", "description", "created", "revoked"],
+                   lambda t: [t.id, t.subject, t.description, f"{t.created_at:%Y-%m-%d %H:%M}",
+                              f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else ""])
 
 
 def token_revoke(args: argparse.Namespace) -> int:
@@ -79,15 +88,9 @@ def grant_add(args: argparse.Namespace) -> int:
 
 
 def grant_list(args: argparse.Namespace) -> int:
-    grants = _admin().grants(args.subject)
-    if args.json:
-        render.print_json(grants)
-        return 0
-    table = Table("id", "subject", "role", "scope", "granted by")
-    for g in grants:
-        table.add_row(str(g.id), g.subject, g.role, g.scope, g.granted_by)
-    console.print(table)
-    return 0
+    return _listed(args, _admin().grants(args.subject),
+                   ["id", "subject", "role", "scope", "granted by"],
+                   lambda g: [str(g.id), g.subject, g.role, g.scope, g.granted_by])
 
 
 def grant_remove(args: argparse.Namespace) -> int:
