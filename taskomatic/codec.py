@@ -25,8 +25,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.converter import PayloadCodec
 
-from taskomatic.settings import Settings, split_address
-
 ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"
 _NONCE_BYTES = 12
@@ -36,11 +34,6 @@ _KEY_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 class CodecError(ValueError):
     """Keys that cannot be loaded, or a payload that cannot be decrypted with them."""
-
-
-class CodecServerError(CodecError):
-    """A codec server configuration that cannot serve: no keys, no usable token, or an address
-    that is not host:port."""
 
 
 class KeyRing:
@@ -176,36 +169,3 @@ def decode_payloads(ring: KeyRing | None, payloads: Sequence[Payload]) -> list[P
 
 
 # --- the codec server's settings (read by the codec server and by `taskomatic dev`) -----------
-
-
-def codec_token(settings: Settings) -> str:
-    """The codec server's bearer token: ``codec_server_token``, else the text of
-    ``codec_server_token_file``, surrounding blanks stripped.
-
-    Raises CodecServerError if neither is set, the file cannot be read, or the token is shorter
-    than 16 characters, not ASCII, or holds '/', '?', '#', '%' or blanks (it may travel as a URL
-    path segment).
-    """
-    if settings.codec_server_token is not None:
-        token = settings.codec_server_token.get_secret_value().strip()
-    elif settings.codec_server_token_file is not None:
-        try:
-            token = settings.codec_server_token_file.read_text(encoding="utf-8").strip()
-        except OSError as err:
-            raise CodecServerError(f"cannot read the codec server token file "
-                                   f"{settings.codec_server_token_file}: {err.strerror}") from None
-    else:
-        raise CodecServerError("the codec server needs a token: set TASKOMATIC_CODEC_SERVER_"
-                               "TOKEN_FILE or TASKOMATIC_CODEC_SERVER_TOKEN")
-    if len(token) < 16 or not token.isascii() or any(c in token for c in "/ \t?#%"):
-        raise CodecServerError("the codec server token must be at least 16 ASCII characters, "
-                               "without '/', '?', '#', '%' or blanks")
-    return token
-
-
-def codec_server_address(settings: Settings) -> tuple[str, int]:
-    """``codec_server_address`` as ``(host, port)``; CodecServerError unless it is host:port."""
-    try:
-        return split_address(settings.codec_server_address, "TASKOMATIC_CODEC_SERVER_ADDRESS")
-    except ValueError as err:
-        raise CodecServerError(str(err)) from None

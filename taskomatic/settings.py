@@ -99,11 +99,20 @@ class Settings(BaseSettings):
     # Security (README "Security"). Payload encryption is on when keys are configured.
     encryption_key_file: Path | None = None
     encryption_keys: SecretStr | None = None  # "<id>:<base64>,…"; first = current key
-    dev_encryption: bool = True  # `taskomatic dev` makes a key and runs the codec server
-    codec_server_address: str = "127.0.0.1:8234"
-    codec_server_token: SecretStr | None = None
-    codec_server_token_file: Path | None = None
+    dev_encryption: bool = True  # `taskomatic dev` makes a key; the Web UI decodes via the API
     codec_cors_origins: list[str] = Field(default_factory=list, description="besides the UI's")
+    # The HTTP API (`taskomatic api`, README "The HTTP API"): OIDC bearer tokens are checked
+    # against the JWKS (a file, or a URL fetched and cached), with this issuer and audience.
+    api_address: str = "127.0.0.1:8235"
+    api_oidc_issuer: str | None = None
+    api_oidc_audience: str | None = None
+    api_jwks_file: Path | None = None
+    api_jwks_url: str | None = None
+    # Explicit local mode: a request without credentials acts as the local admin. Never in
+    # production (deploy/ sets it false); for a laptop's API only.
+    api_local_admin: bool = False
+    api_timeout_seconds: int = Field(15, ge=1, le=600,
+                                       description="idle/stalled client connections are closed")
     temporal_tls: bool = False  # implied by any temporal_tls_* file
     temporal_tls_ca_file: Path | None = None
     temporal_tls_cert_file: Path | None = None

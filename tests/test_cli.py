@@ -55,7 +55,7 @@ def shell(tmp_path_factory: pytest.TempPathFactory, pg_server_url: str) -> Itera
     env.update(TASKOMATIC_TEMPORAL_ADDRESS=f"127.0.0.1:{port}",
                TASKOMATIC_TEMPORAL_UI_URL=f"http://127.0.0.1:{port + 1000}",
                TASKOMATIC_DATABASE_URL=db_url, COLUMNS="200",
-               TASKOMATIC_CODEC_SERVER_ADDRESS=f"127.0.0.1:{free_port_pair()}")
+               TASKOMATIC_API_ADDRESS=f"127.0.0.1:{free_port_pair()}")
     stack = subprocess.Popen([CLI, "dev", "--hosts", "2"], cwd=cwd, env=env, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     # The commands below must find the stack through .taskomatic/env, not through our env.
@@ -113,11 +113,11 @@ def test_vm_lifecycle_through_the_cli(shell: Shell) -> None:
 def test_dev_stack_stores_ciphertext_and_decodes_for_the_ui(shell: Shell) -> None:
     state = shell.cwd / ".taskomatic"
     assert (state / "encryption.keys").stat().st_mode & 0o077 == 0
-    assert (state / "codec-token").stat().st_mode & 0o077 == 0
+    assert (state / "api-token").stat().st_mode & 0o077 == 0
     env = dict(line.split("=", 1) for line in (state / "env").read_text().splitlines()
                if "=" in line)
-    address, codec = (env[k].strip('"') for k in ("TASKOMATIC_TEMPORAL_ADDRESS",
-                                                  "TASKOMATIC_CODEC_SERVER_ADDRESS"))
+    address, api = (env[k].strip('"') for k in ("TASKOMATIC_TEMPORAL_ADDRESS",
+                                                "TASKOMATIC_API_ADDRESS"))
     task = shell.json("vm", "create", "cipher1", "--vcpus", "1", "--memory-mib", "64", "--wait",
                       "--requested-by", "carol@example.org")
     shown = shell.json("tasks", "show", task["task_id"])  # the CLI decrypts with the dev key
@@ -135,13 +135,14 @@ def test_dev_stack_stores_ciphertext_and_decodes_for_the_ui(shell: Shell) -> Non
     sealed = asyncio.run(stored_input())
     assert sealed.metadata["encoding"] == b"binary/encrypted"
     body = json.dumps({"payloads": [json_format.MessageToDict(sealed)]}).encode()
-    token = (state / "codec-token").read_text().strip()
+    token = (state / "api-token").read_text().strip()
     ui_settings = json.loads(urllib.request.urlopen(
         f"{env['TASKOMATIC_TEMPORAL_UI_URL'].strip(chr(34))}/api/v1/settings", timeout=30).read())
-    assert ui_settings["Codec"]["Endpoint"] == f"http://{codec}/{token}"
+    assert ui_settings["Codec"]["Endpoint"] == f"http://{api}/codec/{token}"
     with pytest.raises(urllib.error.HTTPError) as refused:
-        urllib.request.urlopen(urllib.request.Request(f"http://{codec}/decode", data=body),
-                               timeout=30)
+        urllib.request.urlopen(urllib.request.Request(
+            f"http://{api}/codec/decode", data=body,
+            headers={"Content-Type": "application/json"}), timeout=30)
     assert refused.value.code == 401
     decoded = urllib.request.urlopen(urllib.request.Request(
         f"{ui_settings['Codec']['Endpoint']}/decode", data=body,

@@ -35,10 +35,10 @@ def _leftovers(directory: Path) -> list[str]:
     return found
 
 
-def _run_demo(cwd: Path, port: int, database_url: str, codec_port: int) -> str:
+def _run_demo(cwd: Path, port: int, database_url: str, api_port: int) -> str:
     env = {**os.environ, "TASKOMATIC_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
            "TASKOMATIC_DATABASE_URL": database_url, "COLUMNS": "200",
-           "TASKOMATIC_CODEC_SERVER_ADDRESS": f"127.0.0.1:{codec_port}"}
+           "TASKOMATIC_API_ADDRESS": f"127.0.0.1:{api_port}"}
     done = subprocess.run([sys.executable, "-c", RUN_DEMO], cwd=cwd, env=env,
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, timeout=90)
@@ -47,10 +47,13 @@ def _run_demo(cwd: Path, port: int, database_url: str, codec_port: int) -> str:
 
 
 def test_dev_demo_runs_twice_and_cleans_up(tmp_path: Path, scratch_database_url: str) -> None:
-    port, codec_port = free_port_pair(), free_port_pair()
+    port, api_port = free_port_pair(), free_port_pair()
     for _ in range(2):  # the second run finds hosts registered and Temporal's history kept
-        out = _run_demo(tmp_path, port, scratch_database_url, codec_port)
+        out = _run_demo(tmp_path, port, scratch_database_url, api_port)
         assert f"http://127.0.0.1:{port + 1000}" in out
+        assert f"\nAPI  http://127.0.0.1:{api_port}\n" in out, out
+        assert "admin token (dev-admin) in .taskomatic/api-token" in out
+        assert re.search(r"GET /me: dev-admin \(token\); GET /vms: demo-", out), out
         suffix = re.search(r"demo-([0-9a-f]{4})-1 is running on host-[12]", out)
         assert suffix, out
         for i in range(1, 5):
@@ -96,7 +99,7 @@ def test_the_dev_stack_restarts_a_worker_that_exits(tmp_path: Path,
     env = {k: v for k, v in os.environ.items() if not k.startswith("TASKOMATIC_")}
     env.update(TASKOMATIC_TEMPORAL_ADDRESS=f"127.0.0.1:{port}", COLUMNS="200",
                TASKOMATIC_DATABASE_URL=scratch_database_url, TASKOMATIC_WORKER_DRAIN_SECONDS="5",
-               TASKOMATIC_CODEC_SERVER_ADDRESS=f"127.0.0.1:{free_port_pair()}")
+               TASKOMATIC_API_ADDRESS=f"127.0.0.1:{free_port_pair()}")
     plain = {k: v for k, v in env.items() if not k.startswith("TASKOMATIC_")}
     said = tmp_path / "dev.out"
     with said.open("w") as out:

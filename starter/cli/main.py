@@ -14,7 +14,7 @@ import sys
 from pydantic import ValidationError
 
 from starter import RequestError
-from starter.cli import clusters, hosts, lab, operations, reconcile, storage, tasks, vms
+from starter.cli import access, clusters, hosts, lab, operations, reconcile, storage, tasks, vms
 from starter.cli.common import ServiceUnavailable, errors
 from taskomatic.codec import CodecError
 from taskomatic.errors import ErrorType, error_info
@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="taskomatic", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     nouns = p.add_subparsers(dest="noun", required=True)
-    for module in (clusters, hosts, vms, storage, tasks, reconcile, lab, operations):
+    for module in (clusters, hosts, vms, storage, tasks, reconcile, access, lab, operations):
         module.add_commands(nouns)
     return p
 

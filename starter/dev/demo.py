@@ -9,8 +9,11 @@ live progress), returns it to service and brings its VMs back.
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
+import urllib.request
 from collections.abc import Awaitable
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -77,7 +80,26 @@ async def run_demo(client: TaskomaticClient, console: Console) -> None:
     console.print(render.hosts_table(await client.hosts()))
     console.print(render.vms_table([vm for vm in await client.vms() if vm.name in names]))
     console.print(render.tasks_table(await _settled_tasks(client, names, expected=6)))
+    await _through_the_api(client, console, names)
     await _moves(client, console, names[2])
+
+
+async def _through_the_api(client: TaskomaticClient, console: Console, names: list[str]) -> None:
+    """Two calls to the dev stack's HTTP API, as the dev admin (its token file)."""
+    base = f"http://{client.settings.api_address}"
+    token = (client.settings.state_dir / "api-token").read_text(encoding="utf-8").strip()
+
+    def get(path: str) -> Any:
+        ask = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(ask, timeout=10) as answer:
+            return json.load(answer)
+
+    console.rule(f"The same through the HTTP API ({base})")
+    me = await asyncio.to_thread(get, "/me")
+    vms = await asyncio.to_thread(get, "/vms")
+    ours = sorted(f"{vm['name']} {vm['state']} on {vm['host']}" for vm in vms
+                  if vm["name"] in names)
+    console.print(f"  GET /me: {me['subject']} ({me['via']}); GET /vms: {'; '.join(ours)}")
 
 
 async def _moves(client: TaskomaticClient, console: Console, vm: str) -> None:

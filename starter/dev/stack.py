@@ -155,7 +155,7 @@ class DevStack:
                     f"e.g. TASKOMATIC_TEMPORAL_ADDRESS={host}:{port + 100} (the UI uses port+1000)")
         argv = [*temporal_dev_server_argv(self.dir / "temporal.db", host, port,
                                           base.temporal_namespace, ui_port),
-                *dev_security.ui_codec_flags(base)]
+                *dev_security.ui_codec_flags(base, self.dir)]
         server = Child.spawn("Temporal server", argv, self.dir / "temporal.log",
                              SERVER_STOP_SECONDS)
         self.children.append(server)
@@ -274,6 +274,9 @@ class DevStack:
             grid.add_row(f"[bold]{label}[/]", value)
         self.console.print("[bold green]taskomatic dev stack is up[/]")
         self.console.print(grid)
+        self.console.print(f"API  http://{settings.api_address}", highlight=False, markup=False)
+        self.console.print(f"     admin token (dev-admin) in {shown(self.dir / 'api-token')}",
+                           highlight=False, markup=False)
         if not demo:
             self.console.print("[bold]Ctrl-C to stop.[/]")
 
@@ -367,7 +370,7 @@ async def _run(stack: DevStack, hosts: int, demo: bool, lab: bool = False) -> in
         specs = await asyncio.to_thread(stack.prepare_hosts, url, hosts)
     stack.write_env(settings)
     await stack.start_worker(settings, client)
-    await dev_security.start_codec_server(stack, settings)
+    await dev_security.start_api(stack, settings)
     stack.summary(settings, specs, demo)
     if not demo:
         return await stack.supervise()

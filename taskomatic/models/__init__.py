@@ -3,6 +3,7 @@ rows. One module per feature (the same stems as ``taskomatic.inventory``, ``acti
 ``workflows``); import them from here.
 """
 
+from taskomatic.models.access import Grant, GrantSpec, NewToken, TokenRecord, TokenSpec
 from taskomatic.models.base import (
     ROOT_TASK_ID_MAX,
     LibvirtUri,
@@ -223,6 +224,8 @@ __all__ = [
     "Finding",
     "FindingKind",
     "Findings",
+    "Grant",
+    "GrantSpec",
     "GroupPolicy",
     "HostCheck",
     "HostDomain",
@@ -256,6 +259,7 @@ __all__ = [
     "MoveReservation",
     "MoveStorage",
     "Name",
+    "NewToken",
     "OriginVmsInput",
     "Phase",
     "PlanDisksInput",
@@ -319,6 +323,8 @@ __all__ = [
     "TaskProgress",
     "TaskRequest",
     "TaskState",
+    "TokenRecord",
+    "TokenSpec",
     "Vcpus",
     "VmDisks",
     "VmIdentity",
