@@ -36,6 +36,7 @@ from temporalio.worker import (
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.disks import DiskActivities
+from activities.events import AuditActivities, AuditInterceptor
 from activities.hosts import HostActivities
 from activities.migration import HEARTBEAT_THROTTLE, MigrationActivities
 from activities.ordering import OrderingActivities
@@ -46,9 +47,11 @@ from taskomatic.codec import CodecError
 from taskomatic.errors import ErrorType, error_info
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.inventory.db import get_database
+from taskomatic.inventory.events import sweep_events
 from taskomatic.logs import configure_logging, get_logger
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import connect_temporal, ensure_search_attributes
+from workflows.events import StepHeaders
 from workflows.kinds import TASK_WORKFLOWS  # every task kind this worker runs, one per row
 from workflows.ordering import ordering_queue
 from workflows.reconcile import ensure_reconcile_schedule
@@ -80,6 +83,7 @@ def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
         hosts.reserve_destination, hosts.host_ref, hosts.begin_maintenance, hosts.set_host_state,
         hosts.vms_with_origin, hosts.plan_moves,
         moves.migrate_domain, moves.confirm_move, moves.locate_domain, moves.list_host_domains,
+        AuditActivities(db).record_task_end,
     ]
 
 
@@ -91,7 +95,7 @@ def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
 WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules(
         "workflows.runbook", "workflows.ordering", "workflows.vm_steps", "workflows.disks",
-        "workflows.cancels"))
+        "workflows.cancels", "workflows.events"))
 
 
 def drain_time(settings: Settings) -> timedelta:
@@ -112,6 +116,8 @@ def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,  # a cancel is heard within ~1 s
         graceful_shutdown_timeout=drain_time(settings),
+        # The audit log: each step, undo and wait of every task (task_events).
+        interceptors=[AuditInterceptor(_database(settings)), StepHeaders()],
     )
 
 
@@ -167,7 +173,8 @@ def build_ordering_worker(client: Client, settings: Settings) -> Worker:
                     reconcile.release_stale_reservations],
         max_concurrent_activities=settings.max_waiting_tasks,
         graceful_shutdown_timeout=drain_time(settings),
-        interceptors=[WaitsEndAtShutdown({OrderingActivities.await_task_end.__name__})],
+        interceptors=[WaitsEndAtShutdown({OrderingActivities.await_task_end.__name__}),
+                      AuditInterceptor(_database(settings))],
     )
 
 
@@ -190,13 +197,30 @@ async def run_worker(settings: Settings | None = None) -> None:
         log.info("worker started", task_queue=settings.task_queue,
                  temporal=settings.temporal_address, namespace=settings.temporal_namespace,
                  drain_seconds=settings.worker_drain_seconds)
+        sweeper = asyncio.create_task(sweep_audit_log(settings))
         async with worker, watcher:
             await stop.wait()
+            sweeper.cancel()
             log.info("worker stopping: no new work; running activities may finish",
                      drain_seconds=settings.worker_drain_seconds)
             await asyncio.gather(worker.shutdown(), watcher.shutdown())
         log.info("worker stopped")
     hypervisors.close()
+
+
+async def sweep_audit_log(settings: Settings, every_seconds: float = 3600.0) -> None:
+    """Every ``every_seconds``: delete audit-log events older than
+    ``settings.task_events_retention_days`` (several workers sweeping at once is harmless)."""
+    while True:
+        try:
+            swept = await asyncio.to_thread(sweep_events, _database(settings),
+                                            settings.task_events_retention_days)
+            if swept:
+                log.info("audit log swept", events=swept,
+                         retention_days=settings.task_events_retention_days)
+        except ApplicationError as err:
+            log.warning("audit log sweep failed", error=error_info(err).message)
+        await asyncio.sleep(every_seconds)
 
 
 def main() -> None:

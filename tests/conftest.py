@@ -93,6 +93,10 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_extra_args=[
             "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
             "--dynamic-config-value", "frontend.enableServerVersionCheck=false",
+            # A deleted workflow's history goes within ~1 s instead of ~30 s: the delete waits
+            # for the queues' ack levels, saved every 30 s by default (tests/test_audit_log.py).
+            "--dynamic-config-value", 'history.transferProcessorUpdateAckInterval="1s"',
+            "--dynamic-config-value", 'history.visibilityProcessorUpdateAckInterval="1s"',
         ],
     )
     yield env
