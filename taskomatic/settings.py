@@ -91,6 +91,18 @@ class Settings(BaseSettings):
     codec_server_token: SecretStr | None = None
     codec_server_token_file: Path | None = None
     codec_cors_origins: list[str] = Field(default_factory=list, description="besides the UI's")
+    # The HTTP API (`taskomatic api`, README "The HTTP API"): OIDC bearer tokens are checked
+    # against the JWKS (a file, or a URL fetched and cached), with this issuer and audience.
+    api_address: str = "127.0.0.1:8235"
+    api_oidc_issuer: str | None = None
+    api_oidc_audience: str | None = None
+    api_jwks_file: Path | None = None
+    api_jwks_url: str | None = None
+    # Explicit local mode: a request without credentials acts as the local admin. Never in
+    # production (deploy/ sets it false); for a laptop's API only.
+    api_local_admin: bool = False
+    api_timeout_seconds: float = Field(15.0, gt=0, le=600,
+                                       description="idle/stalled client connections are closed")
     temporal_tls: bool = False  # implied by any temporal_tls_* file
     temporal_tls_ca_file: Path | None = None
     temporal_tls_cert_file: Path | None = None

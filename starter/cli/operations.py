@@ -14,6 +14,7 @@ import os
 import sys
 from typing import Any, NoReturn
 
+from starter.api.serve import serve as serve_api
 from starter.cli.common import console, noun, verb
 from starter.dev import run_dev
 from taskomatic.inventory.db import ensure_database, upgrade
@@ -45,6 +46,13 @@ def codec_server(args: argparse.Namespace) -> int:
     run_program("codec_server", args.rest)
 
 
+def api(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    if args.address:
+        settings = settings.model_copy(update={"api_address": args.address})
+    return serve_api(settings)
+
+
 def dev(args: argparse.Namespace) -> int:
     return run_dev(hosts=args.hosts, demo=args.demo, lab=args.lab)
 
@@ -56,6 +64,10 @@ def add_commands(nouns: Any) -> None:
     verb(db, "upgrade", db_upgrade, "create the database if needed and apply migrations")
     sp = nouns.add_parser("worker", help="run a worker")
     sp.set_defaults(fn=worker)
+    sp = nouns.add_parser("api", help="serve the HTTP API (FastAPI on uvicorn)")
+    sp.add_argument("--address", help="host:port (default: TASKOMATIC_API_ADDRESS, "
+                                      "127.0.0.1:8235)")
+    sp.set_defaults(fn=api)
     sp = nouns.add_parser("dev", help="run the local dev stack (Temporal, PostgreSQL, worker)")
     sp.add_argument("--hosts", type=int, default=3,
                     help="hosts to create (libvirt test-driver hosts, or lab hosts with --lab)")

@@ -3,6 +3,7 @@ rows. One module per feature (the same stems as ``taskomatic.inventory``, ``acti
 ``workflows``); import them from here.
 """
 
+from taskomatic.models.access import Grant, GrantSpec, NewToken, TokenRecord, TokenSpec
 from taskomatic.models.base import (
     ROOT_TASK_ID_MAX,
     LibvirtUri,
@@ -205,6 +206,8 @@ __all__ = [
     "Finding",
     "FindingKind",
     "Findings",
+    "Grant",
+    "GrantSpec",
     "HostCheck",
     "HostDomain",
     "HostDomains",
@@ -235,6 +238,7 @@ __all__ = [
     "MovePlan",
     "MoveReservation",
     "Name",
+    "NewToken",
     "OriginVmsInput",
     "Phase",
     "PlanDisksInput",
@@ -292,6 +296,8 @@ __all__ = [
     "TaskProgress",
     "TaskRequest",
     "TaskState",
+    "TokenRecord",
+    "TokenSpec",
     "Vcpus",
     "VmDisks",
     "VmIdentity",

@@ -1,0 +1,66 @@
+"""Inventory routes: hosts (list, register), VMs, pools and volumes, read straight from the
+inventory through the starter library. A listing holds what the caller may read."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from starter.api.auth import User, can_read, require
+from starter.api.deps import Client, Db
+from taskomatic.models import (
+    HostRecord,
+    HostSpec,
+    Model,
+    Name,
+    PoolRecord,
+    VmRecord,
+    VolumeRecord,
+    host_resource,
+    pool_resource,
+    vm_resource,
+)
+
+router = APIRouter(tags=["inventory"])
+
+
+class HostAdded(Model):
+    host: HostRecord
+    added: bool
+
+
+@router.get("/hosts", response_model=list[HostRecord])
+async def list_hosts(user: User, client: Client) -> list[HostRecord]:
+    return [h for h in await client.hosts() if can_read(user, [host_resource(h.name)])]
+
+
+@router.post("/hosts", response_model=HostAdded)
+async def add_host(spec: HostSpec, user: User, client: Client, db: Db,
+                   probe: Annotated[bool, Query()] = True) -> HostAdded:
+    """Register a hypervisor (``admin`` on the host); with ``probe`` its URI must answer.
+    Registering the same host again is a no-op (``added`` false)."""
+    await require(user, "admin", [host_resource(spec.name)], db)
+    host, added = await client.add_host(spec, probe)
+    return HostAdded(host=host, added=added)
+
+
+@router.get("/vms", response_model=list[VmRecord])
+async def list_vms(user: User, client: Client,
+                   host: Annotated[Name | None, Query()] = None) -> list[VmRecord]:
+    return [vm for vm in await client.vms(host)
+            if can_read(user, [vm_resource(vm.name)], {vm_resource(vm.name): vm.host})]
+
+
+@router.get("/pools", response_model=list[PoolRecord])
+async def list_pools(user: User, client: Client,
+                     host: Annotated[Name | None, Query()] = None) -> list[PoolRecord]:
+    return [p for p in await client.pools(host)
+            if can_read(user, [pool_resource(p.name)], {pool_resource(p.name): p.host})]
+
+
+@router.get("/volumes", response_model=list[VolumeRecord])
+async def list_volumes(user: User, client: Client,
+                       pool: Annotated[Name | None, Query()] = None) -> list[VolumeRecord]:
+    return [v for v in await client.volumes(pool)
+            if can_read(user, [pool_resource(v.pool)], {pool_resource(v.pool): v.host})]
