@@ -15,7 +15,13 @@ from typing import Any
 
 from starter.errors import RequestError
 from taskomatic.inventory.db import Database
-from taskomatic.inventory.events import events_since, record_event, task_log
+from taskomatic.inventory.events import (
+    events_since,
+    newest_event_id,
+    record_event,
+    task_log,
+    task_resources,
+)
 from taskomatic.logs import get_logger
 from taskomatic.models import TaskRequest
 from taskomatic.models.events import TaskEvent, TaskEventInput
@@ -43,6 +49,14 @@ class AuditReads:
         if not 1 <= limit <= MAX_EVENTS_PAGE:
             raise RequestError("limit", f"must be 1-{MAX_EVENTS_PAGE} (got {limit})")
         return await asyncio.to_thread(events_since, self.db, since, limit)
+
+    async def newest_event_id(self) -> int:
+        """The newest event's id (0 if none): the cursor of "from now on"."""
+        return await asyncio.to_thread(newest_event_id, self.db)
+
+    async def task_resources(self, task_ids: list[str]) -> dict[str, list[str]]:
+        """task id → the resources named at its submission (tasks the starter submitted)."""
+        return await asyncio.to_thread(task_resources, self.db, sorted(set(task_ids)))
 
     async def record_submitted(self, task_id: str, run_id: str | None, kind: str,
                                req: TaskRequest, resources: list[str]) -> None:

@@ -50,3 +50,20 @@ def sweep_events(db: Database, retention_days: float) -> int:
         cur.execute("DELETE FROM task_events WHERE at < %s", (cutoff,))
         return int(cur.rowcount)
 
+
+
+def task_resources(db: Database, task_ids: list[str]) -> dict[str, list[str]]:
+    """task id → the resources its ``submitted`` event names, for the tasks among ``task_ids``
+    that the starter submitted (children started by a task have none)."""
+    with db.transaction() as cur:
+        cur.execute("SELECT task_id, detail->'resources' AS resources FROM task_events"
+                    " WHERE kind = 'submitted' AND task_id = ANY(%s)", (task_ids,))
+        return {row["task_id"]: list(row["resources"] or []) for row in cur.fetchall()}
+
+
+def newest_event_id(db: Database) -> int:
+    """The id of the newest event (0 if the log is empty): the cursor of "from now on"."""
+    with db.transaction() as cur:
+        cur.execute("SELECT coalesce(max(id), 0) AS newest FROM task_events")
+        row = cur.fetchone()
+        return int(row["newest"]) if row else 0
