@@ -19,7 +19,7 @@ import contextlib
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -36,7 +36,7 @@ from temporalio.worker import (
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.disks import DiskActivities
-from activities.events import AuditActivities, AuditInterceptor
+from activities.events import AuditInterceptor, TaskEnds
 from activities.hosts import HostActivities
 from activities.migration import HEARTBEAT_THROTTLE, MigrationActivities
 from activities.ordering import OrderingActivities
@@ -83,7 +83,6 @@ def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
         hosts.reserve_destination, hosts.host_ref, hosts.begin_maintenance, hosts.set_host_state,
         hosts.vms_with_origin, hosts.plan_moves,
         moves.migrate_domain, moves.confirm_move, moves.locate_domain, moves.list_host_domains,
-        AuditActivities(db).record_task_end,
     ]
 
 
@@ -197,15 +196,28 @@ async def run_worker(settings: Settings | None = None) -> None:
         log.info("worker started", task_queue=settings.task_queue,
                  temporal=settings.temporal_address, namespace=settings.temporal_namespace,
                  drain_seconds=settings.worker_drain_seconds)
-        sweeper = asyncio.create_task(sweep_audit_log(settings))
-        async with worker, watcher:
+        async with worker, watcher, audit_log(client, settings):
             await stop.wait()
-            sweeper.cancel()
             log.info("worker stopping: no new work; running activities may finish",
                      drain_seconds=settings.worker_drain_seconds)
             await asyncio.gather(worker.shutdown(), watcher.shutdown())
         log.info("worker stopped")
     hypervisors.close()
+
+
+@contextlib.asynccontextmanager
+async def audit_log(client: Client, settings: Settings) -> AsyncIterator[None]:
+    """While open, the worker's audit-log chores run: recording the end of every task of its
+    queue (``activities.events.TaskEnds``) and sweeping events past their retention."""
+    chores = [asyncio.create_task(TaskEnds(client, _database(settings),
+                                           settings.task_queue).run()),
+              asyncio.create_task(sweep_audit_log(settings))]
+    try:
+        yield
+    finally:
+        for chore in chores:
+            chore.cancel()
+        await asyncio.gather(*chores, return_exceptions=True)
 
 
 async def sweep_audit_log(settings: Settings, every_seconds: float = 3600.0) -> None:

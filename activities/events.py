@@ -1,6 +1,7 @@
 """The audit log's writers on the worker: ``AuditInterceptor`` records every activity execution
 of a task (each attempt's start and its outcome, with duration and detail) and the waits it
-meets; ``AuditActivities.record_task_end`` is the local activity a task ends with.
+meets; ``TaskEnds`` records each task's end (state, error) from Temporal's list of closed
+workflows, so no task runs an extra command for its log.
 
 A step's name and whether it is an undo come from the ``taskomatic-step`` header, which the
 workflow side (``workflows.events``) puts on each activity a runbook step schedules; without it
@@ -15,10 +16,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
+from temporalio.client import (
+    Client,
+    WorkflowExecution,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+)
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 from temporalio.worker import (
     ActivityInboundInterceptor,
     ExecuteActivityInput,
@@ -27,9 +36,9 @@ from temporalio.worker import (
 
 from taskomatic.errors import error_info
 from taskomatic.inventory.db import Database
-from taskomatic.inventory.events import record_event
+from taskomatic.inventory.events import record_event, recorded_keys
 from taskomatic.logs import get_logger
-from taskomatic.models.events import RecordedEvent, TaskEndInput, TaskEventInput
+from taskomatic.models.events import TaskEventInput
 
 log = get_logger(component="audit")
 
@@ -39,27 +48,9 @@ STEP_HEADER = "taskomatic-step"
 WAIT_FOR_TASK = "await_task_end"
 
 
-class AuditActivities:
-    """The audit log's activity: the end of a task."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    @activity.defn
-    def record_task_end(self, inp: TaskEndInput) -> RecordedEvent:
-        """Record that ``inp.task_id`` ended (``state``, ``error``); once per run."""
-        detail: dict[str, Any] = {"state": inp.state, "run_id": inp.run_id}
-        if inp.error is not None:
-            detail["error"] = inp.error
-        added = record_event(self.db, TaskEventInput(
-            key=f"{inp.task_id}/{inp.run_id}/end", task_id=inp.task_id, kind="end",
-            task_kind=inp.task_kind, detail=detail))
-        return RecordedEvent(added=added)
-
-
 class AuditInterceptor(Interceptor):
     """Worker interceptor: writes step_started / step_finished / step_failed (undo_* for undos)
-    and waiting events to ``task_events`` for every activity a task runs (not the end's own)."""
+    and waiting events to ``task_events`` for every activity a task runs."""
 
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -75,7 +66,7 @@ class _AuditedActivity(ActivityInboundInterceptor):
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
-        if info.activity_type == AuditActivities.record_task_end.__name__ or not info.workflow_id:
+        if not info.workflow_id:
             return await super().execute_activity(input)
         step, undo = _step_of(input, info.activity_type)
         prefix = "undo" if undo else "step"
@@ -146,3 +137,74 @@ def _detail(result: Any) -> str | None:
 
 def _ms(begun: float) -> int:
     return int((time.monotonic() - begun) * 1000)
+
+
+# How a closed workflow ended → the task's end state in the log (continued-as-new is no end).
+_END_STATES = {
+    WorkflowExecutionStatus.COMPLETED: "complete", WorkflowExecutionStatus.FAILED: "error",
+    WorkflowExecutionStatus.CANCELED: "cancelled", WorkflowExecutionStatus.TERMINATED: "terminated",
+    WorkflowExecutionStatus.TIMED_OUT: "timed_out",
+}
+
+
+class TaskEnds:
+    """Records the ``end`` event (state, error) of every task of ``task_queue`` that closed,
+    found in Temporal's list of closed workflows (visibility), so no task runs an extra command
+    for it. ``run`` polls every ``every_seconds``; each poll asks for what closed since the
+    newest close time seen (less ``overlap``, for the list's lag) and records the ends not yet
+    recorded (key ``task/run/end``: several workers doing this at once is harmless). At start it
+    looks back ``lookback`` for ends missed while no worker ran."""
+
+    def __init__(self, client: Client, db: Database, task_queue: str,
+                 lookback: timedelta = timedelta(days=1),
+                 overlap: timedelta = timedelta(seconds=30)) -> None:
+        self.client, self.db, self.task_queue = client, db, task_queue
+        self.since = datetime.now(UTC) - lookback
+        self.overlap = overlap
+
+    async def run(self, every_seconds: float = 1.0) -> None:
+        while True:
+            try:
+                await self.poll()
+            except (RPCError, ApplicationError) as err:
+                log.warning("task ends not recorded this round", error=str(err))
+            await asyncio.sleep(every_seconds)
+
+    async def poll(self) -> int:
+        """One round; returns how many ends it recorded."""
+        stamp = self.since.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        query = (f"TaskQueue = '{self.task_queue}' AND ExecutionStatus != 'Running'"
+                 f" AND CloseTime >= '{stamp}'")
+        closed = [wf async for wf in self.client.list_workflows(query)
+                  if wf.status in _END_STATES]
+        if not closed:
+            return 0
+        newest = max(wf.close_time for wf in closed if wf.close_time is not None)
+        keys = {f"{wf.id}/{wf.run_id}/end": wf for wf in closed}
+        done = await asyncio.to_thread(recorded_keys, self.db, list(keys))
+        for key, wf in keys.items():
+            if key not in done:
+                await asyncio.to_thread(record_event, self.db, await self._end(key, wf))
+        self.since = max(self.since, newest - self.overlap)
+        return len(keys) - len(done)
+
+    async def _end(self, key: str, wf: WorkflowExecution) -> TaskEventInput:
+        state = _END_STATES[wf.status]  # type: ignore[index]
+        detail: dict[str, Any] = {"state": state, "run_id": wf.run_id}
+        if state != "complete":
+            handle = self.client.get_workflow_handle(wf.id, run_id=wf.run_id)
+            try:
+                await handle.result(follow_runs=False)
+            except WorkflowFailureError as err:
+                detail["error"] = _failure_detail(err.cause)
+        return TaskEventInput(key=key, task_id=wf.id, kind="end", task_kind=wf.workflow_type,
+                              detail=detail)
+
+
+def _failure_detail(cause: BaseException) -> dict[str, Any]:
+    """A task's failure: its ``TaskFailure`` (first detail of the ApplicationError a runbook
+    ends with), else the error's type and message (cancelled, terminated, timed out)."""
+    if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0],
+                                                                             dict):
+        return dict(cause.details[0])
+    return {"error_type": type(cause).__name__, "message": str(cause)}

@@ -14,7 +14,7 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
+from temporalio.common import HeaderCodecBehavior, SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.service import TLSConfig
@@ -33,6 +33,10 @@ SEARCH_ATTRIBUTES = (TASK_KIND, TASK_VM, TASK_HOST, TASK_POOL, TASK_STATE, TASK_
                      TASK_REQUESTED_BY)
 
 
+# Headers (the audit log's step names, workflows.events) go through the codec like every payload.
+HEADER_CODEC = HeaderCodecBehavior.CODEC
+
+
 async def connect_temporal(settings: Settings) -> Client:
     """A client with taskomatic's data converter (encrypting if keys are set), TLS and API key."""
     api_key = settings.temporal_api_key
@@ -44,6 +48,7 @@ async def connect_temporal(settings: Settings) -> Client:
             data_converter=data_converter(settings),
             tls=tls,  # None: TLS only with an API key (hosted Temporal)
             api_key=api_key.get_secret_value() if api_key else None,
+            header_codec_behavior=HEADER_CODEC,
         )
     except RuntimeError as err:
         how = " over TLS" if tls or api_key else ""

@@ -39,7 +39,7 @@ from taskomatic.inventory.db import (
 from taskomatic.models import DomainRef, DomainReport, HostSpec, HostState
 from taskomatic.settings import Settings
 from taskomatic.temporal import SEARCH_ATTRIBUTES
-from worker import build_ordering_worker, build_worker
+from worker import audit_log, build_ordering_worker, build_worker
 
 LOCAL_PG = os.environ.get("TASKOMATIC_TEST_DATABASE_URL",
                           "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -122,7 +122,8 @@ async def worker(temporal_env: WorkflowEnvironment, settings: Settings,
                  hypervisors: Hypervisors) -> AsyncIterator[Worker]:
     with ThreadPoolExecutor(max_workers=settings.activity_threads) as executor:
         w = build_worker(temporal_env.client, settings, hypervisors, executor)
-        async with w, build_ordering_worker(temporal_env.client, settings):
+        async with w, build_ordering_worker(temporal_env.client, settings), \
+                audit_log(temporal_env.client, settings):
             yield w
 
 

@@ -29,6 +29,7 @@ from taskomatic.hypervisor import Hypervisors
 from taskomatic.inventory import ordering
 from taskomatic.inventory.db import Database
 from taskomatic.models import HostState
+from taskomatic.models.events import TaskEvent
 from taskomatic.settings import Settings
 from worker import TASK_WORKFLOWS, WORKFLOW_RUNNER, activity_list, build_ordering_worker
 
@@ -167,3 +168,13 @@ async def resource_held(db: Database, temporal: Client, resource: str) -> AsyncI
     finally:
         _, woken = await asyncio.to_thread(ordering.release, db, holder)
         await wake_tasks(temporal, woken)
+
+
+async def story(client: TaskomaticClient, task_id: str) -> list[TaskEvent]:
+    """The task's log once its end is recorded (the worker records ends within ~1 s)."""
+    for _ in range(200):
+        events = await client.task_log(task_id)
+        if any(e.kind == "end" for e in events):
+            return events
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{task_id}: no end recorded")

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from api_helpers import bearer, subject_with
 from api_server import served
-from helpers import resource_held
+from helpers import resource_held, story
 
 from conftest import Lab
 from starter.api.app import create_app
@@ -50,6 +50,7 @@ async def test_a_tasks_log_is_served_to_who_may_read_it(
     name = lab.vm_name("log")
     task = await client.create_vm(CreateVmRequest(name=name, host=host.name))
     await task.result()
+    await story(client, task.id)  # its end is recorded
     _, reader = subject_with(db, [("viewer", f"vm:{name}")])
     _, stranger = subject_with(db, [("viewer", f"vm:{lab.vm_name('other')}")])
 

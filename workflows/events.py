@@ -1,22 +1,19 @@
-"""The workflow side of the audit log (``task_events``), adding no command per step.
+"""The workflow side of the audit log (``task_events``), adding no command to any task.
 
 ``StepHeaders`` is a worker interceptor: every activity a runbook step or undo schedules carries
 the ``taskomatic-step`` header (the step's name, whether it is an undo), read by the activity side
 (``activities.events.AuditInterceptor``), which writes the events. Headers are not commands, so
-histories replay unchanged. ``record_end`` is the task's one extra command: a local activity
-recording its end (state, error), in tasks started since the patch ``i15-task-end``.
+histories replay unchanged; with encryption on they are encrypted like every payload (the
+client's ``header_codec_behavior``, ``taskomatic.temporal.connect_temporal``).
 """
 
 from __future__ import annotations
 
 import json
-from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 from temporalio import workflow
 from temporalio.api.common.v1 import Payload
-from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError
 from temporalio.worker import (
     Interceptor,
     StartActivityInput,
@@ -26,15 +23,8 @@ from temporalio.worker import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from activities.events import STEP_HEADER, AuditActivities
+    from activities.events import STEP_HEADER
     from taskomatic.models import StepState
-    from taskomatic.models.events import TaskEndInput
-
-# Tasks started before the audit log recorded no end: their histories replay without it.
-END_PATCH = "i15-task-end"
-
-_END_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
-                         maximum_interval=timedelta(seconds=5), maximum_attempts=8)
 
 
 class StepHeaders(Interceptor):
@@ -69,17 +59,3 @@ def _current_step() -> dict[str, Any] | None:
         return None
     return {"step": steps[-1].name, "undo": steps[-1].state == StepState.COMPENSATING}
 
-
-async def record_end(state: Literal["complete", "error", "cancelled"],
-                     error: dict[str, Any] | None = None) -> None:
-    """Record the task's end in the audit log (a local activity, retried for ~30 s). A log that
-    cannot be written is logged and does not change how the task ends."""
-    info = workflow.info()
-    try:
-        await workflow.execute_local_activity_method(
-            AuditActivities.record_task_end,
-            TaskEndInput(task_id=info.workflow_id, run_id=info.run_id,
-                         task_kind=info.workflow_type, state=state, error=error),
-            start_to_close_timeout=timedelta(seconds=10), retry_policy=_END_RETRY)
-    except ActivityError as err:
-        workflow.logger.warning("the task's end was not recorded in the audit log: %s", err)

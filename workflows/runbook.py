@@ -61,7 +61,6 @@ with workflow.unsafe.imports_passed_through():
     from taskomatic.temporal import TASK_HOST
 
 from workflows.cancels import CANCEL_PATCH, Interrupted, settle, together
-from workflows.events import END_PATCH, record_end
 from workflows.ordering import InLine, ordering_queue
 
 # Histories recorded before tasks waited for prerequisites and resources replay without it.
@@ -288,7 +287,6 @@ class Runbook(InLine):
         release. On failure or cancellation undo what was done, newest first, then release."""
         self._ordered = workflow.patched(ORDERING_PATCH)
         self.cancel_safe = workflow.patched(CANCEL_PATCH)
-        audited = workflow.patched(END_PATCH)  # the end goes to the audit log (task_events)
         try:
             if self._ordered:
                 await self._wait_turn(request)
@@ -297,19 +295,16 @@ class Runbook(InLine):
         except TaskFailed as failed:
             undone = await self._compensate()
             await self.release()
-            failure = self._failure(failed, *undone)
-            if audited:
-                await record_end("error", failure.details[0] if failure.details else None)
-            raise failure from None
+            raise self._failure(failed, *undone) from None
         except (asyncio.CancelledError, CancelledError):
-            await self._cancelled(audited)
+            await self._cancelled()
             raise
         except (ActivityError, ChildWorkflowError) as err:
             # A cancel met in a wait outside the steps (prerequisites, tasks placed on a host):
             # the wait's activities were cancelled. Before CANCEL_PATCH it ended the task as is.
             if not (self.cancel_safe and is_cancelled_exception(err)):
                 raise
-            await self._cancelled(audited)
+            await self._cancelled()
             raise asyncio.CancelledError() from None
         except workflow.ContinueAsNewError:
             raise  # the next run carries on with the claims this one holds
@@ -317,11 +312,9 @@ class Runbook(InLine):
         self.phase("done")
         self._state.current_step = None
         self._set_state("complete")
-        if audited:
-            await record_end("complete")
         return result
 
-    async def _cancelled(self, audited: bool = False) -> None:
+    async def _cancelled(self) -> None:
         """The task was cancelled: the waits it was in end, its undos run newest first, what it
         held is released, and it is ``cancelled``."""
         self.log("task cancelled; undoing")
@@ -333,8 +326,6 @@ class Runbook(InLine):
         await asyncio.shield(self.release())
         self.phase("failed")
         self._set_state("cancelled")
-        if audited:
-            await asyncio.shield(record_end("cancelled"))
 
     async def _wait_turn(self, request: TaskRequest) -> None:
         if request.after:

@@ -39,6 +39,9 @@ router = APIRouter(tags=["events"])
 
 # How often a live stream looks for news (progress query, new log rows), in seconds.
 POLL_SECONDS = 0.5
+# How long a stream waits, once the task has ended, for its end to reach the log (the worker
+# records it from Temporal's list of closed workflows within about a second).
+END_GRACE_SECONDS = 10.0
 _ENDED = ("complete", "error", "cancelled")
 
 
@@ -97,20 +100,26 @@ async def _task_stream(client: TaskomaticClient, task_id: str, since: int
                        ) -> AsyncIterator[ServerSentEvent]:
     handle = client.task(task_id)
     shown: TaskProgress | None = None
+    ended: str | None = None  # the task's end state: from its progress or its log
+    grace = END_GRACE_SECONDS
     while True:
         progress = await handle.progress()
         if progress is not None and progress != shown:
             shown = progress
             yield ServerSentEvent(progress.model_dump_json(), event="progress")
-        ended: str | None = progress.state if progress and progress.state in _ENDED else None
+        if progress is not None and progress.state in _ENDED:
+            ended = progress.state
+        logged_end = False
         for event in [e for e in await client.task_log(task_id) if e.id > since]:
             since = event.id
             yield ServerSentEvent(event.model_dump_json(), event="log", id=str(event.id))
             if event.kind == "end":
-                ended = str(event.detail.get("state", "ended"))
-        if ended is not None:
+                ended, logged_end = str(event.detail.get("state", "ended")), True
+        if ended is not None and (logged_end or grace <= 0):
             yield ServerSentEvent(json.dumps({"task_id": task_id, "state": ended}), event="end")
             return
+        if ended is not None:
+            grace -= POLL_SECONDS
         await asyncio.sleep(POLL_SECONDS)
 
 

@@ -67,3 +67,10 @@ def newest_event_id(db: Database) -> int:
         cur.execute("SELECT coalesce(max(id), 0) AS newest FROM task_events")
         row = cur.fetchone()
         return int(row["newest"]) if row else 0
+
+
+def recorded_keys(db: Database, keys: list[str]) -> set[str]:
+    """Those of ``keys`` that the log already holds."""
+    with db.transaction() as cur:
+        cur.execute("SELECT key FROM task_events WHERE key = ANY(%s)", (keys,))
+        return {row["key"] for row in cur.fetchall()}

@@ -36,20 +36,3 @@ class TaskEvent(TaskEventInput):
 
     id: int
     at: datetime
-
-
-class TaskEndInput(Model):
-    """The end of a task, recorded by the task's last command: ``state`` complete / error /
-    cancelled; ``error`` the failure's message (error only)."""
-
-    task_id: str
-    run_id: str
-    task_kind: str
-    state: Literal["complete", "error", "cancelled"]
-    error: dict[str, Any] | None = None
-
-
-class RecordedEvent(Model):
-    """Output of recording an event: whether this write added the row (False: already there)."""
-
-    added: bool
