@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # libvirt-python builds from source: it needs the libvirt headers, pkg-config, a C compiler and
 # Python's headers; python3-venv provides ensurepip for `python3 -m venv` on Debian.
-APT_PACKAGES := libvirt-dev pkg-config gcc python3-dev python3-venv nginx
+APT_PACKAGES := libvirt-dev pkg-config gcc python3-dev python3-venv nginx chromium
 LINT_PATHS := taskomatic activities workflows starter lab worker.py
 
 .PHONY: venv install system-packages lab-system demo test lint bench clean

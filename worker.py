@@ -22,7 +22,7 @@ import py_compile
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from typing import Any
@@ -42,6 +42,7 @@ from temporalio.worker import (
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.disks import DiskActivities
+from activities.events import AuditInterceptor, TaskEnds
 from activities.hosts import HostActivities
 from activities.migration import HEARTBEAT_THROTTLE, MigrationActivities
 from activities.ordering import OrderingActivities
@@ -54,11 +55,13 @@ from taskomatic.health import HealthServer
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.hypervisor.eventloop import event_loop_lag
 from taskomatic.inventory.db import Database, get_database
+from taskomatic.inventory.events import sweep_events
 from taskomatic.logs import configure_logging, get_logger
 from taskomatic.metrics import PLACEMENT_SECONDS, STEP_SECONDS, TASKS_ENDED, TASKS_STARTED
 from taskomatic.monitor import EventRecorder, HostMonitor, connection_limits
 from taskomatic.settings import Settings, get_settings
 from taskomatic.temporal import connect_temporal, ensure_search_attributes, sdk_runtime
+from workflows.events import StepHeaders
 from workflows.kinds import TASK_WORKFLOWS  # every task kind this worker runs, one per row
 from workflows.ordering import ordering_queue
 from workflows.reconcile import ensure_reconcile_schedule
@@ -102,7 +105,7 @@ def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
 WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules(
         "workflows.runbook", "workflows.ordering", "workflows.vm_steps", "workflows.disks",
-        "workflows.cancels", "workflows.move_steps"))
+        "workflows.cancels", "workflows.move_steps", "workflows.events"))
 
 
 def write_workflow_bytecode(workflows: Sequence[type]) -> list[str]:
@@ -144,7 +147,8 @@ def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
         max_concurrent_workflow_tasks=settings.max_concurrent_workflow_tasks,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,  # a cancel is heard within ~1 s
         graceful_shutdown_timeout=drain_time(settings),
-        interceptors=[TaskMetrics()],
+        # Metrics, and the audit log: each step, undo and wait of every task (task_events).
+        interceptors=[TaskMetrics(), AuditInterceptor(_database(settings)), StepHeaders()],
     )
 
 
@@ -259,7 +263,8 @@ def build_ordering_worker(client: Client, settings: Settings) -> Worker:
                     reconcile.release_stale_reservations],
         max_concurrent_activities=settings.max_waiting_tasks,
         graceful_shutdown_timeout=drain_time(settings),
-        interceptors=[WaitsEndAtShutdown({OrderingActivities.await_task_end.__name__})],
+        interceptors=[WaitsEndAtShutdown({OrderingActivities.await_task_end.__name__}),
+                      AuditInterceptor(_database(settings))],
     )
 
 
@@ -300,7 +305,7 @@ async def run_worker(settings: Settings | None = None) -> None:
                  temporal=settings.temporal_address, namespace=settings.temporal_namespace,
                  drain_seconds=settings.worker_drain_seconds)
         monitoring = asyncio.create_task(monitor.run(stop))
-        async with worker, watcher:
+        async with worker, watcher, audit_log(client, settings):
             await stop.wait()
             log.info("worker stopping: no new work; running activities may finish",
                      drain_seconds=settings.worker_drain_seconds)
@@ -347,6 +352,36 @@ def readiness_checks(client: Client, workers: Sequence[Worker], db: Database
         await asyncio.to_thread(ping)
         return None
     return {"temporal": temporal, "pollers": pollers, "database": database}
+
+
+@contextlib.asynccontextmanager
+async def audit_log(client: Client, settings: Settings) -> AsyncIterator[None]:
+    """While open, the worker's audit-log chores run: recording the end of every task of its
+    queue (``activities.events.TaskEnds``) and sweeping events past their retention."""
+    chores = [asyncio.create_task(TaskEnds(client, _database(settings),
+                                           settings.task_queue).run()),
+              asyncio.create_task(sweep_audit_log(settings))]
+    try:
+        yield
+    finally:
+        for chore in chores:
+            chore.cancel()
+        await asyncio.gather(*chores, return_exceptions=True)
+
+
+async def sweep_audit_log(settings: Settings, every_seconds: float = 3600.0) -> None:
+    """Every ``every_seconds``: delete audit-log events older than
+    ``settings.task_events_retention_days`` (several workers sweeping at once is harmless)."""
+    while True:
+        try:
+            swept = await asyncio.to_thread(sweep_events, _database(settings),
+                                            settings.task_events_retention_days)
+            if swept:
+                log.info("audit log swept", events=swept,
+                         retention_days=settings.task_events_retention_days)
+        except ApplicationError as err:
+            log.warning("audit log sweep failed", error=error_info(err).message)
+        await asyncio.sleep(every_seconds)
 
 
 def main() -> None:

@@ -33,6 +33,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from starter.batch import BatchItem, plan_batch
 from starter.clusters import ClusterCalls
 from starter.errors import RequestError, refusals, request_error, validated, within
+from starter.events import AuditReads
 from starter.hosts import HostReads
 from starter.storage import StorageReads
 from starter.tasks import STATE_QUERIES, TaskError, TaskHandle, TaskStatus, status_of
@@ -90,7 +91,7 @@ __all__ = ["RequestError", "TaskError", "TaskHandle", "TaskStatus",
            "TaskomaticClient", "caller_identity", "request_error", "validated"]
 
 
-class TaskomaticClient(HostReads, StorageReads, ClusterCalls):
+class TaskomaticClient(HostReads, StorageReads, ClusterCalls, AuditReads):
     """``requested_by``: who asks, for requests that do not say (default: the OS user)."""
 
     def __init__(self, temporal: Client, settings: Settings, db: Database,
@@ -267,6 +268,7 @@ class TaskomaticClient(HostReads, StorageReads, ClusterCalls):
             if in_line:  # never started: give its place back
                 await asyncio.to_thread(ordering.release, self.db, task_id)
             raise
+        await self.record_submitted(task_id, handle.result_run_id, kind, req, resources)
         return TaskHandle(handle, kind)
 
     def _attributes(self, kind: str, resources: list[str], req: TaskRequest

@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     max_waiting_tasks: int = Field(1000, ge=1, le=100_000)
     # The safety net: how often the reconciliation compares inventory, libvirt and the queue.
     reconcile_interval_seconds: float = Field(300.0, ge=5, le=86_400)
+    # The audit log (task_events) keeps each task's story this long, independently of Temporal's
+    # retention; the worker sweeps older events every hour.
+    task_events_retention_days: float = Field(365.0, gt=0, le=36_500,
+                                              description="how long the audit log keeps events")
 
     # Migration and clearing hosts.
     migration_bandwidth_mib_s: int = Field(0, ge=0, le=100_000,

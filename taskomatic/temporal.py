@@ -14,7 +14,7 @@ from temporalio.api.operatorservice.v1 import (
     ListSearchAttributesRequest,
 )
 from temporalio.client import Client
-from temporalio.common import SearchAttributeKey
+from temporalio.common import HeaderCodecBehavior, SearchAttributeKey
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter, DefaultFailureConverterWithEncodedAttributes
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
@@ -34,6 +34,10 @@ SEARCH_ATTRIBUTES = (TASK_KIND, TASK_VM, TASK_HOST, TASK_POOL, TASK_STATE, TASK_
                      TASK_REQUESTED_BY)
 
 
+# Headers (the audit log's step names, workflows.events) go through the codec like every payload.
+HEADER_CODEC = HeaderCodecBehavior.CODEC
+
+
 async def connect_temporal(settings: Settings, runtime: Runtime | None = None) -> Client:
     """A client with taskomatic's data converter (encrypting if keys are set), TLS and API key;
     on ``runtime`` when given (the worker's, exporting the SDK's metrics: ``sdk_runtime``)."""
@@ -47,6 +51,7 @@ async def connect_temporal(settings: Settings, runtime: Runtime | None = None) -
             tls=tls,  # None: TLS only with an API key (hosted Temporal)
             api_key=api_key.get_secret_value() if api_key else None,
             runtime=runtime,
+            header_codec_behavior=HEADER_CODEC,
         )
     except RuntimeError as err:
         how = " over TLS" if tls or api_key else ""

@@ -39,7 +39,7 @@ from taskomatic.inventory.db import (
 from taskomatic.models import DomainRef, DomainReport, HostSpec, HostState
 from taskomatic.settings import Settings
 from taskomatic.temporal import SEARCH_ATTRIBUTES
-from worker import build_ordering_worker, build_worker
+from worker import audit_log, build_ordering_worker, build_worker
 
 LOCAL_PG = os.environ.get("TASKOMATIC_TEST_DATABASE_URL",
                           "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -93,6 +93,10 @@ async def temporal_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_extra_args=[
             "--dynamic-config-value", "history.transferProcessorMaxPollRPS=1000",
             "--dynamic-config-value", "frontend.enableServerVersionCheck=false",
+            # A deleted workflow's history goes within ~1 s instead of ~30 s: the delete waits
+            # for the queues' ack levels, saved every 30 s by default (tests/test_audit_log.py).
+            "--dynamic-config-value", 'history.transferProcessorUpdateAckInterval="1s"',
+            "--dynamic-config-value", 'history.visibilityProcessorUpdateAckInterval="1s"',
         ],
     )
     yield env
@@ -118,7 +122,8 @@ async def worker(temporal_env: WorkflowEnvironment, settings: Settings,
                  hypervisors: Hypervisors) -> AsyncIterator[Worker]:
     with ThreadPoolExecutor(max_workers=settings.activity_threads) as executor:
         w = build_worker(temporal_env.client, settings, hypervisors, executor)
-        async with w, build_ordering_worker(temporal_env.client, settings):
+        async with w, build_ordering_worker(temporal_env.client, settings), \
+                audit_log(temporal_env.client, settings):
             yield w
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import socket
 import threading
 import time
@@ -13,17 +15,21 @@ from typing import Any, TypeVar
 
 import psycopg2
 import psycopg2.extensions
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.migration import HEARTBEAT_THROTTLE
+from activities.ordering import wake_tasks
 from starter.client import TaskomaticClient
 from taskomatic import inventory
 from taskomatic.errors import ErrorInfo, error_info
 from taskomatic.hypervisor import Hypervisors
+from taskomatic.inventory import ordering
 from taskomatic.inventory.db import Database
 from taskomatic.models import HostState
+from taskomatic.models.events import TaskEvent
 from taskomatic.settings import Settings
 from worker import TASK_WORKFLOWS, WORKFLOW_RUNNER, activity_list, build_ordering_worker
 
@@ -147,3 +153,28 @@ async def faulty_client(temporal_env: WorkflowEnvironment, settings: Settings,
                           max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE), \
                 build_ordering_worker(temporal_env.client, queue):
             yield TaskomaticClient(temporal_env.client, queue, db)
+
+
+@contextlib.asynccontextmanager
+async def resource_held(db: Database, temporal: Client, resource: str) -> AsyncIterator[str]:
+    """Hold ``resource`` (``vm:NAME``) in the ordering table as a task outside Temporal would, so
+    tasks submitted meanwhile wait in line for it; on leaving, release it and wake them.
+    Yields the holder's id (what a waiting task names as the holder)."""
+    holder = f"holder-{uuid.uuid4().hex[:8]}"
+    granted, _ = await asyncio.to_thread(ordering.acquire, db, holder, "Test", {resource: 1})
+    assert granted.granted, granted.detail
+    try:
+        yield holder
+    finally:
+        _, woken = await asyncio.to_thread(ordering.release, db, holder)
+        await wake_tasks(temporal, woken)
+
+
+async def story(client: TaskomaticClient, task_id: str) -> list[TaskEvent]:
+    """The task's log once its end is recorded (the worker records ends within ~1 s)."""
+    for _ in range(200):
+        events = await client.task_log(task_id)
+        if any(e.kind == "end" for e in events):
+            return events
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{task_id}: no end recorded")

@@ -21,7 +21,7 @@ from taskomatic.hypervisor import Hypervisors
 from taskomatic.inventory.db import Database
 from taskomatic.models import CreateVmRequest
 from taskomatic.settings import Settings
-from taskomatic.temporal import data_converter, key_ring
+from taskomatic.temporal import HEADER_CODEC, data_converter, key_ring
 from worker import build_ordering_worker, build_worker
 
 K1, K2 = new_key(), new_key()
@@ -30,7 +30,8 @@ ROTATED = KeyRing([("k2", K2), ("k1", K1)])
 
 
 def _client(env: WorkflowEnvironment, settings: Settings, ring: KeyRing | None) -> Client:
-    return Client(**{**env.client.config(), "data_converter": data_converter(settings, ring)})
+    return Client(**{**env.client.config(), "data_converter": data_converter(settings, ring),
+                      "header_codec_behavior": HEADER_CODEC})  # as connect_temporal's
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from starter.api import access, codec, errors, inventory, tasks
+from starter.api import access, codec, errors, events, inventory, page, tasks
 from starter.api.auth import Authenticator
 from starter.client import TaskomaticClient
 from taskomatic.inventory.db import Database, get_database
@@ -36,7 +36,8 @@ def create_app(settings: Settings, client: TaskomaticClient | None = None,
     app.state.client = client
     app.state.authenticator = Authenticator(settings, app.state.db)
     errors.install(app)
-    for router in (tasks.router, inventory.router, access.router):
+    for router in (tasks.router, inventory.router, access.router, events.router):
         app.include_router(router, responses=errors.ERROR_RESPONSES)
     codec.install(app, settings)
+    app.include_router(page.router)
     return app

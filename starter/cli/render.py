@@ -28,6 +28,7 @@ from taskomatic.models import (
     TaskProgress,
     VmRecord,
 )
+from taskomatic.models.events import TaskEvent
 
 _STEP_STYLE = {StepState.RUNNING: "yellow", StepState.DONE: "green", StepState.FAILED: "red",
                StepState.COMPENSATING: "magenta", StepState.COMPENSATED: "magenta"}
@@ -160,6 +161,31 @@ def result_text(kind: str, result: Any) -> Text:
         text.append(f"\n  {finding.kind} {finding.subject}: {finding.detail} [{mark}]",
                     style="yellow" if finding.repaired else "bold red")
     return text
+
+
+def task_log_table(events: Sequence[TaskEvent]) -> Table:
+    """A task's audit log: one row per event, oldest first."""
+    table = Table("#", "at", "event", "step", "try", "ms", "detail", title="Task log")
+    table.columns[-1].overflow = "fold"
+    for e in events:
+        table.add_row(str(e.id), _when(e.at), e.kind, e.step or "",
+                      str(e.attempt or ""), "" if e.duration_ms is None else str(e.duration_ms),
+                      event_summary(e))
+    return table
+
+
+def event_summary(event: TaskEvent) -> str:
+    """The one-line gist of an event's detail: who/what for a submission, what it waits on,
+    the step's detail or error, the end's state and error."""
+    d = event.detail
+    if event.kind == "submitted":
+        return f"by {d.get('requested_by')} for {', '.join(d.get('resources') or []) or '-'}"
+    if event.kind == "waiting":
+        return "; ".join(d.get("on") or [])
+    if event.kind == "end":
+        error = d.get("error") or {}
+        return str(d.get("state", "")) + (f": {error.get('message')}" if error else "")
+    return str(d.get("error") or d.get("detail") or "")
 
 
 def task_view(status: TaskStatus) -> Group:

@@ -1,7 +1,7 @@
 """``taskomatic tasks …`` (the task queue) and ``taskomatic batch FILE`` (several tasks at once).
 
     taskomatic tasks list|watch [--kind K] [--vm V] [--host H] [--pool P] [--state S]
-    taskomatic tasks show|cancel ID
+    taskomatic tasks show|cancel|log ID
     taskomatic batch FILE|-
 
 A batch file is JSON: a list of tasks, or ``{"tasks": [...]}``, each ``{"key", "kind",
@@ -41,6 +41,15 @@ async def tasks_show(args: argparse.Namespace) -> int:
     task_id = common.checked_task_id("id", args.id)
     status = await (await common.connect()).task(task_id).describe()
     render.print_json(status) if args.json else console.print(render.task_view(status))
+    return 0
+
+
+async def tasks_log(args: argparse.Namespace) -> int:
+    task_id = common.checked_task_id("id", args.id)
+    events = await (await common.connect()).task_log(task_id)
+    if not events:
+        raise RequestError("id", f"no task {task_id!r} in the audit log")
+    render.print_json(events) if args.json else console.print(render.task_log_table(events))
     return 0
 
 
@@ -179,6 +188,8 @@ def add_commands(nouns: Any) -> None:
     _task_filters(sp)
     verb(tasks, "show", tasks_show, "one task: state, what it waits on, steps, result or error",
          read=True).add_argument("id")
+    verb(tasks, "log", tasks_log, "the task's story from the audit log: submitted, steps, undos, "
+         "waits, end (kept after Temporal's history is gone)", read=True).add_argument("id")
     sp = verb(tasks, "watch", tasks_watch, "a live table of the queue (Ctrl-C to leave)")
     _task_filters(sp)
     sp.add_argument("--every", type=float, default=1.0, help="refresh interval in seconds")
