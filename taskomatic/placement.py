@@ -7,9 +7,9 @@ there) and calls ``choose`` for a reservation, under the row lock of the host it
 ``plan`` for the clear-host dry run, without locks. Both run the same two passes:
 
 - filters answer "can it go there?" (``FILTERS``, in order): ``same_cluster``,
-  ``same_hypervisor``, ``in_service``, ``not_excluded``, ``sees_pools``, ``affinity``,
-  ``has_room``. Each returns None (passes) or why it excludes the host ("does not see pool
-  images"), so every decision can be explained: a refusal and a dry-run move without
+  ``same_hypervisor``, ``in_service``, ``not_excluded``, ``sees_pools``, ``takes_copies``,
+  ``affinity``, ``has_room``. Each returns None (passes) or why it excludes the host ("does
+  not see pool images"), so every decision can be explained: a refusal and a dry-run move without
   destination name, for each excluded host, the reason and the filter (``explain``).
 - weighers answer "which is best?" (``weight``; the lowest wins): soft anti-affinity first (a
   host without a member of the VM's group), then the cluster's weigher — ``spread``: the least
@@ -36,6 +36,23 @@ from taskomatic.models import GroupPolicy, HostRecord, PlannedMove, Weigher
 from taskomatic.states import HostState
 
 
+class PoolRoom(NamedTuple):
+    """A local storage pool of a host as a storage copy sees it: name, libvirt pool type
+    (``dir``, ``logical``, ...) and free bytes (``available`` as libvirt last reported it)."""
+
+    name: str
+    type: str
+    available: int
+
+
+class CopyNeed(NamedTuple):
+    """A volume a move with a storage copy makes on the destination: its source pool's type
+    and its capacity in bytes."""
+
+    pool_type: str
+    capacity: int
+
+
 @dataclass(frozen=True)
 class HostLoad:
     """A host as placement sees it: its cluster and hypervisor type, capacity (vCPUs, MiB; with
@@ -53,13 +70,16 @@ class HostLoad:
     pools: frozenset[str] = frozenset()
     hypervisor_type: str = ""
     groups: frozenset[str] = frozenset()
+    local_pools: tuple[PoolRoom, ...] = ()
 
     @classmethod
     def of(cls, host: HostRecord, pools: frozenset[str] = frozenset(),
-           groups: frozenset[str] = frozenset()) -> HostLoad:
+           groups: frozenset[str] = frozenset(),
+           local_pools: tuple[PoolRoom, ...] = ()) -> HostLoad:
         """The load of an inventory row (VMs and reservations added up)."""
         return cls(name=host.name, state=host.state, vcpus=host.vcpus,
                    memory_mib=host.memory_mib, cluster=host.cluster, pools=pools,
+                   local_pools=local_pools,
                    hypervisor_type=host.hypervisor_type, groups=groups,
                    used_vcpus=host.used_vcpus + host.reserved_vcpus,
                    used_memory_mib=host.used_memory_mib + host.reserved_memory_mib)
@@ -85,8 +105,9 @@ class PlacementRequest:
     on any host), never on one of ``exclude``, in ``cluster`` (a moving VM: its source's; None:
     any) on a ``hypervisor_type`` host (None: any), on a host that sees every pool of ``pools``
     (where its disks live), with the rule ``group_policy`` of its affinity ``group``; hosts
-    weighed by ``weigher`` (its cluster's). ``field`` is the request field an error about the
-    pinned host (or the exclusions) blames."""
+    weighed by ``weigher`` (its cluster's); ``copies``: the volumes a move with a storage copy
+    makes on the destination (the VM's local disks, then left out of ``pools``). ``field`` is
+    the request field an error about the pinned host (or the exclusions) blames."""
 
     vm: str
     vcpus: int
@@ -100,6 +121,7 @@ class PlacementRequest:
     group: str | None = None
     group_policy: GroupPolicy = "anti-affinity"
     weigher: Weigher = "spread"
+    copies: tuple[CopyNeed, ...] = ()
 
 
 class VmSize(NamedTuple):
@@ -148,6 +170,39 @@ def sees_pools(host: HostLoad, request: PlacementRequest) -> str | None:
     return f"does not see pool {', '.join(missing)}" if missing else None
 
 
+def copy_targets(host: HostLoad, request: PlacementRequest) -> dict[str, PoolRoom] | str:
+    """Where a storage copy puts the request's ``copies`` on ``host``: pool type → the local
+    pool of that type with the most free bytes, which must hold every copied volume of that
+    type together (their capacities added up: a qcow2 volume may grow to it). Or why not:
+    "has no local dir pool with room for 1.0 GiB (largest: 512.0 MiB free)"."""
+    need: dict[str, int] = {}
+    for copy in request.copies:
+        need[copy.pool_type] = need.get(copy.pool_type, 0) + copy.capacity
+    targets: dict[str, PoolRoom] = {}
+    for kind, size in sorted(need.items()):
+        pools = [p for p in host.local_pools if p.type == kind]
+        roomiest = max(pools, key=lambda p: (p.available, p.name), default=None)
+        if roomiest is None or roomiest.available < size:
+            largest = f" (largest: {_gib(roomiest.available)} free)" if roomiest else ""
+            return f"has no local {kind} pool with room for {_gib(size)}{largest}"
+        targets[kind] = roomiest
+    return targets
+
+
+def takes_copies(host: HostLoad, request: PlacementRequest) -> str | None:
+    """A move with a storage copy goes only to a host with, for each pool type of the VM's
+    local disks, a local active pool of that type with room for all of them (``copy_targets``);
+    a request without copies passes."""
+    if not request.copies:
+        return None
+    found = copy_targets(host, request)
+    return found if isinstance(found, str) else None
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
+
+
 def affinity(host: HostLoad, request: PlacementRequest) -> str | None:
     """Hard rules of the VM's affinity group: ``anti-affinity`` — never on a host with a member
     of the group; ``affinity`` — only on a host with a member, once the group has one on a
@@ -172,7 +227,7 @@ def has_room(host: HostLoad, request: PlacementRequest) -> str | None:
 
 HostFilter = Callable[[HostLoad, PlacementRequest], str | None]
 FILTERS: tuple[HostFilter, ...] = (same_cluster, same_hypervisor, in_service, not_excluded,
-                                   sees_pools, affinity, has_room)
+                                   sees_pools, takes_copies, affinity, has_room)
 
 
 def exclusion(host: HostLoad, request: PlacementRequest,
