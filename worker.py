@@ -89,6 +89,7 @@ def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
         hosts.reserve_destination, hosts.host_ref, hosts.begin_maintenance, hosts.set_host_state,
         hosts.vms_with_origin, hosts.plan_moves,
         moves.migrate_domain, moves.confirm_move, moves.locate_domain, moves.list_host_domains,
+        moves.check_storage_copy,
     ]
 
 

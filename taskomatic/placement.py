@@ -92,11 +92,20 @@ class HostLoad:
     def free_memory_mib(self) -> int:
         return self.memory_mib - self.used_memory_mib
 
-    def taking(self, vcpus: int, memory_mib: int, group: str | None = None) -> HostLoad:
-        """This host once it also holds a VM of that size (in affinity group ``group``)."""
+    def taking(self, vcpus: int, memory_mib: int, group: str | None = None,
+               copies: Sequence[CopyNeed] = ()) -> HostLoad:
+        """This host once it also holds a VM of that size (in affinity group ``group``), with
+        ``copies`` made where ``copy_targets`` puts them (the roomiest local pool of each type)."""
+        rooms = list(self.local_pools)
+        for kind, size in copy_sizes(copies).items():
+            roomiest = roomiest_pool(rooms, kind)
+            if roomiest is not None:
+                i = rooms.index(roomiest)
+                rooms[i] = roomiest._replace(available=roomiest.available - size)
         return dataclasses.replace(self, used_vcpus=self.used_vcpus + vcpus,
                                    used_memory_mib=self.used_memory_mib + memory_mib,
-                                   groups=self.groups | {group} if group else self.groups)
+                                   groups=self.groups | {group} if group else self.groups,
+                                   local_pools=tuple(rooms))
 
 
 @dataclass(frozen=True)
@@ -175,18 +184,28 @@ def copy_targets(host: HostLoad, request: PlacementRequest) -> dict[str, PoolRoo
     pool of that type with the most free bytes, which must hold every copied volume of that
     type together (their capacities added up: a qcow2 volume may grow to it). Or why not:
     "has no local dir pool with room for 1.0 GiB (largest: 512.0 MiB free)"."""
-    need: dict[str, int] = {}
-    for copy in request.copies:
-        need[copy.pool_type] = need.get(copy.pool_type, 0) + copy.capacity
     targets: dict[str, PoolRoom] = {}
-    for kind, size in sorted(need.items()):
-        pools = [p for p in host.local_pools if p.type == kind]
-        roomiest = max(pools, key=lambda p: (p.available, p.name), default=None)
+    for kind, size in copy_sizes(request.copies).items():
+        roomiest = roomiest_pool(host.local_pools, kind)
         if roomiest is None or roomiest.available < size:
             largest = f" (largest: {_gib(roomiest.available)} free)" if roomiest else ""
             return f"has no local {kind} pool with room for {_gib(size)}{largest}"
         targets[kind] = roomiest
     return targets
+
+
+def copy_sizes(copies: Sequence[CopyNeed]) -> dict[str, int]:
+    """Pool type → the bytes the copies of that type need together, by type name."""
+    need: dict[str, int] = {}
+    for copy in copies:
+        need[copy.pool_type] = need.get(copy.pool_type, 0) + copy.capacity
+    return dict(sorted(need.items()))
+
+
+def roomiest_pool(pools: Sequence[PoolRoom], kind: str) -> PoolRoom | None:
+    """The local pool of type ``kind`` with the most free bytes (then the last by name)."""
+    return max((p for p in pools if p.type == kind), key=lambda p: (p.available, p.name),
+               default=None)
 
 
 def takes_copies(host: HostLoad, request: PlacementRequest) -> str | None:
@@ -327,7 +346,8 @@ def plan(moves: Sequence[tuple[str, PlacementRequest | None]], hosts: Sequence[H
             planned.append(PlannedMove(vm=vm, destination=None, reason="no host can take it: "
                                        + explain(request, list(loads.values()))))
             continue
-        loads[chosen.name] = chosen.taking(request.vcpus, request.memory_mib, request.group)
+        loads[chosen.name] = chosen.taking(request.vcpus, request.memory_mib, request.group,
+                                           request.copies)
         planned.append(PlannedMove(vm=vm, destination=chosen.name))
     return planned
 

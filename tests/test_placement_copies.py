@@ -72,3 +72,12 @@ def test_a_pinned_host_without_room_is_named_on_the_field() -> None:
     info = error_info(caught.value)
     assert (info.type, info.field, info.host) == (ErrorType.HOST_NOT_AVAILABLE, "to", "a")
     assert info.message == "to: host 'a' has no local dir pool with room for 1.0 GiB"
+
+
+def test_plan_counts_the_copies_against_the_destination_pool() -> None:
+    hosts = [host("a", PoolRoom("pa", "dir", 3 * GIB)), host("b", PoolRoom("pb", "dir", 2 * GIB))]
+    moves = [(f"vm{i}", PlacementRequest(vm=f"vm{i}", vcpus=1, memory_mib=512, exclude=("src",),
+                                         copies=(CopyNeed("dir", 2 * GIB),))) for i in range(3)]
+    planned = placement.plan(moves, hosts)
+    assert [m.destination for m in planned] == ["a", "b", None]
+    assert planned[2].reason is not None and "has no local dir pool with room" in planned[2].reason

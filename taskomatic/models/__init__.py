@@ -88,6 +88,8 @@ from taskomatic.models.migration import (
     MoveStorage,
     RecordMoveInput,
     Seconds,
+    SwitchDisksInput,
+    VolumeCopy,
 )
 from taskomatic.models.monitor import ContactChange
 from taskomatic.models.ordering import (
@@ -310,6 +312,7 @@ __all__ = [
     "StorageReach",
     "StorageResult",
     "StorageTaskResult",
+    "SwitchDisksInput",
     "TaskFailure",
     "TaskId",
     "TaskOutcome",
@@ -327,6 +330,7 @@ __all__ = [
     "VmRecord",
     "VmState",
     "VmTaskResult",
+    "VolumeCopy",
     "VolumeFormat",
     "VolumeInfo",
     "VolumeName",
