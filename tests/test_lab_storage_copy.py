@@ -1,0 +1,65 @@
+"""A move with a storage copy on the lab's real libvirtd hosts (QEMU TCG): a Linux guest whose
+qcow2 data disk is a volume of a pool local to its host migrates live with ``vm migrate
+--copy-storage`` (``VIR_MIGRATE_NON_SHARED_DISK``) into a local pool of the destination, keeps
+counting, and ends with the inventory on the destination volume and the source volume deleted.
+
+Every lab host sees the same file system, so each local pool has a directory of its own and the
+copy's path differs from the source's. tests/test_storage_copy.py has the refusals and dry run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from lab_fixtures import QemuLab
+from test_lab_shared_storage import ROOT, counted_without_gaps, make_pool, pools
+
+from starter.client import TaskomaticClient
+from taskomatic import inventory
+from taskomatic.inventory.db import Database
+from taskomatic.models import (
+    CreatePoolRequest,
+    CreateVolumeRequest,
+    MigrateVmRequest,
+    PlannedDisk,
+)
+
+pytestmark = [pytest.mark.lab, pytest.mark.asyncio]
+__all__ = ["pools"]  # the fixture, used by name
+
+
+async def test_a_linux_guest_on_a_local_pool_moves_live_with_a_storage_copy(
+        client: TaskomaticClient, qemu_lab: QemuLab, db: Database, pools: list[str]) -> None:
+    source, dest = qemu_lab.host(1), qemu_lab.host(2)
+    local = await make_pool(client, qemu_lab, pools, "local", shared=False)
+    there = f"p-{qemu_lab.prefix}-there"
+    pools.append(there)
+    await (await client.create_pool(CreatePoolRequest(
+        name=there, host=dest.name, path=str(ROOT / there)))).result()
+    await (await client.create_volume(CreateVolumeRequest(
+        pool=local, name="data.qcow2", capacity="64MiB"))).result()
+    source_path = str(ROOT / local / "data.qcow2")
+    assert os.path.exists(source_path)
+    disk = PlannedDisk(pool=local, volume="data.qcow2", format="qcow2", target="vda",
+                       host=source.name, host_uri=source.uri)
+    guest = qemu_lab.start_linux_guest(source, "copy", record=True, disks=[disk])
+    before, _ = await asyncio.to_thread(guest.wait_for_tick, 1)  # booted and counting
+
+    result = await (await client.migrate_vm(MigrateVmRequest(
+        name=guest.name, copy_storage=True))).result()
+    assert (result.host, result.state) == (dest.name, "running"), result.notes
+    assert any(note.startswith("live") for note in result.notes), result.notes
+    assert "1 disk(s) copied" in result.notes, result.notes
+    assert qemu_lab.domains(source) == {} and qemu_lab.domains(dest) == {guest.name: True}
+    xml = qemu_lab.conn(dest).lookupByName(guest.name).XMLDesc(0)
+    assert f"pool='{there}'" in xml and "volume='data.qcow2'" in xml
+    await asyncio.to_thread(guest.wait_for_tick, before + 3)  # counting on the destination
+    assert counted_without_gaps(guest.ticks())
+    assert [(d.pool, d.volume, d.host) for d in inventory.vm_disks(db, guest.name).disks] == [
+        (there, "data.qcow2", dest.name)]
+    assert inventory.get_volume(db, local, "data.qcow2") is None
+    assert not os.path.exists(source_path)
+    assert os.path.exists(ROOT / there / "data.qcow2")
+    assert "data.qcow2" not in qemu_lab.conn(source).storagePoolLookupByName(local).listVolumes()
