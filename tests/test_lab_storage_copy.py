@@ -15,6 +15,7 @@ import os
 import pytest
 from lab_fixtures import QemuLab
 from test_lab_shared_storage import ROOT, counted_without_gaps, make_pool, pools
+from test_storage_copy import replays
 
 from starter.client import TaskomaticClient
 from taskomatic import inventory
@@ -47,8 +48,8 @@ async def test_a_linux_guest_on_a_local_pool_moves_live_with_a_storage_copy(
     guest = qemu_lab.start_linux_guest(source, "copy", record=True, disks=[disk])
     before, _ = await asyncio.to_thread(guest.wait_for_tick, 1)  # booted and counting
 
-    result = await (await client.migrate_vm(MigrateVmRequest(
-        name=guest.name, copy_storage=True))).result()
+    handle = await client.migrate_vm(MigrateVmRequest(name=guest.name, copy_storage=True))
+    result = await handle.result()
     assert (result.host, result.state) == (dest.name, "running"), result.notes
     assert any(note.startswith("live") for note in result.notes), result.notes
     assert "1 disk(s) copied" in result.notes, result.notes
@@ -63,3 +64,6 @@ async def test_a_linux_guest_on_a_local_pool_moves_live_with_a_storage_copy(
     assert not os.path.exists(source_path)
     assert os.path.exists(ROOT / there / "data.qcow2")
     assert "data.qcow2" not in qemu_lab.conn(source).storagePoolLookupByName(local).listVolumes()
+
+    # The copy's steps replay; recorded, they guard the patch "i13-copy-storage".
+    await replays(client, handle.id, "MigrateVm-copy-storage")

@@ -6,13 +6,17 @@ tests/test_lab_storage_copy.py)."""
 
 from __future__ import annotations
 
+import os
 import xml.etree.ElementTree as ET
 
 import libvirt
 import pytest
 from helpers import only_hosts_up
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
 from test_clear_host import host_result, placement
 from test_migration import reservations
+from test_replay import HISTORIES
 from test_storage_moves import local_pool, vm_with_disk
 
 from conftest import Lab
@@ -32,6 +36,7 @@ from taskomatic.models import (
     VolumeCopy,
 )
 from taskomatic.units import GIB
+from workflows.kinds import TASK_WORKFLOWS
 
 
 async def planned(client: TaskomaticClient, host: str, copy: bool) -> dict[str, PlannedMove]:
@@ -80,7 +85,10 @@ async def test_copy_storage_needs_a_local_pool_with_room_and_a_live_move(
         assert "allow a storage copy (--copy-storage)" in (plan[d1].reason or "")
 
         # The test driver cannot migrate live: refused, with the reason, before any copy.
-        failure = (await refused(client, MigrateVmRequest(name=d1, copy_storage=True))).failure
+        handle = await client.migrate_vm(MigrateVmRequest(name=d1, copy_storage=True))
+        with pytest.raises(TaskError) as caught:
+            await handle.result()
+        failure = caught.value.failure
         assert (failure.error_type, failure.field, failure.vm) == ("NotMigratable",
                                                                    "copy_storage", d1)
         assert "needs a live migration" in failure.message
@@ -88,6 +96,18 @@ async def test_copy_storage_needs_a_local_pool_with_room_and_a_live_move(
         assert placement(lab, db)[d1] == [src.name]
         assert inventory.vm_disks(db, d1) == disks_before
         assert reservations(db, lab.vm_name("")) == []
+    await replays(client, handle.id, "MigrateVm-copy-refused")
+
+
+async def replays(client: TaskomaticClient, workflow_id: str, label: str) -> None:
+    """The task's history replays on today's code; with TASKOMATIC_RECORD_HISTORIES set it is
+    written to tests/histories/<label>.json, where test_replay replays it from then on."""
+    history = await client.temporal.get_workflow_handle(workflow_id).fetch_history()
+    replayer = Replayer(workflows=TASK_WORKFLOWS, data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{label}: {result.replay_failure}"
+    if os.environ.get("TASKOMATIC_RECORD_HISTORIES"):
+        (HISTORIES / f"{label}.json").write_text(history.to_json())
 
 
 # --- the migration call (pure) -------------------------------------------------------------------
