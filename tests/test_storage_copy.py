@@ -27,6 +27,8 @@ from taskomatic.hypervisor.storage_copy import retarget_disks
 from taskomatic.inventory.db import Database
 from taskomatic.models import (
     ClearHostRequest,
+    CreateVolumeRequest,
+    DeleteVolumeRequest,
     HostRef,
     MigrateDomainInput,
     MigrateVmRequest,
@@ -83,6 +85,15 @@ async def test_copy_storage_needs_a_local_pool_with_room_and_a_live_move(
         plan = await planned(client, src.name, copy=False)
         assert plan[d1].destination is None
         assert "allow a storage copy (--copy-storage)" in (plan[d1].reason or "")
+
+        # A volume of that name in the destination pool is never taken over.
+        volume = disks_before.disks[0].volume
+        await (await client.create_volume(CreateVolumeRequest(
+            pool=target, name=volume, capacity="1GiB"))).result()
+        failure = (await refused(client, MigrateVmRequest(name=d1, copy_storage=True))).failure
+        assert (failure.error_type, failure.field) == ("DuplicateVolume", "to")
+        assert volumes(lab, dst.uri, target) == [volume]
+        await (await client.delete_volume(DeleteVolumeRequest(pool=target, name=volume))).result()
 
         # The test driver cannot migrate live: refused, with the reason, before any copy.
         handle = await client.migrate_vm(MigrateVmRequest(name=d1, copy_storage=True))

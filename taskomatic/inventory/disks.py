@@ -241,7 +241,8 @@ def move_storage(db: Database, vm: str, destination: str | None = None,
     """What a move of ``vm`` needs to know of its disks (``MoveStorage``): the shared pools
     they are in, and whether one of those is a ``dir`` pool; with a storage copy (``copy``) to
     ``destination``, its disks on local pools and the destination pool of each (placement's
-    ``copy_targets``; ``NoCapacity`` if that host has none with room now)."""
+    ``copy_targets``; ``NoCapacity`` if that host has none with room now, ``DuplicateVolume``
+    if the pool chosen already has a volume of a copy's name)."""
     with db.transaction() as cur:
         cur.execute("SELECT DISTINCT p.name, p.type FROM vm_disks d JOIN vms v ON v.id = d.vm_id"
                     " JOIN storage_volumes sv ON sv.id = d.volume_id"
@@ -266,6 +267,14 @@ def move_storage(db: Database, vm: str, destination: str | None = None,
                                  volume=d["volume"], format=d["format"],
                                  capacity=d["capacity"], pool=targets[d["pool_type"]].name)
                       for d in disks]
+            for c in copies:  # a copy never takes over (nor, undone, deletes) another volume
+                cur.execute("SELECT 1 FROM storage_volumes sv JOIN storage_pools p"
+                            " ON p.id = sv.pool_id WHERE p.name = %s AND sv.name = %s",
+                            (c.pool, c.volume))
+                if cur.fetchone() is not None:
+                    raise task_error(ErrorType.DUPLICATE_VOLUME, f"pool {c.pool!r} of "
+                                     f"{destination} already has a volume {c.volume!r}",
+                                     field="to", host=destination, vm=vm)
     return MoveStorage(shared_pools=[r["name"] for r in rows],
                        unsafe=any(r["type"] == "dir" for r in rows), copies=copies)
 
