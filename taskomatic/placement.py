@@ -34,11 +34,11 @@ from temporalio.exceptions import ApplicationError
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.models import GroupPolicy, HostRecord, PlannedMove, Weigher
 from taskomatic.states import HostState
+from taskomatic.units import format_size
 
 
 class PoolRoom(NamedTuple):
-    """A local storage pool of a host as a storage copy sees it: name, libvirt pool type
-    (``dir``, ``logical``, ...) and free bytes (``available`` as libvirt last reported it)."""
+    """A host's local pool for a storage copy: name, type (``dir``...), free bytes (libvirt's)."""
 
     name: str
     type: str
@@ -46,8 +46,7 @@ class PoolRoom(NamedTuple):
 
 
 class CopyNeed(NamedTuple):
-    """A volume a move with a storage copy makes on the destination: its source pool's type
-    and its capacity in bytes."""
+    """A volume a storage copy makes on the destination: its pool's type, capacity in bytes."""
 
     pool_type: str
     capacity: int
@@ -183,13 +182,13 @@ def copy_targets(host: HostLoad, request: PlacementRequest) -> dict[str, PoolRoo
     """Where a storage copy puts the request's ``copies`` on ``host``: pool type → the local
     pool of that type with the most free bytes, which must hold every copied volume of that
     type together (their capacities added up: a qcow2 volume may grow to it). Or why not:
-    "has no local dir pool with room for 1.0 GiB (largest: 512.0 MiB free)"."""
+    "has no local dir pool with room for 1GiB (largest: 512MiB free)"."""
     targets: dict[str, PoolRoom] = {}
     for kind, size in copy_sizes(request.copies).items():
         roomiest = roomiest_pool(host.local_pools, kind)
         if roomiest is None or roomiest.available < size:
-            largest = f" (largest: {_gib(roomiest.available)} free)" if roomiest else ""
-            return f"has no local {kind} pool with room for {_gib(size)}{largest}"
+            largest = f" (largest: {format_size(roomiest.available)} free)" if roomiest else ""
+            return f"has no local {kind} pool with room for {format_size(size)}{largest}"
         targets[kind] = roomiest
     return targets
 
@@ -212,14 +211,8 @@ def takes_copies(host: HostLoad, request: PlacementRequest) -> str | None:
     """A move with a storage copy goes only to a host with, for each pool type of the VM's
     local disks, a local active pool of that type with room for all of them (``copy_targets``);
     a request without copies passes."""
-    if not request.copies:
-        return None
-    found = copy_targets(host, request)
+    found = copy_targets(host, request) if request.copies else None
     return found if isinstance(found, str) else None
-
-
-def _gib(size: int) -> str:
-    return f"{size / 2**30:.1f} GiB" if size >= 2**30 else f"{size / 2**20:.1f} MiB"
 
 
 def affinity(host: HostLoad, request: PlacementRequest) -> str | None:

@@ -69,14 +69,14 @@ async def test_copy_storage_needs_a_local_pool_with_room_and_a_live_move(
         # No local pool on the destination: the dry run and the move say why.
         plan = await planned(client, src.name, copy=True)
         assert plan[d1].destination is None
-        assert (f"{dst.name}: has no local dir pool with room for 1.0 GiB (takes_copies)"
+        assert (f"{dst.name}: has no local dir pool with room for 1GiB (takes_copies)"
                 in (plan[d1].reason or ""))
         for pinned in (None, dst.name):
             failure = (await refused(client, MigrateVmRequest(
                 name=d1, to=pinned, copy_storage=True))).failure
             assert (failure.error_type, failure.field, failure.vm) == (
                 "HostNotAvailable" if pinned else "NoCapacity", "to", d1)
-            assert "has no local dir pool with room for 1.0 GiB" in failure.message
+            assert "has no local dir pool with room for 1GiB" in failure.message
 
         # With one, the dry run plans the move; without the option it is still not movable.
         target = await local_pool(client, lab, dst, "copies")
