@@ -11,12 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import os
+from dataclasses import dataclass
 
 import pytest
 from lab_fixtures import QemuLab
+from test_cancellation import at_step, ends_cancelled
+from test_clear_host import placement
+from test_lab_cancellation import SLOW
 from test_lab_shared_storage import ROOT, counted_without_gaps, make_pool, pools
 from test_storage_copy import replays
 
+from lab.guests import LinuxGuest
 from starter.client import TaskomaticClient
 from taskomatic import inventory
 from taskomatic.inventory.db import Database
@@ -31,8 +36,20 @@ pytestmark = [pytest.mark.lab, pytest.mark.asyncio]
 __all__ = ["pools"]  # the fixture, used by name
 
 
-async def test_a_linux_guest_on_a_local_pool_moves_live_with_a_storage_copy(
-        client: TaskomaticClient, qemu_lab: QemuLab, db: Database, pools: list[str]) -> None:
+@dataclass
+class OnLocalPool:
+    """A running, counting Linux guest on lab host 1 whose qcow2 data disk is ``local``/
+    ``data.qcow2`` (at ``source_path``); ``there``: an empty local pool of lab host 2."""
+
+    guest: LinuxGuest
+    ticks: int
+    local: str
+    there: str
+    source_path: str
+
+
+async def guest_on_local_pool(client: TaskomaticClient, qemu_lab: QemuLab, pools: list[str]
+                              ) -> OnLocalPool:
     source, dest = qemu_lab.host(1), qemu_lab.host(2)
     local = await make_pool(client, qemu_lab, pools, "local", shared=False)
     there = f"p-{qemu_lab.prefix}-there"
@@ -46,8 +63,16 @@ async def test_a_linux_guest_on_a_local_pool_moves_live_with_a_storage_copy(
     disk = PlannedDisk(pool=local, volume="data.qcow2", format="qcow2", target="vda",
                        host=source.name, host_uri=source.uri)
     guest = qemu_lab.start_linux_guest(source, "copy", record=True, disks=[disk])
-    before, _ = await asyncio.to_thread(guest.wait_for_tick, 1)  # booted and counting
+    ticks, _ = await asyncio.to_thread(guest.wait_for_tick, 1)  # booted and counting
+    return OnLocalPool(guest, ticks, local, there, source_path)
 
+
+async def test_a_linux_guest_on_a_local_pool_moves_live_with_a_storage_copy(
+        client: TaskomaticClient, qemu_lab: QemuLab, db: Database, pools: list[str]) -> None:
+    source, dest = qemu_lab.host(1), qemu_lab.host(2)
+    on = await guest_on_local_pool(client, qemu_lab, pools)
+    guest, before, local, there, source_path = (on.guest, on.ticks, on.local, on.there,
+                                                on.source_path)
     handle = await client.migrate_vm(MigrateVmRequest(name=guest.name, copy_storage=True))
     result = await handle.result()
     assert (result.host, result.state) == (dest.name, "running"), result.notes
@@ -67,3 +92,24 @@ async def test_a_linux_guest_on_a_local_pool_moves_live_with_a_storage_copy(
 
     # The copy's steps replay; recorded, they guard the patch "i13-copy-storage".
     await replays(client, handle.id, "MigrateVm-copy-storage")
+
+
+async def test_a_cancelled_move_with_a_storage_copy_deletes_the_copy(
+        client: TaskomaticClient, qemu_lab: QemuLab, db: Database, pools: list[str]) -> None:
+    source, dest = qemu_lab.host(1), qemu_lab.host(2)
+    on = await guest_on_local_pool(client, qemu_lab, pools)
+    disks_before = inventory.vm_disks(db, on.guest.name)
+    move = await client.migrate_vm(MigrateVmRequest(name=on.guest.name, copy_storage=True,
+                                                    limits=SLOW))
+    await at_step(move, f"migrate to {dest.name}")
+    assert os.path.exists(ROOT / on.there / "data.qcow2")  # the copy, made first
+    await asyncio.sleep(2)
+    await client.cancel(move.id)
+    await ends_cancelled(move)
+    assert qemu_lab.domains(source) == {on.guest.name: True} and qemu_lab.domains(dest) == {}
+    await asyncio.to_thread(on.guest.wait_for_tick, on.ticks + 2)  # still counting
+    assert not os.path.exists(ROOT / on.there / "data.qcow2")
+    assert qemu_lab.conn(dest).storagePoolLookupByName(on.there).listVolumes() == []
+    assert os.path.exists(on.source_path)
+    assert inventory.vm_disks(db, on.guest.name) == disks_before
+    assert placement(qemu_lab, db)[on.guest.name] == [source.name]

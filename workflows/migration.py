@@ -132,13 +132,12 @@ class DestinationAttempts:
             confirm = ConfirmMoveInput(task_id=workflow.info().workflow_id, name=self._vm.name,
                                        source=self._source, destination=destination)
             copying = bool(self.storage.copies) and workflow.patched(COPY_PATCH)
-            if copying:
+            if copying:  # its undos run after "confirm where the VM runs" (registered next)
                 await self._copy.check(destination, self.storage)
+                await self._copy.create(destination, self.storage)
             with self._task.undo.during(Undo("confirm where the VM runs", Moves.confirm_move,
                                              confirm)):
                 try:
-                    if copying:
-                        await self._copy.create(destination, self.storage)
                     report = await migrate(destination)
                     here: MoveConfirmation = await self._task.step(
                         _CONFIRM, Moves.confirm_move, confirm)

@@ -7,9 +7,10 @@ check the VM can move so (running; hypervisors that migrate live) → create eac
 volume (same name, format and capacity; undo: delete it) → migrate → confirm where it runs and
 record the move → point the inventory's disks at the copies (the copies' undos dropped: the VM
 now runs on them) → delete the source volumes. An attempt that fails before the switch-over
-deletes its copies before the next host is tried; a task that fails deletes them in its
-compensation (``delete_volume`` refuses a volume a domain uses, so a copy the VM runs on is never
-deleted). The source volumes are deleted only once the move is recorded; one that cannot be
+deletes its copies before the next host is tried; a task that fails or is cancelled first
+confirms where the VM runs, then points the disks at the copies if it moved after all, then
+deletes the copies (``delete_volume`` refuses a volume a domain uses, so a copy the VM runs on is
+never deleted). The source volumes are deleted only once the move is recorded; one that cannot be
 deleted is kept and noted. Behind the ``i13-copy-storage`` patch.
 """
 
@@ -50,7 +51,8 @@ class StorageCopy:
         self._vm = vm
         self._source = source
         self._made: list[VolumeInfo] = []
-        self._undos: list[Undo] = []
+        self._undos: list[Undo] = []  # the copies' deletes, then the switch if it moved
+        self._switch = SwitchDisksInput(vm=vm, host=source.name, copies=[], made=[])
 
     async def check(self, destination: HostRef, storage: MoveStorage) -> None:
         """Refuse (``NotMigratable``, the task ends) unless the VM can move with a copy now."""
@@ -60,7 +62,9 @@ class StorageCopy:
                                   limits=MigrationLimits(), storage=storage))
 
     async def create(self, destination: HostRef, storage: MoveStorage) -> None:
-        """Create the destination volumes, each deleted again unless the move is recorded."""
+        """Create the destination volumes, each deleted again unless the move is recorded; and
+        register "point the disks at the copies if it moved" (for a move that completes while
+        the task is cancelled: ``switch_vm_disks`` acts only if the VM is recorded there)."""
         self._made, self._undos = [], []
         for copy in storage.copies:
             spec = VolumeSpec(host=destination.name, uri=destination.uri, pool=copy.pool,
@@ -74,9 +78,15 @@ class StorageCopy:
             self._undos.append(undo)
             if made.volume is not None:
                 self._made.append(made.volume)
+        self._switch = SwitchDisksInput(vm=self._vm, host=destination.name,
+                                        copies=storage.copies, made=self._made)
+        self._undos.append(Undo("point the disks at the copies if it moved",
+                                Disks.switch_vm_disks, self._switch, DATABASE))
+        self._task.undo.add(self._undos[-1])
 
     async def remove(self) -> None:
         """Delete this attempt's copies now (the VM stayed on the source)."""
+        self._task.undo.drop(self._undos.pop())  # the switch: nothing moved
         while self._undos:
             undo = self._undos.pop()
             await self._task.step(undo.name, undo.activity, undo.arg)
@@ -89,8 +99,7 @@ class StorageCopy:
             self._task.undo.drop(undo)
         self._undos = []
         await self._task.step("point the disks at the copies", Disks.switch_vm_disks,
-                              SwitchDisksInput(vm=self._vm, copies=storage.copies,
-                                               made=self._made), options=DATABASE)
+                              self._switch, options=DATABASE)
         notes = [f"{len(storage.copies)} disk(s) copied"]
         for copy in storage.copies:
             ref = VolumeRef(host=self._source.name, uri=self._source.uri, pool=copy.source_pool,

@@ -283,13 +283,17 @@ def switch_vm_disks(db: Database, inp: SwitchDisksInput) -> VmDisks:
     """After a move with a storage copy, in one transaction: record each copy (a volume of its
     destination pool, owned as the source volume was), attach it to the VM's disk of the same
     target in place of the source volume, and forget the source volume's row (libvirt deletes
-    the volume next). Idempotent: a disk already on its copy is left alone. Errors:
+    the volume next). Only when the VM is recorded on ``inp.host`` (the move is recorded);
+    otherwise nothing changes. Idempotent: a disk already on its copy is left alone. Errors:
     ``UnknownVm``, ``UnknownPool`` (field ``copies``)."""
     with db.transaction() as cur:
-        cur.execute("SELECT id FROM vms WHERE name = %s", (inp.vm,))
+        cur.execute("SELECT v.id, h.name AS host FROM vms v JOIN hosts h ON h.id = v.host_id"
+                    " WHERE v.name = %s FOR UPDATE OF v", (inp.vm,))
         vm = cur.fetchone()
         if vm is None:
             raise task_error(ErrorType.UNKNOWN_VM, f"no VM named {inp.vm!r}", vm=inp.vm)
+        if vm["host"] != inp.host:
+            return vm_disks(db, inp.vm)
         for copy, made in zip(inp.copies, inp.made, strict=True):
             cur.execute("SELECT id FROM storage_pools WHERE name = %s", (copy.pool,))
             pool = cur.fetchone()

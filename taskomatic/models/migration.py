@@ -65,10 +65,12 @@ class VolumeCopy(Model):
 
 
 class SwitchDisksInput(Model):
-    """After a move with a storage copy: point ``vm``'s disks at the copies, each made as
-    ``made`` (the destination volumes, as libvirt described them, in the order of ``copies``)."""
+    """After a move with a storage copy to ``host``: point ``vm``'s disks at the copies, each
+    made as ``made`` (the destination volumes, as libvirt described them, in the order of
+    ``copies``) — only if the inventory has the VM on ``host`` (the move is recorded)."""
 
     vm: str
+    host: str
     copies: list[VolumeCopy]
     made: list[VolumeInfo]
 
