@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 
 import pytest
+from helpers import force_host_state
 from lab_fixtures import QemuLab
 from test_cancellation import at_step, ends_cancelled
 from test_clear_host import placement
@@ -26,8 +27,12 @@ from starter.client import TaskomaticClient
 from taskomatic import inventory
 from taskomatic.inventory.db import Database
 from taskomatic.models import (
+    ClearHostRequest,
     CreatePoolRequest,
+    CreateVmRequest,
     CreateVolumeRequest,
+    DiskRequest,
+    HostState,
     MigrateVmRequest,
     PlannedDisk,
 )
@@ -113,3 +118,38 @@ async def test_a_cancelled_move_with_a_storage_copy_deletes_the_copy(
     assert os.path.exists(on.source_path)
     assert inventory.vm_disks(db, on.guest.name) == disks_before
     assert placement(qemu_lab, db)[on.guest.name] == [source.name]
+
+
+async def test_clearing_a_host_with_copy_storage_moves_vms_on_local_pools_as_planned(
+        client: TaskomaticClient, qemu_lab: QemuLab, db: Database, pools: list[str]) -> None:
+    src, dest = qemu_lab.host(1), qemu_lab.host(2)
+    local = await make_pool(client, qemu_lab, pools, "cl", shared=False)
+    there = f"p-{qemu_lab.prefix}-cthere"  # the only local pool of another host
+    pools.append(there)
+    await (await client.create_pool(CreatePoolRequest(
+        name=there, host=dest.name, path=str(ROOT / there)))).result()
+    onlocal, nodisk = qemu_lab.vm_name("onlocal"), qemu_lab.vm_name("nodisk")
+    for name, disks in ((onlocal, [DiskRequest(pool=local, size="64MiB")]), (nodisk, [])):
+        await (await client.create_vm(CreateVmRequest(
+            name=name, host=src.name, vcpus=1, memory_mib=64, start=True,
+            disks=disks))).result()
+    [volume] = [d.volume for d in inventory.vm_disks(db, onlocal).disks]
+    try:
+        dry = await (await client.clear_host(ClearHostRequest(
+            host=src.name, dry_run=True, copy_storage=True))).result()
+        plan = {m.vm: m.destination for m in dry.plan}
+        assert plan[onlocal] == dest.name and plan[nodisk] is not None, dry.plan
+
+        cleared = await (await client.clear_host(ClearHostRequest(
+            host=src.name, copy_storage=True))).result()
+        assert cleared.state == HostState.MAINTENANCE, cleared.outcomes
+        outcomes = {o.vm: o for o in cleared.outcomes}
+        assert {n: o.outcome for n, o in outcomes.items()} == {onlocal: "moved", nodisk: "moved"}
+        assert outcomes[onlocal].destination == dest.name
+        assert placement(qemu_lab, db)[onlocal] == [dest.name]
+        assert [(d.pool, d.volume, d.host) for d in inventory.vm_disks(db, onlocal).disks] == [
+            (there, volume, dest.name)]
+        assert inventory.get_volume(db, local, volume) is None
+        assert not os.path.exists(ROOT / local / volume)
+    finally:
+        force_host_state(db, src.name, HostState.UP)
