@@ -93,6 +93,7 @@ def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
         hosts.reserve_destination, hosts.host_ref, hosts.begin_maintenance, hosts.set_host_state,
         hosts.vms_with_origin, hosts.plan_moves,
         moves.migrate_domain, moves.confirm_move, moves.locate_domain, moves.list_host_domains,
+        moves.check_storage_copy,
     ]
 
 
@@ -105,7 +106,8 @@ def activity_list(settings: Settings, hypervisors: Hypervisors, client: Client
 WORKFLOW_RUNNER = SandboxedWorkflowRunner(
     restrictions=SandboxRestrictions.default.with_passthrough_modules(
         "workflows.runbook", "workflows.ordering", "workflows.vm_steps", "workflows.disks",
-        "workflows.cancels", "workflows.move_steps", "workflows.events"))
+        "workflows.cancels", "workflows.move_steps", "workflows.storage_copy",
+        "workflows.events"))
 
 
 def write_workflow_bytecode(workflows: Sequence[type]) -> list[str]:

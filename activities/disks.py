@@ -15,6 +15,7 @@ from taskomatic.models import (
     RecordVmDisksInput,
     ReleaseVmVolumesInput,
     StorageResult,
+    SwitchDisksInput,
     VmDisks,
     VmIdentity,
     VmNameInput,
@@ -44,6 +45,12 @@ class DiskActivities:
         return storage_result(count > 0, f"{count} owned volume(s) {verb}", vm=inp.vm)
 
     @activity.defn
+    def switch_vm_disks(self, inp: SwitchDisksInput) -> VmDisks:
+        """After a move with a storage copy: the VM's disks point at the copies
+        (``inventory.switch_vm_disks``)."""
+        return inv.switch_vm_disks(self.db, inp)
+
+    @activity.defn
     def unrecord_vm(self, inp: VmIdentity) -> StorageResult:
         removed = inv.unrecord_vm(self.db, inp.vm, inp.uuid)
         return storage_result(removed, "removed from inventory" if removed
@@ -52,4 +59,4 @@ class DiskActivities:
 
     def all(self) -> list[object]:
         return [self.plan_disks, self.record_vm_disks, self.lookup_vm_disks,
-                self.release_vm_volumes, self.unrecord_vm]
+                self.release_vm_volumes, self.switch_vm_disks, self.unrecord_vm]

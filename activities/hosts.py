@@ -39,7 +39,8 @@ class HostActivities:
                                                        memory_mib=res.memory_mib)
         return MoveReservation(**res.model_dump(),
                                migration_uri=host.migration_uri if host else None,
-                               storage=inventory.move_storage(self.db, inp.vm_name))
+                               storage=inventory.move_storage(self.db, inp.vm_name, res.host,
+                                                              inp.copy_storage))
 
     @activity.defn
     def host_ref(self, inp: HostNameInput) -> HostInfo:
@@ -70,4 +71,5 @@ class HostActivities:
     @activity.defn
     def plan_moves(self, inp: PlanInput) -> MovePlan:
         """The clear-host dry run: ``placement.plan`` over the hosts' load now, without locks."""
-        return MovePlan(moves=inventory.plan_moves(self.db, inp.host, inp.vms))
+        return MovePlan(moves=inventory.plan_moves(self.db, inp.host, inp.vms,
+                                                             inp.copy_storage))

@@ -32,6 +32,7 @@ from taskomatic.errors import ErrorType, task_error
 from taskomatic.hypervisor import Hypervisors, Migrator, list_domains, locate
 from taskomatic.hypervisor.migration import ProgressCallback
 from taskomatic.hypervisor.storage import refresh_pools
+from taskomatic.hypervisor.storage_copy import copy_refusal
 from taskomatic.inventory.db import Database
 from taskomatic.logs import get_logger
 from taskomatic.metrics import MIGRATIONS_IN_FLIGHT
@@ -161,6 +162,19 @@ class MigrationActivities:
             first = inp.hosts[0]
             raise self.hv.translate(err, op="locate", uri=first.uri, host=first.name,
                                     vm=inp.name) from err
+
+    @activity.defn
+    def check_storage_copy(self, inp: MigrateDomainInput) -> MigrationReport:
+        """Whether the domain can move with a storage copy now (``copy_refusal``: running, on
+        hypervisors that migrate live); else ``NotMigratable`` with the reason."""
+        why = copy_refusal(self.hv, inp.source, inp.destination, inp.name)
+        if why is not None:
+            raise task_error(ErrorType.NOT_MIGRATABLE, f"not movable with a storage copy: {why}",
+                             field="copy_storage", host=inp.source.name, vm=inp.name)
+        return MigrationReport(name=inp.name, source=inp.source.name,
+                               destination=inp.destination.name, mode="none", changed=False,
+                               detail=f"running: its {len(inp.storage.copies)} local disk(s) "
+                                      "can be copied")
 
     @activity.defn
     def list_host_domains(self, host: HostRef) -> HostDomains:

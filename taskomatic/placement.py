@@ -7,9 +7,9 @@ there) and calls ``choose`` for a reservation, under the row lock of the host it
 ``plan`` for the clear-host dry run, without locks. Both run the same two passes:
 
 - filters answer "can it go there?" (``FILTERS``, in order): ``same_cluster``,
-  ``same_hypervisor``, ``in_service``, ``not_excluded``, ``sees_pools``, ``affinity``,
-  ``has_room``. Each returns None (passes) or why it excludes the host ("does not see pool
-  images"), so every decision can be explained: a refusal and a dry-run move without
+  ``same_hypervisor``, ``in_service``, ``not_excluded``, ``sees_pools``, ``takes_copies``,
+  ``affinity``, ``has_room``. Each returns None (passes) or why it excludes the host ("does
+  not see pool images"), so every decision can be explained: a refusal and a dry-run move without
   destination name, for each excluded host, the reason and the filter (``explain``).
 - weighers answer "which is best?" (``weight``; the lowest wins): soft anti-affinity first (a
   host without a member of the VM's group), then the cluster's weigher — ``spread``: the least
@@ -34,6 +34,22 @@ from temporalio.exceptions import ApplicationError
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.models import GroupPolicy, HostRecord, PlannedMove, Weigher
 from taskomatic.states import HostState
+from taskomatic.units import format_size
+
+
+class PoolRoom(NamedTuple):
+    """A host's local pool for a storage copy: name, type (``dir``...), free bytes (libvirt's)."""
+
+    name: str
+    type: str
+    available: int
+
+
+class CopyNeed(NamedTuple):
+    """A volume a storage copy makes on the destination: its pool's type, capacity in bytes."""
+
+    pool_type: str
+    capacity: int
 
 
 @dataclass(frozen=True)
@@ -53,13 +69,16 @@ class HostLoad:
     pools: frozenset[str] = frozenset()
     hypervisor_type: str = ""
     groups: frozenset[str] = frozenset()
+    local_pools: tuple[PoolRoom, ...] = ()
 
     @classmethod
     def of(cls, host: HostRecord, pools: frozenset[str] = frozenset(),
-           groups: frozenset[str] = frozenset()) -> HostLoad:
+           groups: frozenset[str] = frozenset(),
+           local_pools: tuple[PoolRoom, ...] = ()) -> HostLoad:
         """The load of an inventory row (VMs and reservations added up)."""
         return cls(name=host.name, state=host.state, vcpus=host.vcpus,
                    memory_mib=host.memory_mib, cluster=host.cluster, pools=pools,
+                   local_pools=local_pools,
                    hypervisor_type=host.hypervisor_type, groups=groups,
                    used_vcpus=host.used_vcpus + host.reserved_vcpus,
                    used_memory_mib=host.used_memory_mib + host.reserved_memory_mib)
@@ -72,11 +91,20 @@ class HostLoad:
     def free_memory_mib(self) -> int:
         return self.memory_mib - self.used_memory_mib
 
-    def taking(self, vcpus: int, memory_mib: int, group: str | None = None) -> HostLoad:
-        """This host once it also holds a VM of that size (in affinity group ``group``)."""
+    def taking(self, vcpus: int, memory_mib: int, group: str | None = None,
+               copies: Sequence[CopyNeed] = ()) -> HostLoad:
+        """This host once it also holds a VM of that size (in affinity group ``group``), with
+        ``copies`` made where ``copy_targets`` puts them (the roomiest local pool of each type)."""
+        rooms = list(self.local_pools)
+        for kind, size in copy_sizes(copies).items():
+            roomiest = roomiest_pool(rooms, kind)
+            if roomiest is not None:
+                i = rooms.index(roomiest)
+                rooms[i] = roomiest._replace(available=roomiest.available - size)
         return dataclasses.replace(self, used_vcpus=self.used_vcpus + vcpus,
                                    used_memory_mib=self.used_memory_mib + memory_mib,
-                                   groups=self.groups | {group} if group else self.groups)
+                                   groups=self.groups | {group} if group else self.groups,
+                                   local_pools=tuple(rooms))
 
 
 @dataclass(frozen=True)
@@ -85,8 +113,9 @@ class PlacementRequest:
     on any host), never on one of ``exclude``, in ``cluster`` (a moving VM: its source's; None:
     any) on a ``hypervisor_type`` host (None: any), on a host that sees every pool of ``pools``
     (where its disks live), with the rule ``group_policy`` of its affinity ``group``; hosts
-    weighed by ``weigher`` (its cluster's). ``field`` is the request field an error about the
-    pinned host (or the exclusions) blames."""
+    weighed by ``weigher`` (its cluster's); ``copies``: the volumes a move with a storage copy
+    makes on the destination (the VM's local disks, then left out of ``pools``). ``field`` is
+    the request field an error about the pinned host (or the exclusions) blames."""
 
     vm: str
     vcpus: int
@@ -100,6 +129,7 @@ class PlacementRequest:
     group: str | None = None
     group_policy: GroupPolicy = "anti-affinity"
     weigher: Weigher = "spread"
+    copies: tuple[CopyNeed, ...] = ()
 
 
 class VmSize(NamedTuple):
@@ -148,6 +178,43 @@ def sees_pools(host: HostLoad, request: PlacementRequest) -> str | None:
     return f"does not see pool {', '.join(missing)}" if missing else None
 
 
+def copy_targets(host: HostLoad, request: PlacementRequest) -> dict[str, PoolRoom] | str:
+    """Where a storage copy puts the request's ``copies`` on ``host``: pool type → the local
+    pool of that type with the most free bytes, which must hold every copied volume of that
+    type together (their capacities added up: a qcow2 volume may grow to it). Or why not:
+    "has no local dir pool with room for 1GiB (largest: 512MiB free)"."""
+    targets: dict[str, PoolRoom] = {}
+    for kind, size in copy_sizes(request.copies).items():
+        roomiest = roomiest_pool(host.local_pools, kind)
+        if roomiest is None or roomiest.available < size:
+            largest = f" (largest: {format_size(roomiest.available)} free)" if roomiest else ""
+            return f"has no local {kind} pool with room for {format_size(size)}{largest}"
+        targets[kind] = roomiest
+    return targets
+
+
+def copy_sizes(copies: Sequence[CopyNeed]) -> dict[str, int]:
+    """Pool type → the bytes the copies of that type need together, by type name."""
+    need: dict[str, int] = {}
+    for copy in copies:
+        need[copy.pool_type] = need.get(copy.pool_type, 0) + copy.capacity
+    return dict(sorted(need.items()))
+
+
+def roomiest_pool(pools: Sequence[PoolRoom], kind: str) -> PoolRoom | None:
+    """The local pool of type ``kind`` with the most free bytes (then the last by name)."""
+    return max((p for p in pools if p.type == kind), key=lambda p: (p.available, p.name),
+               default=None)
+
+
+def takes_copies(host: HostLoad, request: PlacementRequest) -> str | None:
+    """A move with a storage copy goes only to a host with, for each pool type of the VM's
+    local disks, a local active pool of that type with room for all of them (``copy_targets``);
+    a request without copies passes."""
+    found = copy_targets(host, request) if request.copies else None
+    return found if isinstance(found, str) else None
+
+
 def affinity(host: HostLoad, request: PlacementRequest) -> str | None:
     """Hard rules of the VM's affinity group: ``anti-affinity`` — never on a host with a member
     of the group; ``affinity`` — only on a host with a member, once the group has one on a
@@ -172,7 +239,7 @@ def has_room(host: HostLoad, request: PlacementRequest) -> str | None:
 
 HostFilter = Callable[[HostLoad, PlacementRequest], str | None]
 FILTERS: tuple[HostFilter, ...] = (same_cluster, same_hypervisor, in_service, not_excluded,
-                                   sees_pools, affinity, has_room)
+                                   sees_pools, takes_copies, affinity, has_room)
 
 
 def exclusion(host: HostLoad, request: PlacementRequest,
@@ -272,7 +339,8 @@ def plan(moves: Sequence[tuple[str, PlacementRequest | None]], hosts: Sequence[H
             planned.append(PlannedMove(vm=vm, destination=None, reason="no host can take it: "
                                        + explain(request, list(loads.values()))))
             continue
-        loads[chosen.name] = chosen.taking(request.vcpus, request.memory_mib, request.group)
+        loads[chosen.name] = chosen.taking(request.vcpus, request.memory_mib, request.group,
+                                           request.copies)
         planned.append(PlannedMove(vm=vm, destination=chosen.name))
     return planned
 

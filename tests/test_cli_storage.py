@@ -103,3 +103,24 @@ def test_a_shared_pool_and_a_vm_on_it_through_the_cli(shell: Shell) -> None:  # 
     shell.json("vm", "destroy", "s1", "--wait")
     shell.json("pool", "destroy", "shared1", "--delete", "--wait")
     assert shell.json("pool", "list") == []
+
+
+def test_a_vm_on_a_local_pool_and_copy_storage_through_the_cli(shell: Shell) -> None:  # noqa: F811
+    for pool, host in (("local1", "host-1"), ("local2", "host-2")):
+        shell.json("pool", "create", pool, "--host", host, "--path", f"{ROOT}/{pool}", "--wait")
+    shell.json("vm", "create", "c1", "--vcpus", "1", "--memory-mib", "256", "--disk-size",
+               "512MiB", "--pool", "local1", "--start", "--wait")
+    [plain] = [m for m in shell.json("host", "clear", "host-1", "--dry-run")["plan"]
+               if m["vm"] == "c1"]
+    assert plain["destination"] is None and "--copy-storage" in plain["reason"], plain
+    [copy] = [m for m in shell.json("host", "clear", "host-1", "--dry-run", "--copy-storage")
+              ["plan"] if m["vm"] == "c1"]
+    assert (copy["destination"], copy["reason"]) == ("host-2", None), copy
+    refused = shell.run("vm", "migrate", "c1", "--copy-storage", "--wait")
+    assert refused.returncode == 1, (refused.stdout, refused.stderr)
+    said = " ".join((refused.stdout + refused.stderr).split())
+    assert "NotMigratable" in said and "needs a live migration" in said, said
+    shell.json("vm", "destroy", "c1", "--wait")
+    for pool in ("local1", "local2"):
+        shell.json("pool", "destroy", pool, "--delete", "--wait")
+    assert shell.json("pool", "list") == []

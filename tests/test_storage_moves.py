@@ -102,7 +102,8 @@ async def test_vm_on_a_local_pool_is_not_movable(client: TaskomaticClient, lab: 
         assert plan[plain].destination == dst.name
         assert plan[d1].destination is None
         assert plan[d1].reason == (f"not movable: its disks are in pool {pool!r} (local to "
-                                   f"{src.name}), which no other host sees")
+                                   f"{src.name}), which no other host sees; allow a storage "
+                                   "copy (--copy-storage) to move it")
 
         for pinned in (None, dst.name):
             with pytest.raises(TaskError) as refused:

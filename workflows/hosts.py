@@ -229,8 +229,8 @@ class ClearHost(HostTask):
         listed = await self.step("list VMs on the host", Moves.list_host_domains, carry.source)
         todo = [d.name for d in listed.domains if d.name not in self.handled()]
         await self.migrate_each(todo[:req.batch], lambda name: MigrateVmRequest(
-            name=name, from_host=req.host, limits=req.limits, requested_by=req.requested_by),
-            backlog=max(0, len(todo) - req.batch))
+            name=name, from_host=req.host, limits=req.limits, requested_by=req.requested_by,
+            copy_storage=req.copy_storage), backlog=max(0, len(todo) - req.batch))
         if len(todo) > req.batch:
             self.continue_later(req)
         await self._check_empty(req, carry.source)
@@ -277,7 +277,8 @@ class ClearHost(HostTask):
         listed = await self.step("list VMs on the host", Moves.list_host_domains, HostRef(
             name=host.name, uri=host.uri, migration_uri=host.migration_uri))
         plan = await self.step("plan destinations", Hosts.plan_moves, PlanInput(
-            host=req.host, vms=[d.name for d in listed.domains]), options=DATABASE)
+            host=req.host, vms=[d.name for d in listed.domains], copy_storage=req.copy_storage),
+            options=DATABASE)
         return self.result(req.host, host.state, dry_run=True, plan=plan.moves)
 
 

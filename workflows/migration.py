@@ -50,8 +50,9 @@ class MigrateVm(Runbook):
         # A clear-host child skips the check: its parent has just listed the VM there in libvirt.
         if req.from_host is None:
             await self._check_on_source(vm.name, source_of(found))
-        moved = await self.mover.move(found, to=req.to, limits=req.limits)
-        notes = [moved.report.detail, moved.here.detail]
+        moved = await self.mover.move(found, to=req.to, limits=req.limits,
+                                      copy_storage=req.copy_storage)
+        notes = [moved.report.detail, moved.here.detail, *moved.notes]
         if len(moved.tried) > 1:
             notes.append(f"tried {', '.join(moved.tried)}")
         return self.vm.result(vm.name, moved.here.host, moved.here.state, notes, vm.uuid)

@@ -2,8 +2,10 @@
 ``workflows.migration`` and by StartVm, which moves a shut-off VM off a host that left service
 before starting it) and its ``DestinationAttempts``.
 
-A move: reserve room on the destination (placement unless pinned) → migrate (live, offline or
-cold, slots held) → confirm where it runs and record it, in one step. A failed attempt is verified
+A move: reserve room on the destination (placement unless pinned) → [with ``copy_storage``:
+check, create the destination volumes: ``workflows.storage_copy``] → migrate (live, offline or
+cold, slots held) → confirm where it runs and record it, in one step [→ disks switched to the
+copies, source volumes deleted]. A failed attempt is verified
 (the VM must still be on the source), its reservation released and another host tried:
 ``DestinationAttempts``, at most ``MAX_MIGRATION_HOSTS`` in all.
 
@@ -44,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
 
 from workflows.cancels import CANCEL_HEARTBEAT
 from workflows.runbook import DATABASE, ActivityOptions, Runbook, TaskFailed, Undo
+from workflows.storage_copy import COPY_PATCH, StorageCopy
 
 Hosts = HostActivities
 Moves = MigrationActivities
@@ -84,6 +87,7 @@ class Moved:
     report: MigrationReport
     destination: HostRef
     tried: list[str]
+    notes: list[str]
 
 
 class DestinationAttempts:
@@ -99,15 +103,21 @@ class DestinationAttempts:
     Undo: the first reservation registers "release destination" (it releases whatever room the
     task holds); while an attempt runs, "confirm where the VM runs" (find the VM and make the
     inventory agree) is registered, and kept if that attempt's failure ends the task.
+
+    With ``copy_storage``, disks on local pools are copied (``workflows.storage_copy``): each
+    attempt checks the VM can move so and creates the copies before migrating; a failed attempt
+    deletes them, a move switches the disks over and deletes the source volumes.
     """
 
     def __init__(self, task: Runbook, vm: VmRecord, source: HostRef, *, pinned: str | None,
-                 limit: int = MAX_MIGRATION_HOSTS) -> None:
+                 limit: int = MAX_MIGRATION_HOSTS, copy_storage: bool = False) -> None:
         self._task = task
         self._vm = vm
         self._source = source
         self._pinned = pinned
         self._limit = 1 if pinned is not None else limit
+        self._copy_storage = copy_storage
+        self._copy = StorageCopy(task, vm.name, source)
         self.tried: list[str] = []
         self.storage = MoveStorage()  # of the VM's disks, as the last reservation read it
 
@@ -120,6 +130,10 @@ class DestinationAttempts:
             destination = await self._reserve()
             confirm = ConfirmMoveInput(task_id=workflow.info().workflow_id, name=self._vm.name,
                                        source=self._source, destination=destination)
+            copying = bool(self.storage.copies) and workflow.patched(COPY_PATCH)
+            if copying:  # its undos run after "confirm where the VM runs" (registered next)
+                await self._copy.check(destination, self.storage)
+                await self._copy.create(destination, self.storage)
             with self._task.undo.during(Undo("confirm where the VM runs", Moves.confirm_move,
                                              confirm)):
                 try:
@@ -140,13 +154,16 @@ class DestinationAttempts:
                     else:
                         self._task.log("trying another host", failed=destination.name,
                                        error=failed.info.message)
+                        if copying:
+                            await self._copy.remove()
                         continue
             if not here.moved:
                 raise TaskFailed(ErrorInfo(
                     type=ErrorType.MIGRATION_FAILED, vm=self._vm.name, host=self._source.name,
                     message=f"{self._vm.name} is still on {here.host} after migrating to "
                             f"{destination.name}"), _CONFIRM)
-            return Moved(here, report, destination, self.tried)
+            notes = await self._copy.switch_over(self.storage) if copying else []
+            return Moved(here, report, destination, self.tried, notes)
 
     async def _reserve(self) -> HostRef:
         task_id = workflow.info().workflow_id
@@ -155,7 +172,8 @@ class DestinationAttempts:
             "reserve destination", Hosts.reserve_destination,
             ReserveCapacityInput(task_id=task_id, vm_name=vm.name, vcpus=vm.vcpus,
                                  memory_mib=vm.memory_mib, host=self._pinned,
-                                 exclude=[self._source.name, *self.tried], host_field="to"),
+                                 exclude=[self._source.name, *self.tried], host_field="to",
+                                 copy_storage=self._copy_storage),
             options=DATABASE,
             undo=None if self.tried else Undo("release destination", Inventory.release_capacity,
                                               ReleaseCapacityInput(task_id=task_id), DATABASE))
@@ -175,16 +193,18 @@ class Mover:
     def _on_progress(self, progress: MigrationProgressSignal) -> None:
         self._task.set_percent(progress.percent)
 
-    async def move(self, found: VmPlacement, *, to: str | None, limits: MigrationLimits
-                   ) -> Moved:
+    async def move(self, found: VmPlacement, *, to: str | None, limits: MigrationLimits,
+                   copy_storage: bool = False) -> Moved:
         """Move the VM of ``found`` off its host: to ``to`` if given, else where placement
-        picks, trying other hosts by the rule of ``DestinationAttempts``."""
+        picks, trying other hosts by the rule of ``DestinationAttempts`` (with a storage copy of
+        its disks on local pools if ``copy_storage``)."""
         vm, source = found.vm, source_of(found)
         if to == source.name:
             raise TaskFailed(ErrorInfo(type=ErrorType.INVALID_REQUEST, field="to", vm=vm.name,
                                        host=to, message=f"to: {vm.name} is already on {to}"),
                              "reserve destination")
-        attempts = DestinationAttempts(self._task, vm, source, pinned=to)
+        attempts = DestinationAttempts(self._task, vm, source, pinned=to,
+                                       copy_storage=copy_storage)
         moved = await attempts.until_moved(
             lambda destination: self._migrate(vm.name, source, destination, limits,
                                               attempts.storage))

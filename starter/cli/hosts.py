@@ -3,7 +3,7 @@
     taskomatic host add NAME --uri URI [--cluster C] [--vcpus N] [--memory-mib N]
         [--migration-uri URI]
     taskomatic host list
-    taskomatic host clear NAME [--dry-run] [--stop-unmigratable]
+    taskomatic host clear NAME [--dry-run] [--stop-unmigratable] [--copy-storage]
     taskomatic host activate NAME
     taskomatic host restore NAME
 
@@ -78,8 +78,8 @@ async def _host_task(args: argparse.Namespace, start: Submission,
 
 async def host_clear(args: argparse.Namespace) -> int:
     req = validated(ClearHostRequest, host=args.name, dry_run=args.dry_run,
-                    stop_unmigratable=args.stop_unmigratable, requested_by=who(args),
-                    after=args.after)
+                    stop_unmigratable=args.stop_unmigratable,
+                    copy_storage=args.copy_storage, requested_by=who(args), after=args.after)
     return await _host_task(args, lambda c: c.clear_host(req), always_wait=args.dry_run)
 
 
@@ -118,6 +118,8 @@ def add_commands(nouns: Any) -> None:
                     help="print each VM's planned destination; change nothing")
     sp.add_argument("--stop-unmigratable", action="store_true",
                     help="stop the VMs that cannot move")
+    sp.add_argument("--copy-storage", action="store_true",
+                    help="move VMs on local pools with a copy of their disks (live)")
     verb(host, "activate", host_activate, "return a host to service (moved VMs keep their "
          "origin)", write=True).add_argument("name")
     verb(host, "restore", host_restore, "migrate the VMs cleared off a host back to it",

@@ -4,7 +4,7 @@
         [--group G [--group-policy P]] [--start] [disk options]
     taskomatic vm start|stop|destroy NAME
     taskomatic vm list [--host HOST]
-    taskomatic vm migrate NAME [--to HOST]
+    taskomatic vm migrate NAME [--to HOST] [--copy-storage]
 
 Every verb but ``list`` submits a task (see ``common.submit``).
 """
@@ -53,8 +53,8 @@ async def vm_destroy(args: argparse.Namespace) -> int:
 
 
 async def vm_migrate(args: argparse.Namespace) -> int:
-    req = validated(MigrateVmRequest, name=args.name, to=args.to, requested_by=who(args),
-                    after=args.after)
+    req = validated(MigrateVmRequest, name=args.name, to=args.to,
+                    copy_storage=args.copy_storage, requested_by=who(args), after=args.after)
     return await submit(args, lambda c: c.migrate_vm(req))
 
 
@@ -95,3 +95,5 @@ def add_commands(nouns: Any) -> None:
               write=True)
     sp.add_argument("name")
     sp.add_argument("--to", help="destination host (default: placement picks one)")
+    sp.add_argument("--copy-storage", action="store_true",
+                    help="copy disks on local pools to a local pool of the destination (live)")

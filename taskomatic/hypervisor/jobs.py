@@ -25,7 +25,9 @@ def migration_flags(inp: MigrateDomainInput, live: bool) -> tuple[int, dict[str,
     Always peer-to-peer, persisted on the destination and undefined on the source; live for a
     running domain (with the bandwidth cap in MiB/s and the destination's migration URI, when
     set), offline for a shut-off one; unsafe only when the limits ask for it or a disk is on a
-    shared ``dir`` pool (``MoveStorage.unsafe``).
+    shared ``dir`` pool (``MoveStorage.unsafe``); with a storage copy (``MoveStorage.copies``)
+    ``VIR_MIGRATE_NON_SHARED_DISK`` over the copied disks only (``MIGRATE_DISKS``; the caller
+    adds ``DEST_XML`` naming the destination's volumes).
     """
     flags = (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_PERSIST_DEST
              | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
@@ -40,6 +42,9 @@ def migration_flags(inp: MigrateDomainInput, live: bool) -> tuple[int, dict[str,
         flags |= libvirt.VIR_MIGRATE_OFFLINE
     if inp.limits.unsafe or inp.storage.unsafe:
         flags |= libvirt.VIR_MIGRATE_UNSAFE
+    if inp.storage.copies:
+        flags |= libvirt.VIR_MIGRATE_NON_SHARED_DISK
+        params[libvirt.VIR_MIGRATE_PARAM_MIGRATE_DISKS] = [c.target for c in inp.storage.copies]
     return flags, params
 
 

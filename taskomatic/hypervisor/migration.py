@@ -45,6 +45,7 @@ from taskomatic.hypervisor.jobs import (
     progress_percent,
     to_its_end,
 )
+from taskomatic.hypervisor.storage_copy import retargeted_xml
 from taskomatic.logs import get_logger
 from taskomatic.metrics import MIGRATION_BYTES
 from taskomatic.models import MigrateDomainInput, MigrationReport
@@ -280,7 +281,11 @@ class Migrator:
         flight on the shared connection, an ``abortJob()`` on it was once seen never to reach
         libvirtd, while one from another connection went through at once.)"""
         with self.hv.private(inp.source.uri) as conn:
-            conn.lookupByName(inp.name).migrateToURI3(inp.destination.uri, params, flags)
+            dom = conn.lookupByName(inp.name)
+            if inp.storage.copies:  # the destination's domain uses the copies
+                params = {**params, libvirt.VIR_MIGRATE_PARAM_DEST_XML: retargeted_xml(
+                    dom, inp.storage.copies)}
+            dom.migrateToURI3(inp.destination.uri, params, flags)
 
     async def _watch(self, inp: MigrateDomainInput, dom: libvirt.virDomain,
                      job: asyncio.Future[None] | None, on_progress: ProgressCallback) -> None:

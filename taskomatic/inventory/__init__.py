@@ -17,6 +17,7 @@ from taskomatic.inventory.disks import (
     plan_disks,
     record_vm_disks,
     release_vm_volumes,
+    switch_vm_disks,
     unrecord_vm,
     vm_disks,
 )
@@ -114,6 +115,7 @@ __all__ = [
     "set_pool_autostart",
     "set_vm_state",
     "set_vm_state_in",
+    "switch_vm_disks",
     "unrecord_vm",
     "vm_disks",
     "vms_with_origin",

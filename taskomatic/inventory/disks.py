@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg2.errors
 
+from taskomatic import placement
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.db import Database
 from taskomatic.inventory.storage import get_volume, require_pool, require_volume, upsert_volume
@@ -21,9 +22,12 @@ from taskomatic.models import (
     PoolSight,
     RecordVmDisksInput,
     StorageReach,
+    SwitchDisksInput,
     VmDisks,
+    VolumeCopy,
     owned_volume_name,
 )
+from taskomatic.states import HostState
 
 # --- the disks of VMs ------------------------------------------------------------------------
 
@@ -180,32 +184,131 @@ def storage_reach(cur: Any, vms: list[str]) -> dict[str, StorageReach]:
 
 
 def refuse_unreachable_storage(cur: Any, reach: StorageReach, pinned: str | None,
-                               field: str) -> None:
+                               field: str, copy: bool = False) -> None:
     """Refuse a move whose destination cannot see the VM's storage, with the reason
-    (placement's ``sees_pools`` then picks among the hosts that see every pool). Raises
-    ``NotMigratable``: on ``field`` when the ``pinned`` host (if there is one of that name) does
-    not see them all; on ``name`` when no host but the VM's own sees them all."""
+    (placement's ``sees_pools`` then picks among the hosts that see every pool; with a storage
+    copy, ``copy``, only the shared pools count). Raises ``NotMigratable``: on ``field`` when
+    the ``pinned`` host (if there is one of that name) does not see them all; on ``name`` when
+    no host but the VM's own sees them all."""
     if pinned is not None:
         cur.execute("SELECT 1 FROM hosts WHERE name = %s", (pinned,))
-        reason = reach.unseen_by(pinned) if cur.fetchone() is not None else None
+        reason = reach.unseen_by(pinned, copy) if cur.fetchone() is not None else None
         if reason is not None:
             raise task_error(ErrorType.NOT_MIGRATABLE, reason, field=field, host=pinned,
                              vm=reach.vm)
         return
-    reason = reach.not_movable()
+    reason = reach.not_movable(copy)
     if reason is not None:
         raise task_error(ErrorType.NOT_MIGRATABLE, reason, field="name", host=reach.host,
                          vm=reach.vm)
 
 
-def move_storage(db: Database, vm: str) -> MoveStorage:
+# The VM's disks on local pools (what a storage copy copies), with each pool's type.
+_LOCAL_DISKS = """
+    SELECT d.target, p.name AS source_pool, sv.name AS volume, sv.format, sv.capacity,
+           p.type AS pool_type
+    FROM vm_disks d JOIN vms v ON v.id = d.vm_id
+    JOIN storage_volumes sv ON sv.id = d.volume_id JOIN storage_pools p ON p.id = sv.pool_id
+    WHERE v.name = %s AND p.scope = 'local' ORDER BY d.target
+"""
+
+
+def copy_needs(cur: Any, vm: str) -> tuple[placement.CopyNeed, ...]:
+    """What a storage copy of ``vm`` makes on its destination (placement's ``copies``): one
+    ``CopyNeed`` (pool type, capacity in bytes) per disk on a local pool, from ``vm_disks``."""
+    cur.execute(_LOCAL_DISKS, (vm,))
+    return tuple(placement.CopyNeed(r["pool_type"], r["capacity"]) for r in cur.fetchall())
+
+
+def local_pool_rooms(cur: Any, hosts: list[str] | None = None
+                     ) -> dict[str, tuple[placement.PoolRoom, ...]]:
+    """host name → its active local pools (name, type, free bytes as libvirt last reported
+    them, 0 if unknown), for placement's ``takes_copies``; of ``hosts``, or of every host."""
+    cur.execute("SELECT h.name AS host, p.name, p.type, COALESCE(p.available, 0) AS available"
+                " FROM storage_pools p JOIN hosts h ON h.id = p.host_id"
+                " WHERE p.scope = 'local' AND p.state = 'active'"
+                " AND (%s::text[] IS NULL OR h.name = ANY(%s)) ORDER BY h.name, p.name",
+                (hosts, hosts))
+    rooms: dict[str, list[placement.PoolRoom]] = {}
+    for r in cur.fetchall():
+        rooms.setdefault(r["host"], []).append(
+            placement.PoolRoom(r["name"], r["type"], r["available"]))
+    return {host: tuple(found) for host, found in rooms.items()}
+
+
+def move_storage(db: Database, vm: str, destination: str | None = None,
+                 copy: bool = False) -> MoveStorage:
     """What a move of ``vm`` needs to know of its disks (``MoveStorage``): the shared pools
-    they are in, and whether one of those is a ``dir`` pool."""
+    they are in, and whether one of those is a ``dir`` pool; with a storage copy (``copy``) to
+    ``destination``, its disks on local pools and the destination pool of each (placement's
+    ``copy_targets``; ``NoCapacity`` if that host has none with room now, ``DuplicateVolume``
+    if the pool chosen already has a volume of a copy's name)."""
     with db.transaction() as cur:
         cur.execute("SELECT DISTINCT p.name, p.type FROM vm_disks d JOIN vms v ON v.id = d.vm_id"
                     " JOIN storage_volumes sv ON sv.id = d.volume_id"
                     " JOIN storage_pools p ON p.id = sv.pool_id"
                     " WHERE v.name = %s AND p.scope = 'shared' ORDER BY p.name", (vm,))
         rows = cur.fetchall()
+        copies: list[VolumeCopy] = []
+        if copy and destination is not None:
+            cur.execute(_LOCAL_DISKS, (vm,))
+            disks = cur.fetchall()
+            request = placement.PlacementRequest(
+                vm=vm, vcpus=0, memory_mib=0,
+                copies=tuple(placement.CopyNeed(d["pool_type"], d["capacity"]) for d in disks))
+            load = placement.HostLoad(
+                name=destination, state=HostState.UP, vcpus=0, memory_mib=0,
+                local_pools=local_pool_rooms(cur, [destination]).get(destination, ()))
+            targets = placement.copy_targets(load, request)
+            if isinstance(targets, str):
+                raise task_error(ErrorType.NO_CAPACITY, f"host {destination!r} {targets}",
+                                 field="to", host=destination, vm=vm)
+            copies = [VolumeCopy(target=d["target"], source_pool=d["source_pool"],
+                                 volume=d["volume"], format=d["format"],
+                                 capacity=d["capacity"], pool=targets[d["pool_type"]].name)
+                      for d in disks]
+            for c in copies:  # a copy never takes over (nor, undone, deletes) another volume
+                cur.execute("SELECT 1 FROM storage_volumes sv JOIN storage_pools p"
+                            " ON p.id = sv.pool_id WHERE p.name = %s AND sv.name = %s",
+                            (c.pool, c.volume))
+                if cur.fetchone() is not None:
+                    raise task_error(ErrorType.DUPLICATE_VOLUME, f"pool {c.pool!r} of "
+                                     f"{destination} already has a volume {c.volume!r}",
+                                     field="to", host=destination, vm=vm)
     return MoveStorage(shared_pools=[r["name"] for r in rows],
-                       unsafe=any(r["type"] == "dir" for r in rows))
+                       unsafe=any(r["type"] == "dir" for r in rows), copies=copies)
+
+
+def switch_vm_disks(db: Database, inp: SwitchDisksInput) -> VmDisks:
+    """After a move with a storage copy, in one transaction: record each copy (a volume of its
+    destination pool, owned as the source volume was), attach it to the VM's disk of the same
+    target in place of the source volume, and forget the source volume's row (libvirt deletes
+    the volume next). Only when the VM is recorded on ``inp.host`` (the move is recorded);
+    otherwise nothing changes. Idempotent: a disk already on its copy is left alone. Errors:
+    ``UnknownVm``, ``UnknownPool`` (field ``copies``)."""
+    with db.transaction() as cur:
+        cur.execute("SELECT v.id, h.name AS host FROM vms v JOIN hosts h ON h.id = v.host_id"
+                    " WHERE v.name = %s FOR UPDATE OF v", (inp.vm,))
+        vm = cur.fetchone()
+        if vm is None:
+            raise task_error(ErrorType.UNKNOWN_VM, f"no VM named {inp.vm!r}", vm=inp.vm)
+        if vm["host"] != inp.host:
+            return vm_disks(db, inp.vm)
+        for copy, made in zip(inp.copies, inp.made, strict=True):
+            cur.execute("SELECT id FROM storage_pools WHERE name = %s", (copy.pool,))
+            pool = cur.fetchone()
+            if pool is None:
+                raise task_error(ErrorType.UNKNOWN_POOL, f"no pool named {copy.pool!r}",
+                                 field="copies", vm=inp.vm)
+            cur.execute("SELECT sv.id, sv.owner_vm, sv.pool_id FROM vm_disks d"
+                        " JOIN storage_volumes sv ON sv.id = d.volume_id"
+                        " WHERE d.vm_id = %s AND d.target = %s", (vm["id"], copy.target))
+            old = cur.fetchone()
+            if old is None or old["pool_id"] == pool["id"]:
+                continue  # switched already (or the disk is gone)
+            upsert_volume(cur, pool["id"], made, old["owner_vm"])
+            cur.execute("UPDATE vm_disks SET volume_id = (SELECT id FROM storage_volumes"
+                        " WHERE pool_id = %s AND name = %s) WHERE vm_id = %s AND target = %s",
+                        (pool["id"], made.name, vm["id"], copy.target))
+            cur.execute("DELETE FROM storage_volumes WHERE id = %s", (old["id"],))
+    return vm_disks(db, inp.vm)

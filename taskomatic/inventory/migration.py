@@ -10,7 +10,7 @@ from taskomatic import placement
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.clusters import placement_policy
 from taskomatic.inventory.db import Database
-from taskomatic.inventory.disks import storage_reach
+from taskomatic.inventory.disks import copy_needs, storage_reach
 from taskomatic.inventory.hosts import read_hosts
 from taskomatic.inventory.placement import loads
 from taskomatic.inventory.vms import get_vm
@@ -62,26 +62,30 @@ def vms_with_origin(db: Database, host: str, exclude: list[str]) -> list[str]:
         return [r["name"] for r in cur.fetchall()]
 
 
-def plan_moves(db: Database, host: str, vms: list[str]) -> list[PlannedMove]:
+def plan_moves(db: Database, host: str, vms: list[str], copy: bool = False
+               ) -> list[PlannedMove]:
     """Where placement would put each of ``vms`` if ``host`` were cleared now: ``placement.plan``
     over the current load of the hosts of ``host``'s cluster, with each VM's affinity group and
     the pools of its disks (a VM whose pools no other host sees is "not movable", with the
-    reason: ``disks.StorageReach``). Reads only, without locks: a plan, not a promise."""
+    reason: ``disks.StorageReach``); with a storage copy (``copy``) the local pools are copied
+    (placement's ``takes_copies``). Reads only, without locks: a plan, not a promise."""
     with db.transaction() as cur:
         cur.execute("SELECT v.name, v.vcpus, v.memory_mib, g.name AS group, g.policy"
                     " FROM vms v LEFT JOIN affinity_groups g ON g.id = v.affinity_group_id"
                     " WHERE v.name = ANY(%s)", (vms,))
         rows = {r["name"]: r for r in cur.fetchall()}
         policy = placement_policy(cur, host=host)
-        hosts = loads(cur, read_hosts(cur), with_groups=True)
+        hosts = loads(cur, read_hosts(cur), with_groups=True, with_rooms=copy)
         reach = storage_reach(cur, vms)
+        copies = {vm: copy_needs(cur, vm) if copy else () for vm in vms}
     moves = [(vm, None if vm not in rows else placement.PlacementRequest(
         vm=vm, vcpus=rows[vm]["vcpus"], memory_mib=rows[vm]["memory_mib"], exclude=(host,),
         cluster=policy["name"] if policy else None,
         hypervisor_type=policy["hypervisor_type"] if policy else None,
         weigher=policy["weigher"] if policy else "spread", group=rows[vm]["group"],
         group_policy=rows[vm]["policy"] or "anti-affinity",
-        pools=reach[vm].names if vm in reach else frozenset())) for vm in vms]
-    unmovable = {vm: why for vm, found in reach.items() if (why := found.not_movable())}
+        pools=reach[vm].names(copy) if vm in reach else frozenset(), copies=copies[vm]))
+        for vm in vms]
+    unmovable = {vm: why for vm, found in reach.items() if (why := found.not_movable(copy))}
     return [PlannedMove(vm=m.vm, destination=None, reason=unmovable[m.vm])
             if m.vm in unmovable else m for m in placement.plan(moves, hosts)]

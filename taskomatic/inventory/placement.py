@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 
 from taskomatic import placement
 from taskomatic.inventory.clusters import host_groups
+from taskomatic.inventory.disks import local_pool_rooms
 from taskomatic.inventory.hosts import host_record, lock_hosts, read_hosts
 from taskomatic.models import HostRecord
 
@@ -59,12 +60,15 @@ class FastPlacement(NamedTuple):
     host: HostRecord
 
 
-def loads(cur: Any, hosts: Iterable[HostRecord], *, with_groups: bool
-          ) -> list[placement.HostLoad]:
+def loads(cur: Any, hosts: Iterable[HostRecord], *, with_groups: bool,
+          with_rooms: bool = False) -> list[placement.HostLoad]:
     """The hosts as placement sees them; ``with_groups``: with the affinity groups that have a
-    member on each (read only when the placement has a group)."""
+    member on each (read only when the placement has a group); ``with_rooms``: with their
+    local pools' free bytes (read only for a move with a storage copy)."""
     groups = host_groups(cur) if with_groups else {}
-    return [placement.HostLoad.of(h, frozenset(h.pools), groups=groups.get(h.name, frozenset()))
+    rooms = local_pool_rooms(cur) if with_rooms else {}
+    return [placement.HostLoad.of(h, frozenset(h.pools), groups=groups.get(h.name, frozenset()),
+                                  local_pools=rooms.get(h.name, ()))
             for h in hosts]
 
 
@@ -107,30 +111,33 @@ def _fast(cur: Any, request: placement.PlacementRequest) -> tuple[int, HostRecor
     row = cur.fetchone()
     if row is not None and row["id"] is not None:
         exact = read_hosts(cur, ids=[row["id"]])
-        if exact and placement.exclusion(loads(cur, exact, with_groups=False)[0],
-                                         request) is None:
+        rooms = bool(request.copies)
+        if exact and placement.exclusion(loads(cur, exact, with_groups=False,
+                                               with_rooms=rooms)[0], request) is None:
             return row["id"], exact[0]  # (the savepoint ends with the transaction)
     cur.execute("ROLLBACK TO SAVEPOINT fast_place")  # gives the lock back
     return None
 
 
 def _slow(cur: Any, request: placement.PlacementRequest) -> tuple[int, HostRecord]:
-    with_groups = request.group is not None
+    with_groups, rooms = request.group is not None, bool(request.copies)
     for _ in range(ATTEMPTS):
         hosts = _candidates(cur, request)
-        chosen = placement.choose(request, loads(cur, hosts, with_groups=with_groups))
+        chosen = placement.choose(request, loads(cur, hosts, with_groups=with_groups,
+                                                 with_rooms=rooms))
         cur.execute("SAVEPOINT slow_place")
         locked = lock_hosts(cur, chosen.name)
         exact = read_hosts(cur, ids=list(locked.values()))
         if exact:
-            fresh = loads(cur, exact, with_groups=with_groups)[0]
+            fresh = loads(cur, exact, with_groups=with_groups, with_rooms=rooms)[0]
             if placement.exclusion(fresh, request) is None:
                 return locked[chosen.name], exact[0]
         cur.execute("ROLLBACK TO SAVEPOINT slow_place")  # another placement took it: again
     # Contended beyond the attempts: lock every candidate (in id order) and choose for sure.
     locked = lock_hosts(cur, request.host, None if request.host else request.cluster)
     hosts = read_hosts(cur, ids=list(locked.values()))
-    chosen = placement.choose(request, loads(cur, hosts, with_groups=with_groups))
+    chosen = placement.choose(request, loads(cur, hosts, with_groups=with_groups,
+                                             with_rooms=rooms))
     return locked[chosen.name], next(h for h in hosts if h.name == chosen.name)
 
 

@@ -17,7 +17,7 @@ from taskomatic import placement
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.clusters import lock_group, placement_policy
 from taskomatic.inventory.db import Database
-from taskomatic.inventory.disks import refuse_unreachable_storage, storage_reach
+from taskomatic.inventory.disks import copy_needs, refuse_unreachable_storage, storage_reach
 from taskomatic.inventory.placement import place, reserve_fast
 from taskomatic.models import (
     RecordVmInput,
@@ -222,7 +222,9 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
     already holds a reservation gets it back unchanged. ``moving`` reserves room for an existing
     VM about to move there (a migration), so its name is expected to exist; otherwise a taken
     name is ``DuplicateVm``. A moving VM goes only to a host that sees every pool its disks are
-    in (placement's ``sees_pools``); ``disks.refuse_unreachable_storage`` says why not
+    in (placement's ``sees_pools``), or with ``inp.copy_storage`` every shared one and a local
+    pool with room for copies of the others (``takes_copies``);
+    ``disks.refuse_unreachable_storage`` says why not
     (``NotMigratable``) when no other host, or not the pinned one, sees them.
 
     The common case (a create without a group or pinned host) is first tried in one round
@@ -246,9 +248,12 @@ def reserve_capacity(db: Database, inp: ReserveCapacityInput, *, moving: bool = 
                                       vm=inp.vm_name if moving else None, host=inp.host)
             reach = storage_reach(cur, [inp.vm_name]).get(inp.vm_name) if moving else None
             if reach is not None:  # a VM moves only to a host that sees its disks' pools
-                refuse_unreachable_storage(cur, reach, inp.host, inp.host_field)
-            request = _request(inp, policy, group,
-                               reach.names if reach else frozenset(inp.pools))
+                refuse_unreachable_storage(cur, reach, inp.host, inp.host_field,
+                                           inp.copy_storage)
+            request = _request(
+                inp, policy, group,
+                reach.names(inp.copy_storage) if reach else frozenset(inp.pools),
+                copy_needs(cur, inp.vm_name) if moving and inp.copy_storage else ())
             host_id, chosen = place(cur, request)
             cur.execute(
                 "INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib,"
@@ -296,10 +301,11 @@ def _reserve_in_one_call(db: Database, inp: ReserveCapacityInput) -> Reservation
 
 
 def _request(inp: ReserveCapacityInput, policy: dict[str, Any] | None,
-             group: dict[str, Any] | None, pools: frozenset[str]) -> placement.PlacementRequest:
+             group: dict[str, Any] | None, pools: frozenset[str],
+             copies: tuple[placement.CopyNeed, ...] = ()) -> placement.PlacementRequest:
     """The placement request of ``inp`` in cluster ``policy`` (its row: name, hypervisor type,
     weigher; None: any cluster), with affinity group ``group`` (its row, or None), for a VM
-    whose disks are in ``pools``."""
+    whose disks are in ``pools`` and, moving with a storage copy, needs ``copies``."""
     return placement.PlacementRequest(
         vm=inp.vm_name, vcpus=inp.vcpus, memory_mib=inp.memory_mib, host=inp.host,
         exclude=tuple(inp.exclude), field=inp.host_field,
@@ -307,7 +313,7 @@ def _request(inp: ReserveCapacityInput, policy: dict[str, Any] | None,
         hypervisor_type=policy["hypervisor_type"] if policy else None,
         weigher=policy["weigher"] if policy else "spread",
         group=group["name"] if group else None,
-        group_policy=group["policy"] if group else "anti-affinity", pools=pools)
+        group_policy=group["policy"] if group else "anti-affinity", pools=pools, copies=copies)
 
 
 def release_capacity(db: Database, task_id: str) -> Reservation | None:

@@ -89,6 +89,8 @@ from taskomatic.models.migration import (
     MoveStorage,
     RecordMoveInput,
     Seconds,
+    SwitchDisksInput,
+    VolumeCopy,
 )
 from taskomatic.models.monitor import ContactChange
 from taskomatic.models.ordering import (
@@ -316,6 +318,7 @@ __all__ = [
     "StorageReach",
     "StorageResult",
     "StorageTaskResult",
+    "SwitchDisksInput",
     "TaskFailure",
     "TaskId",
     "TaskOutcome",
@@ -335,6 +338,7 @@ __all__ = [
     "VmRecord",
     "VmState",
     "VmTaskResult",
+    "VolumeCopy",
     "VolumeFormat",
     "VolumeInfo",
     "VolumeName",

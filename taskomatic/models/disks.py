@@ -151,28 +151,36 @@ class StorageReach(Model):
     host: str
     pools: list[PoolSight] = Field(default_factory=list)
 
-    @property
-    def names(self) -> frozenset[str]:
-        """The pools the VM's disks are in (placement's ``pools``)."""
-        return frozenset(p.pool for p in self.pools)
+    def names(self, copy: bool = False) -> frozenset[str]:
+        """The pools a destination must see (placement's ``pools``): every pool of the VM's
+        disks, or with a storage copy (``copy``) only the shared ones."""
+        return frozenset(p.pool for p in self._kept(copy))
 
-    def unseen_by(self, host: str) -> str | None:
+    def _kept(self, copy: bool) -> list[PoolSight]:
+        return [p for p in self.pools if not copy or p.scope == "shared"]
+
+    def unseen_by(self, host: str, copy: bool = False) -> str | None:
         """Why the VM cannot go to ``host`` for its storage (``h2 does not see pool 'images'
-        (local to h1)``), or None when ``host`` sees all its pools."""
-        missing = [p for p in self.pools if host not in p.hosts]
+        (local to h1)``), or None when ``host`` sees all its pools (with ``copy``: its shared
+        ones; the local ones are copied)."""
+        missing = [p for p in self._kept(copy) if host not in p.hosts]
         if not missing:
             return None
         return f"{host} does not see {self._listed(missing)}"
 
-    def not_movable(self) -> str | None:
+    def not_movable(self, copy: bool = False) -> str | None:
         """Why the VM cannot leave its host for its storage: None when another host sees every
-        pool its disks are in (or it has none)."""
-        seeing = set.intersection(*(set(p.hosts) for p in self.pools)) if self.pools else {""}
+        pool its disks are in (with ``copy``: every shared one), or it has none. Without
+        ``copy``, a VM with a disk on a local pool is told to allow a storage copy."""
+        kept = self._kept(copy)
+        seeing = set.intersection(*(set(p.hosts) for p in kept)) if kept else {""}
         if seeing - {self.host}:
             return None
-        together = "" if len(self.pools) == 1 else " together"
-        return (f"not movable: its disks are in {self._listed(self.pools)}, which no other "
-                f"host sees{together}")
+        together = "" if len(kept) == 1 else " together"
+        hint = ("; allow a storage copy (--copy-storage) to move it"
+                if not copy and any(p.scope == "local" for p in kept) else "")
+        return (f"not movable: its disks are in {self._listed(kept)}, which no other "
+                f"host sees{together}{hint}")
 
     @staticmethod
     def _listed(pools: list[PoolSight]) -> str:

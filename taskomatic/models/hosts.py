@@ -67,6 +67,7 @@ class ClearHostRequest(TaskRequest):
     host: Name
     dry_run: bool = False
     stop_unmigratable: bool = False
+    copy_storage: bool = Field(False, description="move VMs on local pools with a storage copy")
     parallel: Annotated[int, Field(ge=1, le=1_000)] = Field(
         5, description="migrations in flight at once (the cluster limit)")
     batch: Annotated[int, Field(ge=1, le=1_000)] = Field(
@@ -164,6 +165,7 @@ class PlanInput(Model):
 
     host: str
     vms: list[str]
+    copy_storage: bool = False
 
 
 class PlannedMove(Model):

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from taskomatic.models.base import Model, Name, TaskRequest, vm_resource
+from taskomatic.models.storage import VolumeInfo
 from taskomatic.models.vms import Reservation, VmState
 
 MAX_MIGRATION_HOSTS = 3  # destinations one MigrateVm tries before it gives up
@@ -35,6 +36,8 @@ class MigrateVmRequest(TaskRequest):
     from_host: Name | None = Field(
         None, description="move only if the VM is still on this host (set by clear-host)")
     limits: MigrationLimits = Field(default_factory=MigrationLimits)
+    copy_storage: bool = Field(False, description="allow a storage copy: disks on a local pool "
+                                                  "are copied to a local pool of the destination")
 
     def resources(self) -> list[str]:
         return [vm_resource(self.name)]
@@ -48,14 +51,40 @@ class HostRef(Model):
     migration_uri: str | None = None
 
 
+class VolumeCopy(Model):
+    """A disk a move with a storage copy copies: the VM's disk ``target`` (``vda``), its volume
+    (``source_pool``/``volume``, a local pool of the source), made first with the same name,
+    ``format`` and ``capacity`` (bytes) in the destination's local pool ``pool``."""
+
+    target: str
+    source_pool: str
+    volume: str
+    format: str
+    capacity: int
+    pool: str
+
+
+class SwitchDisksInput(Model):
+    """After a move with a storage copy to ``host``: point ``vm``'s disks at the copies, each
+    made as ``made`` (the destination volumes, as libvirt described them, in the order of
+    ``copies``) — only if the inventory has the VM on ``host`` (the move is recorded)."""
+
+    vm: str
+    host: str
+    copies: list[VolumeCopy]
+    made: list[VolumeInfo]
+
+
 class MoveStorage(Model):
     """What a move needs to know of the VM's disks: the shared pools they are in, refreshed on
     the destination before the move so its libvirt knows the volumes; ``unsafe`` when one is a
     ``dir`` pool, whose sharing libvirt cannot detect (the move then passes
-    ``VIR_MIGRATE_UNSAFE``: the cluster shares the path, as the pool's creator declared)."""
+    ``VIR_MIGRATE_UNSAFE``: the cluster shares the path, as the pool's creator declared);
+    ``copies``: with a storage copy, the disks on local pools (``VIR_MIGRATE_NON_SHARED_DISK``)."""
 
     shared_pools: list[str] = Field(default_factory=list)
     unsafe: bool = False
+    copies: list[VolumeCopy] = Field(default_factory=list)
 
 
 class MigrateDomainInput(Model):

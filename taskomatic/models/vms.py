@@ -145,6 +145,7 @@ class ReserveCapacityInput(Model):
     group_policy: GroupPolicy | None = None
     pools: list[str] = Field(default_factory=list, description="a new VM's disks' pools: only "
                                                                "a host that sees them all")
+    copy_storage: bool = Field(False, description="a move: copy the disks on local pools")
 
 
 class Reservation(Model):
