@@ -307,9 +307,12 @@ class Migrator:
                     return
             stats = await self._blocking(job_stats, dom)
             now = time.monotonic()
-            if stats.get("data_processed", 0) > processed:
-                MIGRATION_BYTES.inc(stats["data_processed"] - max(processed, 0))
-                processed, last_moved = stats["data_processed"], now
+            # data_processed counts memory and disks; a job may not report it yet (no stats, or
+            # a storage copy's first phase): progress is then the disk bytes alone.
+            done = stats.get("data_processed", stats.get("disk_processed", 0))
+            if done > processed:
+                MIGRATION_BYTES.inc(done - max(processed, 0))
+                processed, last_moved = done, now
             percent = progress_percent(stats, percent)
             detail = (f"{percent:.0f}% ({stats.get('data_remaining', 0) >> 20} MiB left)"
                       if stats else f"{percent:.0f}%")
