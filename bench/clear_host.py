@@ -31,6 +31,7 @@ from typing import Any
 from rich.console import Console
 from temporalio.client import Client
 
+from bench.clear_gaps import migrate_steps, slot_use
 from bench.lifecycle import add_hosts, leftovers
 from bench.probe import ActivityProbe
 from bench.stack import (
@@ -169,24 +170,29 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> dict[str,
         populate(db, hv, source, names)
 
         err.print(f"timing {args.singles} single migrations, one at a time ...")
-        singles = []
+        singles, single_ids = [], []
         for name in names[:args.singles]:
             t0 = perf_counter()
-            await (await tk.migrate_vm(MigrateVmRequest(name=name))).result()
+            handle = await tk.migrate_vm(MigrateVmRequest(name=name))
+            await handle.result()
             singles.append(perf_counter() - t0)
+            single_ids.append(handle.id)
         single = statistics.mean(singles)
 
         err.print(f"clearing {source.name}: {args.vms} VMs, {parallel} in flight, "
                   f"{batch} per run ...")
-        t0 = perf_counter()
+        began, t0 = datetime.now(UTC), perf_counter()
         clear = await tk.clear_host(ClearHostRequest(host=source.name, parallel=parallel,
                                                      batch=batch))
         result = await tk.host_result(clear)
-        makespan = perf_counter() - t0
+        makespan, ended = perf_counter() - t0, datetime.now(UTC)
         ideal = args.vms * single / allowed
 
         runs = await history_sizes(env.client, clear.id)
         children = [f"{clear.id}-migrate-{n}" for n in names[args.singles:]]
+        use = slot_use(await migrate_steps(env.client, children), allowed, began, ended)
+        single_steps = await migrate_steps(env.client, single_ids)
+        single_step = statistics.mean(e - s for s, e in single_steps) if single_steps else 0.0
         child_sizes = [len((await env.client.get_workflow_handle(c).fetch_history()).events)
                        for c in children[:: max(1, len(children) // 20)]]
         problems = [f"{o.vm}: {o.outcome} {o.reason}" for o in result.outcomes
@@ -214,6 +220,7 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> dict[str,
                                    "max": round(max(singles), 4)},
             "makespan_s": round(makespan, 2), "ideal_s": round(ideal, 2),
             "ratio": round(makespan / ideal, 3),
+            "single_migrate_step_s": round(single_step, 4), "slots": use,
             "final_state": result.state, "clear_host_runs": len(runs),
             "history_events": {"largest": max([*runs, *child_sizes]),
                                "clear_host_runs": runs, "largest_child": max(child_sizes)},
@@ -224,6 +231,12 @@ async def run(args: argparse.Namespace, out: Console, err: Console) -> dict[str,
         out.print(f"clear-host of {args.vms} VMs: makespan {makespan:.1f} s, ideal "
                   f"{ideal:.1f} s (Σ single ÷ {allowed}), ratio [bold]{makespan / ideal:.2f}"
                   f"[/], {len(runs)} runs")
+        out.print(f"migrate step: {single_step * 1000:.0f} ms alone, "
+                  f"{use.get('migrate_step_s', 0) * 1000:.0f} ms in the clear; slots busy "
+                  f"{use.get('slot_busy', 0):.0%} (under-filled {use.get('under_filled_s')} s), "
+                  f"hand-over p50 {use.get('handover_ms_p50')} ms / p90 "
+                  f"{use.get('handover_ms_p90')} ms over {use.get('handovers')}, lead "
+                  f"{use.get('lead_s')} s, tail {use.get('tail_s')} s")
         out.print(f"largest workflow history: {record['history_events']['largest']} events "
                   f"(ClearHost runs {runs}, children ≤ {max(child_sizes)})")
         for problem in problems:
