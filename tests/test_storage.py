@@ -469,3 +469,33 @@ async def test_sync_facade_drives_storage(client: TaskomaticClient, lab: Lab) ->
         assert [p.name for p in await asyncio.to_thread(sync.pools, host.name)] == [name]
     finally:
         await asyncio.to_thread(sync.close)
+
+
+async def test_a_foreign_volume_of_the_new_disks_name_is_left_alone(
+        client: TaskomaticClient, lab: Lab) -> None:
+    """A volume libvirt has but the inventory does not (made with virsh), of the name a new
+    disk gets and another shape: the create fails on it (DuplicateVolume) and its undo must not
+    delete it — the task never made it."""
+    host = lab.host()
+    pool = await _pool(client, lab, host, "foreign")
+    vm = lab.vm_name("foreign")
+    libvirt_pool = lab.hv.connection(host.uri).storagePoolLookupByName(pool)
+    libvirt_pool.createXML(f"<volume><name>{vm}-disk0.qcow2</name><capacity unit='MiB'>64"
+                           "</capacity><target><format type='qcow2'/></target></volume>", 0)
+    task = await client.create_vm(CreateVmRequest(name=vm, disks=[
+        DiskRequest(pool=pool, size="1GiB")]))
+    with pytest.raises(TaskError) as caught:
+        await task.result()
+    failure = caught.value.failure
+    assert failure.error_type == "DuplicateVolume", failure
+    assert not [undo for undo in failure.compensated if undo.startswith("delete volume")]
+    assert libvirt_volumes(lab, host, pool) == [f"{vm}-disk0.qcow2"]
+    assert vm not in [v.name for v in await client.vms()]
+    # The path replays; recorded, it guards the "keep-foreign-volume" patch from now on.
+    history = await _history(client, task)
+    replayer = Replayer(workflows=TASK_WORKFLOWS, data_converter=pydantic_data_converter)
+    replayed = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert replayed.replay_failure is None, replayed.replay_failure
+    if os.environ.get("TASKOMATIC_RECORD_HISTORIES"):
+        (Path(__file__).parent / "histories" / "CreateVm-foreign-volume.json").write_text(
+            history.to_json())

@@ -12,6 +12,7 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from activities.disks import DiskActivities
     from activities.storage import StorageActivities
+    from taskomatic.errors import ErrorType
     from taskomatic.models import (
         CreateVmRequest,
         DiskPlan,
@@ -28,9 +29,12 @@ with workflow.unsafe.imports_passed_through():
         VolumeSpec,
     )
 
-from workflows.runbook import DATABASE, Runbook, Undo
+from workflows.runbook import DATABASE, Runbook, TaskFailed, Undo
 
 DISKS_PATCH = "vm-disks"
+# A new volume's undo is dropped when its create step fails on a different volume of that name
+# (DuplicateVolume): that volume was there before the task, which must not delete it.
+KEEP_FOREIGN_VOLUME_PATCH = "keep-foreign-volume"
 Storage = StorageActivities
 Disks = DiskActivities
 
@@ -55,17 +59,25 @@ class DiskSteps:
         return plan
 
     async def create_volumes(self, plan: DiskPlan) -> list[VolumeInfo]:
-        """Create the VM's new volumes, each deleted again if the task fails later."""
+        """Create the VM's new volumes, each deleted again if the task fails later (but not one
+        whose create failed on a different volume of its name: that one is not the task's)."""
         created: list[VolumeInfo] = []
         for disk in plan.disks:
             if not disk.new or disk.capacity is None:
                 continue
             spec = VolumeSpec(host=disk.host, uri=disk.host_uri, pool=disk.pool,
                               name=disk.volume, capacity=disk.capacity, format=disk.format)
-            made: VolumeReport = await self._task.step(
-                f"create volume {disk.pool}/{disk.volume}", Storage.create_volume, spec,
-                undo=Undo(f"delete volume {disk.pool}/{disk.volume}", Storage.delete_volume,
-                          spec.ref()))
+            undo = Undo(f"delete volume {disk.pool}/{disk.volume}", Storage.delete_volume,
+                        spec.ref())
+            try:
+                made: VolumeReport = await self._task.step(
+                    f"create volume {disk.pool}/{disk.volume}", Storage.create_volume, spec,
+                    undo=undo)
+            except TaskFailed as failed:
+                if (failed.info.type == ErrorType.DUPLICATE_VOLUME
+                        and workflow.patched(KEEP_FOREIGN_VOLUME_PATCH)):
+                    self._task.undo.drop(undo)
+                raise
             if made.volume is not None:
                 created.append(made.volume)
         return created
