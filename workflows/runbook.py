@@ -61,7 +61,7 @@ with workflow.unsafe.imports_passed_through():
     from taskomatic.temporal import TASK_HOST
 
 from workflows.cancels import CANCEL_PATCH, Interrupted, settle, together
-from workflows.ordering import InLine, ordering_queue
+from workflows.ordering import ONE_PATCH, InLine, ordering_queue
 
 # Histories recorded before tasks waited for prerequisites and resources replay without it.
 ORDERING_PATCH = "ordering-1"
@@ -298,8 +298,9 @@ class Runbook(InLine):
     async def perform(self, request: TaskRequest, body: Callable[[], Awaitable[T]]) -> T:
         """Run the task: wait for its prerequisites and its turn on its resources, run the body,
         release. On failure or cancellation undo what was done, newest first, then release."""
-        self._ordered = workflow.patched(ORDERING_PATCH)
-        self.cancel_safe = workflow.patched(CANCEL_PATCH)
+        self.one_patch = workflow.patched(ONE_PATCH)
+        self._ordered = self.patched(ORDERING_PATCH)
+        self.cancel_safe = self.patched(CANCEL_PATCH)
         try:
             if self._ordered:
                 await self._wait_turn(request)

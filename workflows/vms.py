@@ -72,7 +72,7 @@ class CreateVm(Runbook):
     async def _create(self, req: CreateVmRequest) -> VmTaskResult:
         task_id = workflow.info().workflow_id
         self.about(vm=req.name, host=req.host)
-        plan = await self.disks.plan(req) if req.disks and workflow.patched(DISKS_PATCH) else None
+        plan = await self.disks.plan(req) if req.disks and self.patched(DISKS_PATCH) else None
         res: Reservation = await self.step(
             "reserve capacity", Inventory.reserve_capacity,
             ReserveCapacityInput(task_id=task_id, vm_name=req.name, vcpus=req.vcpus,
@@ -196,7 +196,7 @@ class DestroyVm(Runbook):
 
     async def _destroy(self, req: DestroyVmRequest) -> VmTaskResult:
         found, ref = await self.vm.locate(req.name)
-        disks = await self.disks.lookup(req.name) if workflow.patched(DISKS_PATCH) else None
+        disks = await self.disks.lookup(req.name) if self.patched(DISKS_PATCH) else None
         self.phase("run")
         off: DomainReport = await self.step("power off", Domains.destroy_domain, ref)
         gone: DomainReport = await self.step("undefine domain", Domains.undefine_domain, ref)
