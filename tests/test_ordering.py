@@ -157,6 +157,20 @@ async def test_waiting_task_names_the_holder_and_runs_when_it_finishes(
     assert done.submitted_at <= done.started_at <= done.finished_at
 
 
+async def test_a_task_that_never_waited_started_at_its_submission(
+        tasks: TaskomaticClient) -> None:
+    name = _names("vm")
+    holder = await _hold(tasks, [name("a")], hold=True)
+    await _in_state(holder, "running")
+    running = await holder.describe()
+    assert running.waiting_on == [] and running.started_at == running.submitted_at
+    await _finish(tasks, holder)
+    await holder.result()
+    done = await holder.describe()
+    assert done.state == "complete" and done.started_at == done.submitted_at
+    assert done.finished_at is not None and done.started_at <= done.finished_at
+
+
 async def _listed(client: TaskomaticClient, state: TaskState, task_id: str) -> Any:
     return next((t for t in await client.tasks(state=state) if t.id == task_id), None)
 

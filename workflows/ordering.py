@@ -101,6 +101,8 @@ class InLine:
         # Set by the runbook when the task starts: whether this run awaits what a cancel
         # interrupts to its end (``workflows.cancels.CANCEL_PATCH``).
         self.cancel_safe = False
+        # Whether the starter granted the task's resources when it submitted it.
+        self.granted_at_submit = False
         # Whether this run was started with ``ONE_PATCH`` (set by the runbook when it starts).
         self.one_patch = False
         # A cancel that arrived while the task released resources (a release always finishes):
@@ -125,6 +127,11 @@ class InLine:
         if self._shown_state != state:
             self._shown_state = state
             workflow.upsert_search_attributes([TASK_STATE.value_set(state)])
+
+    def assume_shown(self, **memo: Any) -> None:
+        """Take ``memo`` as published without writing it: what a reader assumes of a memo that
+        lacks those keys (``starter.tasks.status_of``)."""
+        self._memo = {**self._memo, **memo}
 
     def shown(self, key: str) -> bool:
         """Whether the task's memo already holds ``key``."""
@@ -159,7 +166,7 @@ class InLine:
         if not self._claimed and workflow.memo_value(GRANTED_AT_SUBMIT, False, type_hint=bool):
             # The starter found the resources free and took them in the transaction that put
             # the task in line: nothing to wait for, no round trip to make.
-            self._claimed = True
+            self._claimed = self.granted_at_submit = True
             return ClaimResult(granted=True)
         closed: list[str] = []
         while True:

@@ -393,6 +393,12 @@ class Runbook(InLine):
         memo: dict[str, Any] = {"waiting_on": self._state.waiting_on}
         if state == "running" and not self.shown("started_at"):
             memo["started_at"] = workflow.now().isoformat()
+            if self.one_patch and self.granted_at_submit and not self.shown("waiting_on"):
+                # Never waited: no memo write (one visibility write fewer per task). What a
+                # reader assumes holds (``starter.tasks.status_of``): it waits on nothing and
+                # its start is its submission, also after a later wait (``hold``).
+                memo = {}
+                self.assume_shown(waiting_on=[], started_at=None)
         self.show_state(state, **memo)
 
     async def _compensate(self) -> tuple[list[str], list[str]]:
