@@ -167,6 +167,9 @@ class InLine:
             # The starter found the resources free and took them in the transaction that put
             # the task in line: nothing to wait for, no round trip to make.
             self._claimed = self.granted_at_submit = True
+            if self.one_patch and workflow.info().typed_search_attributes.get(
+                    TASK_STATE) == "running":
+                self._shown_state = "running"  # the starter published it: no upsert
             return ClaimResult(granted=True)
         closed: list[str] = []
         while True:
