@@ -96,11 +96,15 @@ async def _in_state(handle: TaskHandle, state: TaskState) -> Any:
 
 
 def _interval(progress: TaskProgress) -> tuple[datetime, datetime]:
-    """When the task held its resources: from its turn coming to its last step's end."""
+    """When the task held its resources: from its turn coming to the start of its last step.
+    The last step releases them in its own transaction (``i16-release-with-last-step``), so
+    the next task may be granted them before this task's workflow records that step's end
+    (its ``finished_at`` is when the workflow saw the result); every step before it ended."""
     waited = next(s for s in progress.steps if s.name.startswith("wait for vm:"))
     last = progress.steps[-1]
-    assert waited.finished_at and last.finished_at
-    return waited.finished_at, last.finished_at
+    assert waited.finished_at and last.started_at and last.finished_at
+    assert all(s.finished_at and s.finished_at <= last.started_at for s in progress.steps[:-1])
+    return waited.finished_at, last.started_at
 
 
 async def test_fifty_interleaved_tasks_on_five_vms_run_one_at_a_time_in_order(
