@@ -115,7 +115,7 @@ def write_workflow_bytecode(workflows: Sequence[type]) -> list[str]:
     the source files written for. The sandbox imports a workflow's module afresh into every
     workflow run: without bytecode (``PYTHONDONTWRITEBYTECODE``, which the image and this
     project's machines set) every run compiles it from source again (measured: ~5 ms of CPU
-    per VM task for ``workflows/vms.py``). ``py_compile`` writes it whatever that setting says;
+    per VM task for the VM tasks' module). ``py_compile`` writes it whatever that setting says;
     a module it cannot write for (read-only tree) keeps compiling, as before."""
     written = []
     for name in sorted({wf.__module__ for wf in workflows}):

@@ -255,15 +255,16 @@ class TaskomaticClient(HostReads, StorageReads, ClusterCalls, AuditReads):
         in_line = bool(resources) and req.ordered and not req.after
         memo: dict[str, Any] = {"resources": resources, "after": req.after,
                                 "requested_by": req.requested_by}
+        granted = False
         if in_line:  # its place in line, and the resources themselves if they are free
             capacities = {r: capacity_of(r, self.settings) for r in resources}
             claimed, _ = await asyncio.to_thread(ordering.acquire, self.db, task_id, kind,
                                                  capacities)
-            memo[GRANTED_AT_SUBMIT] = claimed.granted
+            memo[GRANTED_AT_SUBMIT] = granted = claimed.granted
         try:
             handle = await self.temporal.start_workflow(
                 spec.workflow.run, req, id=task_id, task_queue=self.settings.task_queue,
-                search_attributes=self._attributes(kind, resources, req), memo=memo)
+                search_attributes=self._attributes(kind, resources, req, granted), memo=memo)
         except BaseException:
             if in_line:  # never started: give its place back
                 await asyncio.to_thread(ordering.release, self.db, task_id)
@@ -271,10 +272,13 @@ class TaskomaticClient(HostReads, StorageReads, ClusterCalls, AuditReads):
         await self.record_submitted(task_id, handle.result_run_id, kind, req, resources)
         return TaskHandle(handle, kind)
 
-    def _attributes(self, kind: str, resources: list[str], req: TaskRequest
+    def _attributes(self, kind: str, resources: list[str], req: TaskRequest, granted: bool
                     ) -> TypedSearchAttributes:
+        # A task granted its resources here holds them and waits for nothing: it is running
+        # from its submission (it then publishes no state of its own until it ends).
         pairs: list[SearchAttributePair[Any]] = [
-            SearchAttributePair(TASK_KIND, kind), SearchAttributePair(TASK_STATE, "new"),
+            SearchAttributePair(TASK_KIND, kind),
+            SearchAttributePair(TASK_STATE, "running" if granted else "new"),
             SearchAttributePair(TASK_REQUESTED_BY, req.requested_by or "")]
         if resources:
             pairs.append(SearchAttributePair(TASK_RESOURCES, resources))

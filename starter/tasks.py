@@ -41,6 +41,7 @@ from taskomatic.temporal import (
     TASK_STATE,
     TASK_VM,
 )
+from workflows.ordering import GRANTED_AT_SUBMIT
 
 T = TypeVar("T")
 
@@ -107,6 +108,15 @@ def failure_of(task_id: str, kind: str, err: BaseException) -> TaskFailure:
                        error_type=type(cause).__name__ if cause else "Unknown", message=message)
 
 
+def _started_at_submission(execution: WorkflowExecution, memo: Mapping[str, Any],
+                           state: TaskState) -> datetime | None:
+    """When a task that never waited started: at its submission. Such a task (its resources
+    granted at submission, patch ``i16-one-patch``) writes no ``started_at`` to its memo."""
+    if memo.get(GRANTED_AT_SUBMIT) and state not in ("new", "waiting"):
+        return execution.start_time
+    return None
+
+
 def status_of(execution: WorkflowExecution, memo: Mapping[str, Any]) -> TaskStatus:
     """A task's status from its visibility record and decoded memo."""
     attrs = execution.typed_search_attributes
@@ -120,7 +130,7 @@ def status_of(execution: WorkflowExecution, memo: Mapping[str, Any]) -> TaskStat
         pool=attrs.get(TASK_POOL),
         requested_by=attrs.get(TASK_REQUESTED_BY) or memo.get("requested_by"),
         submitted_at=execution.start_time, finished_at=execution.close_time,
-        started_at=memo.get("started_at"),
+        started_at=memo.get("started_at") or _started_at_submission(execution, memo, state),
     )
     error = memo.get("error")
     if closed in ("error", "cancelled"):

@@ -96,11 +96,15 @@ async def _in_state(handle: TaskHandle, state: TaskState) -> Any:
 
 
 def _interval(progress: TaskProgress) -> tuple[datetime, datetime]:
-    """When the task held its resources: from its turn coming to its last step's end."""
+    """When the task held its resources: from its turn coming to the start of its last step.
+    The last step releases them in its own transaction (``i16-release-with-last-step``), so
+    the next task may be granted them before this task's workflow records that step's end
+    (its ``finished_at`` is when the workflow saw the result); every step before it ended."""
     waited = next(s for s in progress.steps if s.name.startswith("wait for vm:"))
     last = progress.steps[-1]
-    assert waited.finished_at and last.finished_at
-    return waited.finished_at, last.finished_at
+    assert waited.finished_at and last.started_at and last.finished_at
+    assert all(s.finished_at and s.finished_at <= last.started_at for s in progress.steps[:-1])
+    return waited.finished_at, last.started_at
 
 
 async def test_fifty_interleaved_tasks_on_five_vms_run_one_at_a_time_in_order(
@@ -155,6 +159,20 @@ async def test_waiting_task_names_the_holder_and_runs_when_it_finishes(
     assert done.state == "complete" and done.started_at is not None
     assert done.submitted_at is not None and done.finished_at is not None
     assert done.submitted_at <= done.started_at <= done.finished_at
+
+
+async def test_a_task_that_never_waited_started_at_its_submission(
+        tasks: TaskomaticClient) -> None:
+    name = _names("vm")
+    holder = await _hold(tasks, [name("a")], hold=True)
+    await _in_state(holder, "running")
+    running = await holder.describe()
+    assert running.waiting_on == [] and running.started_at == running.submitted_at
+    await _finish(tasks, holder)
+    await holder.result()
+    done = await holder.describe()
+    assert done.state == "complete" and done.started_at == done.submitted_at
+    assert done.finished_at is not None and done.started_at <= done.finished_at
 
 
 async def _listed(client: TaskomaticClient, state: TaskState, task_id: str) -> Any:

@@ -57,7 +57,7 @@ with workflow.unsafe.imports_passed_through():
 from workflows.cancels import settle
 from workflows.migration import MigrateVm
 from workflows.runbook import DATABASE, Runbook, Undo, workflow_type
-from workflows.vms import StopVm
+from workflows.vm_stop import StopVm
 
 Hosts = HostActivities
 Moves = MigrationActivities

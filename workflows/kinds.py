@@ -51,7 +51,10 @@ from workflows.storage import (
     ResizeVolume,
     SetPoolAutostart,
 )
-from workflows.vms import CreateVm, DestroyVm, StartVm, StopVm
+from workflows.vm_destroy import DestroyVm
+from workflows.vm_start import StartVm
+from workflows.vm_stop import StopVm
+from workflows.vms import CreateVm
 
 Defaults = Callable[[Settings, Any], Any]
 Check = Callable[[Database, Settings, Any], None]

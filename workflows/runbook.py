@@ -61,7 +61,7 @@ with workflow.unsafe.imports_passed_through():
     from taskomatic.temporal import TASK_HOST
 
 from workflows.cancels import CANCEL_PATCH, Interrupted, settle, together
-from workflows.ordering import InLine, ordering_queue
+from workflows.ordering import ONE_PATCH, InLine, ordering_queue
 
 # Histories recorded before tasks waited for prerequisites and resources replay without it.
 ORDERING_PATCH = "ordering-1"
@@ -298,8 +298,9 @@ class Runbook(InLine):
     async def perform(self, request: TaskRequest, body: Callable[[], Awaitable[T]]) -> T:
         """Run the task: wait for its prerequisites and its turn on its resources, run the body,
         release. On failure or cancellation undo what was done, newest first, then release."""
-        self._ordered = workflow.patched(ORDERING_PATCH)
-        self.cancel_safe = workflow.patched(CANCEL_PATCH)
+        self.one_patch = workflow.patched(ONE_PATCH)
+        self._ordered = self.patched(ORDERING_PATCH)
+        self.cancel_safe = self.patched(CANCEL_PATCH)
         try:
             if self._ordered:
                 await self._wait_turn(request)
@@ -392,6 +393,12 @@ class Runbook(InLine):
         memo: dict[str, Any] = {"waiting_on": self._state.waiting_on}
         if state == "running" and not self.shown("started_at"):
             memo["started_at"] = workflow.now().isoformat()
+            if self.one_patch and self.granted_at_submit and not self.shown("waiting_on"):
+                # Never waited: no memo write (one visibility write fewer per task). What a
+                # reader assumes holds (``starter.tasks.status_of``): it waits on nothing and
+                # its start is its submission, also after a later wait (``hold``).
+                memo = {}
+                self.assume_shown(waiting_on=[], started_at=None)
         self.show_state(state, **memo)
 
     async def _compensate(self) -> tuple[list[str], list[str]]:
