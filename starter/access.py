@@ -1,6 +1,7 @@
 """Access administration in the starter library: role grants and API tokens (used by the API's
 ``/grants`` and ``/tokens`` and by ``taskomatic grant|token``). Blocking calls; a refusal
-(no such grant or token) raises ``RequestError`` naming ``id``.
+(no such grant or token: ``id``; an unknown cluster: ``scope``) raises ``RequestError``
+naming the field.
 
     admin = AccessAdmin(db)
     admin.grant(GrantSpec(subject="alice", role="operator", scope="vm:web*"), granted_by="root")
@@ -25,8 +26,10 @@ class AccessAdmin:
         return access.list_grants(self.db, subject)
 
     def grant(self, spec: GrantSpec, granted_by: str) -> tuple[Grant, bool]:
-        """Grant (idempotent); returns the grant and whether it is new."""
-        return access.add_grant(self.db, spec, granted_by)
+        """Grant (idempotent); returns the grant and whether it is new. RequestError on
+        ``scope`` for a ``cluster:NAME`` the inventory does not have."""
+        with refusals():
+            return access.add_grant(self.db, spec, granted_by)
 
     def revoke_grant(self, grant_id: int) -> Grant:
         with refusals():

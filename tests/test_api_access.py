@@ -13,6 +13,7 @@ import httpx
 import pytest
 from api_helpers import Issuer, bearer, subject_with
 from cli_helpers import run_cli
+from cluster_helpers import cluster, join
 from cryptography.hazmat.primitives.asymmetric import rsa
 from storage_helpers import pool_path
 from temporalio.testing import WorkflowEnvironment
@@ -22,9 +23,10 @@ from conftest import Lab
 from starter.api.app import create_app
 from starter.client import TaskomaticClient
 from starter.tasks import status_of
+from taskomatic import inventory
 from taskomatic.inventory import access
 from taskomatic.inventory.db import Database
-from taskomatic.models import CreatePoolRequest, CreateVmRequest
+from taskomatic.models import ClusterSpec, CreatePoolRequest, CreateVmRequest
 from taskomatic.settings import Settings, get_settings
 from workflows.kinds import KINDS
 
@@ -74,17 +76,36 @@ async def test_local_admin_mode_is_explicit(settings: Settings, client: Taskomat
         assert me["subject"] == "local-admin" and me["grants"] == [["admin", "*"]]
 
 
+async def test_cluster_grants_from_the_api(settings: Settings, client: TaskomaticClient,
+                                           db: Database, lab: Lab) -> None:
+    mine = cluster(db, lab, "g")
+    subject = f"ops-{uuid.uuid4().hex[:6]}"
+    local = settings.model_copy(update={"api_local_admin": True})
+    async with _app_client(create_app(local, client, db)) as http:
+        answer = await http.post("/grants", json={"subject": subject, "role": "operator",
+                                                  "scope": "cluster:zz-no-such"})
+        assert answer.status_code == 400, answer.text
+        assert answer.json()["field"] == "scope" and "no cluster" in answer.json()["message"]
+        assert _grants(db, subject) == []  # nothing half-made
+        answer = await http.post("/grants", json={"subject": subject, "role": "operator",
+                                                  "scope": f"cluster:{mine}"})
+        assert answer.status_code == 200 and answer.json()["scope"] == f"cluster:{mine}"
+
+
 VM_KINDS = {"CreateVm", "StartVm", "StopVm", "DestroyVm", "MigrateVm"}
 HOST_KINDS = {"ClearHost", "ActivateHost", "RestoreHost"}
 POOL_KINDS = {"CreateStoragePool", "DestroyStoragePool", "RefreshStoragePool",
               "SetPoolAutostart", "CreateVolume", "DeleteVolume", "ResizeVolume"}
+IN_CLUSTER = "CreateVm in cluster"  # a create that names the cluster, not a host
 # scope label -> the kinds whose resources it covers (written out, not computed by the rule)
 COVERS = {
-    "all": VM_KINDS | HOST_KINDS | POOL_KINDS,
-    "vm-match": VM_KINDS,
+    "all": VM_KINDS | HOST_KINDS | POOL_KINDS | {IN_CLUSTER},
+    "vm-match": VM_KINDS | {IN_CLUSTER},
     "vm-other": set(),
     "host-match": VM_KINDS | HOST_KINDS | POOL_KINDS,  # the VMs and pools lie on the host
     "host-other": set(),
+    "cluster-match": VM_KINDS | HOST_KINDS | POOL_KINDS | {IN_CLUSTER},  # the host is in it
+    "cluster-other": set(),
     "pool-match": POOL_KINDS,
     "pool-other": set(),
 }
@@ -105,17 +126,23 @@ async def matrix_client(temporal_env: WorkflowEnvironment, settings: Settings, d
 
 async def test_permission_matrix(matrix_client: TaskomaticClient, client: TaskomaticClient,
                                  settings: Settings, db: Database, lab: Lab) -> None:
-    host = lab.host()
+    mine, other = cluster(db, lab, "mx"), cluster(db, lab, "other")
+    host = await join(client, lab, 1, mine)
+    stranger = await join(client, lab, 2, other)  # the other cluster is not empty
     vm, pool = lab.vm_name("mx"), f"p-{lab.prefix}-mx"
     await (await client.create_vm(CreateVmRequest(name=vm, host=host.name, memory_mib=64))
            ).result()
     await (await client.create_pool(CreatePoolRequest(name=pool, host=host.name,
                                                       path=pool_path(lab, "mx")))).result()
+    shared = f"p-{lab.prefix}-sh"
+    await (await client.create_pool(CreatePoolRequest(name=shared, host=host.name, shared=True,
+                                                      path=pool_path(lab, "sh")))).result()
     # Every submission waits for this task (which never runs), so none is checked against the
     # inventory or does anything: the matrix tests authorization alone.
     gate = (await matrix_client.start(CreateVmRequest(name=lab.vm_name("gate")))).id
     bodies = {
         "CreateVm": {"name": lab.vm_name("new"), "host": host.name},
+        IN_CLUSTER: {"name": lab.vm_name("new2"), "cluster": mine},
         "StartVm": {"name": vm}, "StopVm": {"name": vm}, "DestroyVm": {"name": vm},
         "MigrateVm": {"name": vm},
         "ClearHost": {"host": host.name}, "ActivateHost": {"host": host.name},
@@ -127,9 +154,10 @@ async def test_permission_matrix(matrix_client: TaskomaticClient, client: Taskom
         "DeleteVolume": {"pool": pool, "name": "v1"},
         "ResizeVolume": {"pool": pool, "name": "v1", "capacity": "2MiB"},
     }
-    assert set(bodies) == {k.name for k in KINDS.values() if k.method}  # every kind
+    assert set(bodies) - {IN_CLUSTER} == {k.name for k in KINDS.values() if k.method}
     scopes = {"all": "*", "vm-match": f"vm:vm-{lab.prefix}-*", "vm-other": "vm:zz-*",
               "host-match": f"host:{host.name}", "host-other": "host:zz",
+              "cluster-match": f"cluster:{mine}", "cluster-other": f"cluster:{other}",
               "pool-match": f"pool:{pool}", "pool-other": "pool:zz"}
     unauthorized, false_refusals, cases = [], [], 0
     async with _app_client(create_app(settings, matrix_client, db)) as http:
@@ -139,7 +167,7 @@ async def test_permission_matrix(matrix_client: TaskomaticClient, client: Taskom
                 for kind, body in bodies.items():
                     cases += 1
                     task_id = f"mx-{uuid.uuid4().hex[:12]}"
-                    answer = await http.post(f"/tasks/{kind}", headers=bearer(token),
+                    answer = await http.post(f"/tasks/{kind.split()[0]}", headers=bearer(token),
                                              params={"task_id": task_id},
                                              json={**body, "after": [gate]})
                     expected = operates and kind in COVERS[label]
@@ -157,7 +185,21 @@ async def test_permission_matrix(matrix_client: TaskomaticClient, client: Taskom
                         desc = await matrix_client.temporal.get_workflow_handle(task_id
                                                                                 ).describe()
                         assert status_of(desc, await desc.memo()).requested_by == subject, case
-    assert cases == 3 * 7 * 15
+        # a viewer on the cluster reads its hosts and what lies on them, nothing else
+        _, token = subject_with(db, [("viewer", f"cluster:{mine}")], label="viewer")
+        hosts = {h["name"] for h in (await http.get("/hosts", headers=bearer(token))).json()}
+        assert host.name in hosts and stranger.name not in hosts
+        assert vm in {v["name"] for v in (await http.get("/vms", headers=bearer(token))).json()}
+        pools = (await http.get("/pools", headers=bearer(token))).json()
+        assert {pool, shared} <= {p["name"] for p in pools}
+        assert {p["host"] for p in pools} <= hosts
+        # a shared pool of the cluster is the cluster's: its operators may act on it
+        for scope, status in ((f"cluster:{mine}", 202), (f"cluster:{other}", 403)):
+            _, token = subject_with(db, [("operator", scope)], label="operator")
+            answer = await http.post("/tasks/RefreshStoragePool", headers=bearer(token),
+                                     json={"name": shared, "after": [gate]})
+            assert answer.status_code == status, (scope, answer.text)
+    assert cases == 3 * 9 * 16
     assert unauthorized == [], unauthorized
     assert false_refusals == [], false_refusals
 
@@ -169,11 +211,16 @@ def test_tokens_and_grants_from_the_cli(monkeypatch: pytest.MonkeyPatch,
     try:
         subject = f"ci-{uuid.uuid4().hex[:6]}"
         assert run_cli(["grant", "add", subject, "operator", "vm:web*"])[0] == 0
-        code, err = run_cli(["grant", "add", subject, "operator", "cluster:c1"])
-        assert code == 2 and "scope" in err and "no clusters" in err
+        code, err = run_cli(["grant", "add", subject, "operator", "cluster:zz-no-such"])
+        assert code == 2 and "scope" in err and "no cluster 'zz-no-such'" in err
+        code, err = run_cli(["grant", "add", subject, "operator", "rack:r1"])
+        assert code == 2 and "scope" in err and "cluster:NAME" in err
         code, err = run_cli(["grant", "add", subject, "root"])
         assert code == 2
-        assert [(g.role, g.scope) for g in _grants(db, subject)] == [("operator", "vm:web*")]
+        inventory.create_cluster(db, ClusterSpec(name=f"c-{subject}", hypervisor_type="test"))
+        assert run_cli(["grant", "add", subject, "viewer", f"cluster:c-{subject}"])[0] == 0
+        assert [(g.role, g.scope) for g in _grants(db, subject)] == [
+            ("operator", "vm:web*"), ("viewer", f"cluster:c-{subject}")]
         assert run_cli(["token", "create", subject])[0] == 0
         [token] = access.list_tokens(db, subject)
         assert run_cli(["token", "revoke", token.id])[0] == 0

@@ -147,33 +147,83 @@ def locate(db: Database, resources: Iterable[str]) -> dict[str, str]:
     return located
 
 
+def clusters_of(db: Database, resources: Iterable[str], located: Mapping[str, str],
+                placed_in: str | None = None) -> dict[str, str]:
+    """The cluster each host among ``resources`` is in, and each VM or pool by the host
+    ``located`` puts it on, read from the inventory (blocking); see ``in_clusters``."""
+    wanted = set(resources)
+    hosts = {r.partition(":")[2] for r in wanted if r.startswith("host:")}
+    clusters = {h: rec.cluster for h in hosts | set(located.values())
+                if (rec := inventory.get_host(db, h)) is not None}
+    return in_clusters(wanted, located, clusters, placed_in)
+
+
+def in_clusters(resources: Iterable[str], located: Mapping[str, str] | None,
+                clusters: Mapping[str, str], placed_in: str | None = None) -> dict[str, str]:
+    """resource -> cluster: a host's by ``clusters`` (host name -> cluster name), a VM's or
+    pool's by the host ``located`` puts it on. A VM or pool on no host is in ``placed_in``
+    (the cluster a create request names); one on a host ``clusters`` lacks is in none."""
+    clustered: dict[str, str] = {}
+    for resource in resources:
+        kind, _, name = resource.partition(":")
+        host = name if kind == "host" else (located or {}).get(resource)
+        if host is not None and host in clusters:
+            clustered[resource] = clusters[host]
+        elif host is None and placed_in and kind in ("vm", "pool"):
+            clustered[resource] = placed_in
+    return clustered
+
+
+def cluster_scoped(user: Principal) -> bool:
+    """Does ``user`` hold a ``cluster:`` grant (so resources' clusters must be looked up)?"""
+    return any(scope.startswith("cluster:") for _, scope in user.grants)
+
+
+async def host_clusters(user: Principal, db: Database) -> dict[str, str]:
+    """host name -> cluster name from the inventory, for ``can_read``; empty (no query) when
+    ``user`` holds no ``cluster:`` grant."""
+    if not cluster_scoped(user):
+        return {}
+    hosts = await asyncio.to_thread(inventory.list_hosts, db)
+    return {h.name: h.cluster for h in hosts}
+
+
 async def require(user: Principal, permission: Permission, resources: Iterable[str],
-                  db: Database, placed_on: str | None = None) -> None:
+                  db: Database, placed_on: str | None = None, placed_in: str | None = None
+                  ) -> None:
     """ApiError 403, naming the permission and the first resource refused, unless ``user`` has
     ``permission`` on every one of ``resources`` (on ``*`` when there are none). A VM or pool
-    the inventory does not know yet lies on ``placed_on`` (the host a create request names)."""
+    the inventory does not know yet lies on ``placed_on`` (the host a create request names)
+    and is in the cluster ``placed_in`` (the cluster it names)."""
     wanted = sorted(set(resources))
     if not wanted:
         if not permits_everything(user.grants, permission):
             raise forbidden(user, permission, EVERYTHING)
         return
     host_scoped = any(scope.startswith("host:") for _, scope in user.grants)
-    located = await asyncio.to_thread(locate, db, wanted) if host_scoped else {}
+    by_cluster = cluster_scoped(user)
+    located = (await asyncio.to_thread(locate, db, wanted) if host_scoped or by_cluster
+               else {})
     if placed_on:
         located = {r: placed_on for r in wanted if r.startswith(("vm:", "pool:"))} | located
+    clustered = (await asyncio.to_thread(clusters_of, db, wanted, located, placed_in)
+                 if by_cluster else {})
     for resource in wanted:
-        if not permits(user.grants, permission, resource, located):
+        if not permits(user.grants, permission, resource, located, clustered):
             raise forbidden(user, permission, resource)
 
 
 def can_read(user: Principal, resources: Iterable[str],
-             located: Mapping[str, str] | None = None) -> bool:
+             located: Mapping[str, str] | None = None,
+             clusters: Mapping[str, str] | None = None) -> bool:
     """May ``user`` see an object about these resources (one suffices; ``*`` if none)?
-    ``located``: where the caller already knows each lies (a listed VM's host)."""
+    ``located``: where the caller already knows each lies (a listed VM's host);
+    ``clusters``: host name -> cluster name, for ``cluster:`` grants (``host_clusters``)."""
     wanted = set(resources)
     if not wanted:
         return permits_everything(user.grants, "read")
-    return any(permits(user.grants, "read", r, located) for r in wanted)
+    clustered = in_clusters(wanted, located, clusters or {})
+    return any(permits(user.grants, "read", r, located, clustered) for r in wanted)
 
 
 def forbidden(user: Principal, permission: str, resource: str) -> ApiError:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from starter.api.auth import User, can_read, require
+from starter.api.auth import User, can_read, host_clusters, require
 from starter.api.deps import Client, Db
 from taskomatic.models import (
     HostRecord,
@@ -32,7 +32,9 @@ class HostAdded(Model):
 
 @router.get("/hosts", response_model=list[HostRecord])
 async def list_hosts(user: User, client: Client) -> list[HostRecord]:
-    return [h for h in await client.hosts() if can_read(user, [host_resource(h.name)])]
+    hosts = await client.hosts()
+    clusters = {h.name: h.cluster for h in hosts}
+    return [h for h in hosts if can_read(user, [host_resource(h.name)], None, clusters)]
 
 
 @router.post("/hosts", response_model=HostAdded)
@@ -46,21 +48,24 @@ async def add_host(spec: HostSpec, user: User, client: Client, db: Db,
 
 
 @router.get("/vms", response_model=list[VmRecord])
-async def list_vms(user: User, client: Client,
+async def list_vms(user: User, client: Client, db: Db,
                    host: Annotated[Name | None, Query()] = None) -> list[VmRecord]:
+    clusters = await host_clusters(user, db)
     return [vm for vm in await client.vms(host)
-            if can_read(user, [vm_resource(vm.name)], {vm_resource(vm.name): vm.host})]
+            if can_read(user, [vm_resource(vm.name)], {vm_resource(vm.name): vm.host}, clusters)]
 
 
 @router.get("/pools", response_model=list[PoolRecord])
-async def list_pools(user: User, client: Client,
+async def list_pools(user: User, client: Client, db: Db,
                      host: Annotated[Name | None, Query()] = None) -> list[PoolRecord]:
+    clusters = await host_clusters(user, db)
     return [p for p in await client.pools(host)
-            if can_read(user, [pool_resource(p.name)], {pool_resource(p.name): p.host})]
+            if can_read(user, [pool_resource(p.name)], {pool_resource(p.name): p.host}, clusters)]
 
 
 @router.get("/volumes", response_model=list[VolumeRecord])
-async def list_volumes(user: User, client: Client,
+async def list_volumes(user: User, client: Client, db: Db,
                        pool: Annotated[Name | None, Query()] = None) -> list[VolumeRecord]:
+    clusters = await host_clusters(user, db)
     return [v for v in await client.volumes(pool)
-            if can_read(user, [pool_resource(v.pool)], {pool_resource(v.pool): v.host})]
+            if can_read(user, [pool_resource(v.pool)], {pool_resource(v.pool): v.host}, clusters)]

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Path, Query
 from pydantic import Field
 
-from starter.api.auth import Principal, User, can_read, require
+from starter.api.auth import Principal, User, can_read, host_clusters, require
 from starter.api.deps import Client, Db
 from starter.api.errors import ApiError, not_found
 from starter.batch import MAX_BATCH_TASKS, BatchItem, plan_batch
@@ -70,7 +70,8 @@ def _submit_route(kind: TaskKind) -> None:
                      task_id: Annotated[TaskId | None, Query()] = None) -> Submitted:
         as_requester(user, body, "requested_by")
         req = body.model_copy(update={"requested_by": user.subject})
-        await require(user, "operate", req.resources(), db, getattr(req, "host", None))
+        await require(user, "operate", req.resources(), db, getattr(req, "host", None),
+                      getattr(req, "cluster", None))
         handle = await client.submit(kind.name, await client.checked(kind.name, req), task_id)
         return Submitted(id=handle.id, kind=handle.kind)
 
@@ -102,7 +103,8 @@ async def submit_batch(batch: BatchRequest, user: User, client: Client, db: Db
         plan = plan_batch(items, KINDS)
         for task in plan:
             await require(user, "operate", task.request.resources(), db,
-                          getattr(task.request, "host", None))
+                          getattr(task.request, "host", None),
+                          getattr(task.request, "cluster", None))
         submitted = await client.submit_batch(items)
     except RequestError as err:  # the library names items[i]; this body has tasks[i]
         if err.field and err.field.startswith("items"):
@@ -113,7 +115,7 @@ async def submit_batch(batch: BatchRequest, user: User, client: Client, db: Db
 
 
 @router.get("/tasks", response_model=list[TaskStatus])
-async def list_tasks(user: User, client: Client,
+async def list_tasks(user: User, client: Client, db: Db,
                      kind: Annotated[str | None, Query()] = None,
                      vm: Annotated[Name | None, Query()] = None,
                      host: Annotated[Name | None, Query()] = None,
@@ -125,18 +127,19 @@ async def list_tasks(user: User, client: Client,
         raise RequestError("kind", f"unknown task kind {kind!r} (known: "
                                    f"{', '.join(sorted(KINDS))})")
     found = await client.tasks(kind=kind, vm=vm, host=host, pool=pool, state=state, limit=limit)
-    return [t for t in found if can_read(user, t.resources, _located(t))]
+    clusters = await host_clusters(user, db)
+    return [t for t in found if can_read(user, t.resources, _located(t), clusters)]
 
 
 @router.get("/tasks/{task_id}", response_model=TaskStatus)
-async def show_task(task_id: Annotated[TaskId, Path()], user: User, client: Client
+async def show_task(task_id: Annotated[TaskId, Path()], user: User, client: Client, db: Db
                     ) -> TaskStatus:
     """One task: state, what it waits on, steps, result or error."""
     try:
         status = await client.task(task_id).describe()
     except RequestError as err:
         raise not_found(err) from None
-    if not can_read(user, status.resources, _located(status)):
+    if not can_read(user, status.resources, _located(status), await host_clusters(user, db)):
         raise ApiError(404, f"no task {task_id!r}", field="id")  # do not tell it exists
     return status
 
@@ -148,7 +151,8 @@ async def cancel_task(task_id: Annotated[TaskId, Path()], user: User, client: Cl
     every resource of the task."""
     try:
         status = await client.task(task_id).describe()
-        if not can_read(user, status.resources, _located(status)):
+        if not can_read(user, status.resources, _located(status),
+                        await host_clusters(user, db)):
             raise RequestError("id", f"no task {task_id!r}")
         await require(user, "operate", status.resources, db)
         await client.cancel(task_id)

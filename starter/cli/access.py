@@ -115,6 +115,6 @@ def add_commands(nouns: Any) -> None:
     sp.add_argument("subject")
     sp.add_argument("role", choices=sorted(ROLES))
     sp.add_argument("scope", nargs="?", default="*",
-                    help="* (everything), host:NAME, vm:PATTERN or pool:NAME")
+                    help="* (everything), cluster:NAME, host:NAME, vm:PATTERN or pool:NAME")
     verb(grants, "list", grant_list, "grants", read=True).add_argument("--subject")
     verb(grants, "remove", grant_remove, "remove a grant", read=True).add_argument("id", type=int)

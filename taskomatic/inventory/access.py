@@ -37,8 +37,16 @@ def list_grants(db: Database, subject: str | None = None) -> list[Grant]:
 
 
 def add_grant(db: Database, spec: GrantSpec, granted_by: str) -> tuple[Grant, bool]:
-    """Grant ``spec``; returns the grant and whether it is new (granting twice is a no-op)."""
+    """Grant ``spec``; returns the grant and whether it is new (granting twice is a no-op).
+    A ``cluster:NAME`` scope must name a cluster the inventory has (InvalidRequest on
+    ``scope`` otherwise, nothing granted)."""
     with db.transaction() as cur:
+        kind, _, name = spec.scope.partition(":")
+        if kind == "cluster":
+            cur.execute("SELECT 1 FROM clusters WHERE name = %s FOR SHARE", (name,))
+            if cur.fetchone() is None:
+                raise task_error(ErrorType.INVALID_REQUEST, f"no cluster {name!r}",
+                                 field="scope")
         cur.execute("INSERT INTO access_grants (subject, role, scope, granted_by)"
                     " VALUES (%s, %s, %s, %s) ON CONFLICT (subject, role, scope) DO NOTHING"
                     " RETURNING id", (spec.subject, spec.role, spec.scope, granted_by))

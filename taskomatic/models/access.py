@@ -31,7 +31,8 @@ class GrantSpec(Model):
 
     subject: Subject
     role: Role
-    scope: Scope = Field("*", description="'*', 'host:NAME', 'vm:PATTERN' or 'pool:NAME'")
+    scope: Scope = Field("*", description="'*', 'cluster:NAME', 'host:NAME', 'vm:PATTERN' or "
+                                            "'pool:NAME'")
 
 
 class Grant(GrantSpec):
