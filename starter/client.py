@@ -269,7 +269,7 @@ class TaskomaticClient(HostReads, StorageReads, ClusterCalls, AuditReads):
             if in_line:  # never started: give its place back
                 await asyncio.to_thread(ordering.release, self.db, task_id)
             raise
-        await self.record_submitted(task_id, handle.result_run_id, kind, req, resources)
+        await self._record_submitted(task_id, handle.result_run_id, kind, req, resources)
         return TaskHandle(handle, kind)
 
     def _attributes(self, kind: str, resources: list[str], req: TaskRequest, granted: bool

@@ -58,7 +58,7 @@ class AuditReads:
         """task id → the resources named at its submission (tasks the starter submitted)."""
         return await asyncio.to_thread(task_resources, self.db, sorted(set(task_ids)))
 
-    async def record_submitted(self, task_id: str, run_id: str | None, kind: str,
+    async def _record_submitted(self, task_id: str, run_id: str | None, kind: str,
                                req: TaskRequest, resources: list[str]) -> None:
         """The ``submitted`` event of a task just started: who asked, what, for which
         resources. Best effort: the task runs whether or not its log could be written."""

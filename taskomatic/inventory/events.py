@@ -26,11 +26,13 @@ def record_event(db: Database, event: TaskEventInput) -> bool:
 
 
 def task_log(db: Database, task_id: str) -> list[TaskEvent]:
-    """Every event of ``task_id``, oldest first (a child task, e.g. a ClearHost's MigrateVm,
-    has a log of its own under its own id)."""
+    """Every event of ``task_id``: its ``submitted`` event first (the starter writes it once the
+    task has started, so a quick worker's first step may be written before it), then the others
+    oldest first (a child task, e.g. a ClearHost's MigrateVm, has a log of its own under its own
+    id)."""
     with db.transaction() as cur:
-        cur.execute(f"SELECT {_COLUMNS} FROM task_events WHERE task_id = %s ORDER BY id",
-                    (task_id,))
+        cur.execute(f"SELECT {_COLUMNS} FROM task_events WHERE task_id = %s"
+                    " ORDER BY kind <> 'submitted', id", (task_id,))
         return [TaskEvent.model_validate(row) for row in cur.fetchall()]
 
 
