@@ -47,12 +47,17 @@ async def add_host(spec: HostSpec, user: User, client: Client, db: Db,
     return HostAdded(host=host, added=added)
 
 
+def _placed_readable(user: User, resource: str, host: str, clusters: dict[str, str]) -> bool:
+    """Whether ``user`` may read ``resource``, which the inventory puts on ``host``."""
+    return can_read(user, [resource], {resource: host}, clusters)
+
+
 @router.get("/vms", response_model=list[VmRecord])
 async def list_vms(user: User, client: Client, db: Db,
                    host: Annotated[Name | None, Query()] = None) -> list[VmRecord]:
     clusters = await host_clusters(user, db)
     return [vm for vm in await client.vms(host)
-            if can_read(user, [vm_resource(vm.name)], {vm_resource(vm.name): vm.host}, clusters)]
+            if _placed_readable(user, vm_resource(vm.name), vm.host, clusters)]
 
 
 @router.get("/pools", response_model=list[PoolRecord])
@@ -60,7 +65,7 @@ async def list_pools(user: User, client: Client, db: Db,
                      host: Annotated[Name | None, Query()] = None) -> list[PoolRecord]:
     clusters = await host_clusters(user, db)
     return [p for p in await client.pools(host)
-            if can_read(user, [pool_resource(p.name)], {pool_resource(p.name): p.host}, clusters)]
+            if _placed_readable(user, pool_resource(p.name), p.host, clusters)]
 
 
 @router.get("/volumes", response_model=list[VolumeRecord])
@@ -68,4 +73,4 @@ async def list_volumes(user: User, client: Client, db: Db,
                        pool: Annotated[Name | None, Query()] = None) -> list[VolumeRecord]:
     clusters = await host_clusters(user, db)
     return [v for v in await client.volumes(pool)
-            if can_read(user, [pool_resource(v.pool)], {pool_resource(v.pool): v.host}, clusters)]
+            if _placed_readable(user, pool_resource(v.pool), v.host, clusters)]
