@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import math
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -34,6 +33,7 @@ import libvirt
 from temporalio.exceptions import ApplicationError
 
 from taskomatic.errors import ErrorType, task_error
+from taskomatic.hypervisor.aborts import Beat, abort_job
 from taskomatic.hypervisor.connections import Hypervisors, lookup
 from taskomatic.hypervisor.jobs import (
     JobOutcome,
@@ -54,8 +54,6 @@ T = TypeVar("T")
 log = get_logger(component="migration")
 
 WATCH_SECONDS = 1.0  # how often a migration job is looked at and reported
-ABORT_POLL_SECONDS = 0.2  # how often an aborted job is looked at until it has ended
-ABORT_AGAIN_SECONDS = 5.0  # an abort that has not taken is asked again this often
 
 # ``on_progress(percent, detail)``: a migration job's progress (0 to 99 %, never decreasing) and a
 # one-line detail, once every WATCH_SECONDS, awaited on the event loop.
@@ -66,8 +64,6 @@ StepCallback = Callable[[float, str], None]
 # ``abort_on_cancel()``: asked when the awaiting task is cancelled; True (a cancel of the task)
 # aborts the job, False (a worker that stops) lets it go on, for the next attempt to watch.
 AbortOnCancel = Callable[[], bool]
-# ``beat()``: a sign of life while an aborted job winds down, awaited every WATCH_SECONDS.
-Beat = Callable[[], Awaitable[None]]
 
 
 def can_migrate_live(uri: str) -> bool:
@@ -206,7 +202,8 @@ class Migrator:
         resumed = active and await self._blocking(job_running, src)
         if resumed and dst is None:  # a job to another host: stop it, then move from scratch
             log.warning("aborting a migration job to another host", vm=inp.name)
-            await self._abort(src, None, partial(on_progress, 0.0, "stopping an earlier job"))
+            await self._abort(inp, src, None, partial(on_progress, 0.0,
+                                                      "stopping an earlier job"))
             return await self.migrate_live(inp, on_progress, abort_on_cancel)
         job = self._job_of(inp) if resumed else self._start(inp, live=active)
         try:
@@ -320,7 +317,7 @@ class Migrator:
             stalled = now - last_moved > lim.progress_timeout_seconds
             late = now - start > lim.completion_timeout_seconds
             if stalled or late:
-                await self._abort(dom, job, partial(on_progress, percent, "aborting"))
+                await self._abort(inp, dom, job, partial(on_progress, percent, "aborting"))
                 if (await self._blocking(self.settle, inp, job)).moved:
                     return  # it finished before the abort took: a completed migration
                 if stalled:
@@ -338,7 +335,8 @@ class Migrator:
                       ) -> JobOutcome:
         """The task was cancelled: abort the job, and once it has ended, what it did. Where the
         domain is, if the hypervisors cannot tell now, is left to the task's undo to find."""
-        await self._abort(dom, job, partial(on_progress, 0.0, "cancelled: aborting the job"))
+        await self._abort(inp, dom, job,
+                          partial(on_progress, 0.0, "cancelled: aborting the job"))
         try:
             return await self._blocking(self.settle, inp, job)
         except (ApplicationError, libvirt.libvirtError) as err:
@@ -346,32 +344,10 @@ class Migrator:
                         error=str(err))
             return JobOutcome(False, str(err))
 
-    async def _abort(self, dom: libvirt.virDomain, job: asyncio.Future[None] | None,
-                     beat: Beat) -> None:
-        """Abort the domain's migration job and wait until it has really ended: its call
-        returned (``job``), or the domain reports no job (or is gone from the source). The abort
-        is asked again every ABORT_AGAIN_SECONDS while the job runs; ``beat()`` every
-        WATCH_SECONDS meanwhile."""
-        loop = asyncio.get_running_loop()
-        asked = beaten = -math.inf
-        while True:
-            if loop.time() - asked >= ABORT_AGAIN_SECONDS:
-                asked = loop.time()
-                try:
-                    await self._blocking(dom.abortJob)
-                except libvirt.libvirtError as err:  # the job ended by itself meanwhile
-                    log.info("abortJob", error=str(err))
-            if job is not None:
-                await asyncio.wait([job], timeout=ABORT_POLL_SECONDS)
-                if job.done():
-                    return
-            elif not await self._blocking(job_running, dom):
-                return
-            else:
-                await asyncio.sleep(ABORT_POLL_SECONDS)
-            if loop.time() - beaten >= WATCH_SECONDS:
-                beaten = loop.time()
-                await beat()
+    async def _abort(self, inp: MigrateDomainInput, dom: libvirt.virDomain,
+                     job: asyncio.Future[None] | None, beat: Beat) -> None:
+        """Abort the job and wait until it has really ended (``aborts.abort_job``)."""
+        await abort_job(self.hv, self._blocking, inp, dom, job, beat)
 
     def failure(self, inp: MigrateDomainInput, err: libvirt.libvirtError) -> ApplicationError:
         """A libvirt error of a migration as a typed error: ``HypervisorUnavailable`` (and the
