@@ -43,6 +43,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities.disks import DiskActivities
 from activities.events import AuditInterceptor, TaskEnds
+from activities.heartbeats import StepHeartbeats
 from activities.hosts import HostActivities
 from activities.migration import HEARTBEAT_THROTTLE, MigrationActivities
 from activities.ordering import OrderingActivities
@@ -150,7 +151,8 @@ def build_worker(client: Client, settings: Settings, hypervisors: Hypervisors,
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,  # a cancel is heard within ~1 s
         graceful_shutdown_timeout=drain_time(settings),
         # Metrics, and the audit log: each step, undo and wait of every task (task_events).
-        interceptors=[TaskMetrics(), AuditInterceptor(_database(settings)), StepHeaders()],
+        interceptors=[TaskMetrics(), AuditInterceptor(_database(settings)), StepHeaders(),
+                      StepHeartbeats()],
     )
 
 
@@ -266,7 +268,7 @@ def build_ordering_worker(client: Client, settings: Settings) -> Worker:
         max_concurrent_activities=settings.max_waiting_tasks,
         graceful_shutdown_timeout=drain_time(settings),
         interceptors=[WaitsEndAtShutdown({OrderingActivities.await_task_end.__name__}),
-                      AuditInterceptor(_database(settings))],
+                      AuditInterceptor(_database(settings)), StepHeartbeats()],
     )
 
 

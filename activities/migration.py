@@ -27,6 +27,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
 
+from activities.heartbeats import own_heartbeats
 from taskomatic import inventory
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.hypervisor import Hypervisors, Migrator, list_domains, locate
@@ -72,6 +73,7 @@ class MigrationActivities:
     # --- migrate ---------------------------------------------------------------------------
 
     @activity.defn
+    @own_heartbeats
     async def migrate_domain(self, inp: MigrateDomainInput) -> MigrationReport:
         """Migrate the domain (``Migrator.migrate``), the destination's shared pools of its
         disks refreshed first."""

@@ -22,6 +22,7 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.heartbeats import own_heartbeats
 from taskomatic.inventory import ordering
 from taskomatic.inventory.db import Database
 from taskomatic.logs import get_logger
@@ -77,6 +78,7 @@ class OrderingActivities:
         return ReleaseClaimsResult(released=released, woken=woken)
 
     @activity.defn
+    @own_heartbeats
     async def await_task_end(self, inp: AwaitTaskInput) -> TaskOutcome:
         beat = asyncio.create_task(_heartbeat_forever())
         try:

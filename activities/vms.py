@@ -16,6 +16,7 @@ import libvirt
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.heartbeats import own_heartbeats
 from taskomatic import inventory
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.hypervisor import Hypervisors, lookup, power_state
@@ -179,6 +180,7 @@ class DomainActivities:
             return _report(ref, power_state(dom), True, "graceful shutdown requested")
 
     @activity.defn
+    @own_heartbeats
     def wait_domain_shutoff(self, inp: WaitShutoffInput) -> DomainReport:
         """Wait until the domain is off or the timeout passes, heartbeating; never forces."""
         deadline = time.monotonic() + inp.timeout_seconds

@@ -5,6 +5,11 @@ task over at once, and only then exits; another worker carries the tasks on.
 The worker is the real ``python -m worker`` program in a process of its own, with one activity
 made slow (``start_domain`` takes ``SLOW_SECONDS`` and says when it begins and ends), in a
 Temporal namespace of its own (its reconcile schedule stays out of the suite's namespace).
+
+A worker killed with SIGKILL in the middle of a step that does not heartbeat on its own
+(``reserve_capacity`` made slow and quiet) has that step retried elsewhere after the step's
+heartbeat timeout (10 s: the worker heartbeats it, ``activities.heartbeats``), not its
+start-to-close timeout; a cancel of the task still lets such a step run to its end.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -31,12 +37,14 @@ from temporalio.testing import WorkflowEnvironment
 
 from conftest import Lab
 from starter.client import TaskomaticClient
+from starter.tasks import TaskError
 from taskomatic.hypervisor import Hypervisors
 from taskomatic.inventory.db import Database
 from taskomatic.models import CreateVmRequest, VmState
 from taskomatic.settings import Settings
 from taskomatic.temporal import ensure_search_attributes
 from worker import build_ordering_worker, build_worker
+from workflows.runbook import DATABASE, STEP_HEARTBEAT
 
 ROOT = Path(__file__).resolve().parent.parent
 SLOW_SECONDS = 10.0
@@ -181,3 +189,120 @@ async def test_a_stopped_worker_finishes_its_step_and_hands_waits_over(
                    and e.activity_task_started_event_attributes.scheduled_event_id
                    == starts[0].event_id)
     assert started.activity_task_started_event_attributes.attempt == 1  # never retried
+
+
+QUIET_SECONDS = 20.0
+
+QUIET_WORKER = f"""
+import time
+from temporalio import activity
+from taskomatic.models import Reservation, ReserveCapacityInput
+import worker
+
+real = worker.activity_list
+
+
+def slow(settings, hypervisors, client):
+    acts = list(real(settings, hypervisors, client))
+    reserve = next(a for a in acts if getattr(a, "__name__", "") == "reserve_capacity")
+
+    @activity.defn(name="reserve_capacity")
+    def reserve_capacity(inp: ReserveCapacityInput) -> Reservation:
+        print("quiet step begins", flush=True)
+        time.sleep({QUIET_SECONDS})
+        print("quiet step ends", flush=True)
+        return reserve(inp)
+
+    return [reserve_capacity if a is reserve else a for a in acts]
+
+
+worker.activity_list = slow
+worker.main()
+"""
+
+
+def _attempts(history: object, activity_type: str) -> list[int]:
+    """For each ``activity_type`` step that ended, the attempt that ended it (a history records
+    a step's start only with its last attempt)."""
+    scheduled = {e.event_id for e in history.events  # type: ignore[attr-defined]
+                 if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+                 and e.activity_task_scheduled_event_attributes.activity_type.name
+                 == activity_type}
+    return [e.activity_task_started_event_attributes.attempt
+            for e in history.events  # type: ignore[attr-defined]
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+            and e.activity_task_started_event_attributes.scheduled_event_id in scheduled]
+
+
+def _quiet_worker(env: dict[str, str], tmp_path: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    log = tmp_path / "worker.out"
+    proc = subprocess.Popen([sys.executable, "-c", QUIET_WORKER], cwd=tmp_path, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return proc, log
+
+
+async def test_a_step_whose_worker_died_is_retried_after_its_heartbeat_timeout(
+        drained: tuple[TaskomaticClient, dict[str, str]], lab: Lab, hypervisors: Hypervisors,
+        tmp_path: Path) -> None:
+    assert DATABASE.start_to_close.total_seconds() > 2 * STEP_HEARTBEAT.total_seconds()
+    client, env = drained
+    host = lab.host()
+    proc, log = _quiet_worker(env, tmp_path)
+    try:
+        task = await client.create_vm(CreateVmRequest(name=lab.vm_name("hb"), host=host.name,
+                                                      start=True))
+
+        async def begun() -> bool:
+            return "quiet step begins" in log.read_text()
+
+        await _until(begun, "the quiet step to begin", log)
+        await asyncio.sleep(STEP_HEARTBEAT.total_seconds() * 0.6)  # past its first heartbeats
+        proc.kill()
+        proc.wait()
+        killed = datetime.now(UTC)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        async with build_worker(client.temporal, client.settings, hypervisors, executor), \
+                build_ordering_worker(client.temporal, client.settings):
+            made = await asyncio.wait_for(task.result(), 120)
+    assert made.state == VmState.RUNNING
+    history = await client.temporal.get_workflow_handle(task.id).fetch_history()
+    assert _attempts(history, "reserve_capacity") == [2]  # the killed attempt, then one
+    # Retried once its heartbeats stopped (within the heartbeat timeout of the kill), not at
+    # its start-to-close timeout (~23 s after the kill here).
+    retried = next(e.event_time.ToDatetime(UTC) for e in history.events
+                   if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+                   and e.activity_task_started_event_attributes.attempt == 2)
+    assert (retried - killed).total_seconds() < STEP_HEARTBEAT.total_seconds() + 3, retried
+
+
+async def test_a_cancel_lets_a_step_without_heartbeats_of_its_own_run_to_its_end(
+        drained: tuple[TaskomaticClient, dict[str, str]], lab: Lab, tmp_path: Path) -> None:
+    client, env = drained
+    host = lab.host()
+    proc, log = _quiet_worker(env, tmp_path)
+    try:
+        task = await client.create_vm(CreateVmRequest(name=lab.vm_name("hbc"), host=host.name))
+
+        async def begun() -> bool:
+            return "quiet step begins" in log.read_text()
+
+        await _until(begun, "the quiet step to begin", log)
+        await asyncio.sleep(STEP_HEARTBEAT.total_seconds() * 0.5)  # heartbeats answered since
+        await client.cancel(task.id)
+        with pytest.raises(TaskError, match="cancelled"):
+            await asyncio.wait_for(task.result(), 120)
+        said = log.read_text()
+        assert "quiet step ends" in said, said  # not cut off by the cancel ...
+        history = await client.temporal.get_workflow_handle(task.id).fetch_history()
+        assert _attempts(history, "reserve_capacity") == [1]
+        # ... and its reservation, made after the cancel, was undone by the task.
+        with lab.db.transaction() as cur:
+            cur.execute("SELECT count(*) AS n FROM reservations WHERE task_id = %s", (task.id,))
+            assert cur.fetchone()["n"] == 0, said
+    finally:
+        proc.kill()
+        proc.wait()

@@ -81,11 +81,15 @@ class ActivityOptions:
     cancellation: ActivityCancellationType = ActivityCancellationType.WAIT_CANCELLATION_COMPLETED
 
 
+# A step whose worker died is retried after this long (the worker heartbeats every step that
+# has it: activities.heartbeats), not after its whole start-to-close timeout.
+STEP_HEARTBEAT = timedelta(seconds=10)
 # Database steps are short; a lost connection is retried briefly, anything else is final.
 DATABASE = ActivityOptions(
     start_to_close=timedelta(seconds=30),
     retry=RetryPolicy(initial_interval=timedelta(milliseconds=200), backoff_coefficient=2.0,
                       maximum_interval=timedelta(seconds=5), maximum_attempts=8),
+    heartbeat=STEP_HEARTBEAT,
 )
 # Hypervisor steps: an unreachable host is retried for ~15 s (6 attempts) before the task gives
 # up and compensates; long enough to ride out a libvirtd restart.
@@ -93,6 +97,7 @@ HYPERVISOR = ActivityOptions(
     start_to_close=timedelta(seconds=120),
     retry=RetryPolicy(initial_interval=timedelta(milliseconds=500), backoff_coefficient=2.0,
                       maximum_interval=timedelta(seconds=10), maximum_attempts=6),
+    heartbeat=STEP_HEARTBEAT,
 )
 
 
