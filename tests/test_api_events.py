@@ -17,6 +17,7 @@ from helpers import resource_held, story
 from conftest import Lab
 from starter.api.app import create_app
 from starter.client import TaskomaticClient
+from taskomatic import inventory
 from taskomatic.inventory.db import Database
 from taskomatic.models import CreateVmRequest
 from taskomatic.settings import Settings
@@ -63,6 +64,14 @@ async def test_a_tasks_log_is_served_to_who_may_read_it(
     unknown = await http.get("/tasks/vm-create-nothing-00000000/log", headers=bearer(reader))
     assert unknown.status_code == 404
     assert (await http.get(f"/tasks/{task.id}/log")).status_code == 401
+    # Host and cluster grants reach the task's VM where the inventory has it.
+    cluster = inventory.get_host(db, host.name).cluster  # type: ignore[union-attr]
+    for scope in (f"host:{host.name}", f"cluster:{cluster}"):
+        _, scoped = subject_with(db, [("viewer", scope)])
+        seen = await http.get(f"/tasks/{task.id}/log", headers=bearer(scoped))
+        assert seen.status_code == 200 and seen.json() == log.json(), (scope, seen.text)
+    _, elsewhere = subject_with(db, [("viewer", f"host:{lab.host(2).name}")])
+    assert (await http.get(f"/tasks/{task.id}/log", headers=bearer(elsewhere))).status_code == 404
 
     # The audit stream: a cursor walk sees the task's events, a stranger sees none of them.
     first = log.json()[0]["id"]
