@@ -8,6 +8,7 @@ state changes are the host transitions ``activate`` and ``mark_down`` (``taskoma
 from __future__ import annotations
 
 import contextlib
+from concurrent.futures import ThreadPoolExecutor
 
 import libvirt
 
@@ -63,12 +64,19 @@ def register_hosts(database_url: str, hosts: list[LabHost], vcpus: int, memory_m
 def empty_host(db: Database, conn: libvirt.virConnect, host: str) -> None:
     """Destroy and undefine every domain of ``conn`` (the libvirtd of lab host ``host``), then
     forget the inventory's VM rows and reservations on ``host`` (between tests or fault runs).
-    Errors: ``libvirt.libvirtError`` if the daemon cannot list its domains."""
-    for dom in conn.listAllDomains():
+    Errors: ``libvirt.libvirtError`` if the daemon cannot list its domains.
+
+    The domains go in parallel (a destroy waits until libvirtd has seen its QEMU process go)."""
+    def gone(dom: libvirt.virDomain) -> None:
         with contextlib.suppress(libvirt.libvirtError):  # gone meanwhile
             if dom.isActive():
                 dom.destroy()
             dom.undefine()
+
+    domains = conn.listAllDomains()
+    if domains:
+        with ThreadPoolExecutor(max_workers=min(16, len(domains))) as pool:
+            list(pool.map(gone, domains))
     for vm in inventory.list_vms(db, host):
         inventory.remove_vm(db, vm.name)
     with db.transaction() as cur:
