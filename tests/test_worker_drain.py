@@ -15,6 +15,7 @@ start-to-close timeout; a cancel of the task still lets such a step run to its e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -50,35 +51,43 @@ ROOT = Path(__file__).resolve().parent.parent
 SLOW_SECONDS = 10.0
 DRAIN_SECONDS = 120.0  # far beyond what the slow step takes, even on a loaded machine
 
-SLOW_WORKER = f"""
+
+def _slowed_worker(name: str, arg_type: str, result_type: str, wait: str) -> str:
+    """The source of a worker program (``python -c``) whose activity ``name`` first says "slow
+    step begins", runs ``wait`` (lines of code), says "slow step ends", then does its work."""
+    return f"""
 import time
 from temporalio import activity
-from taskomatic.models import DomainRef, DomainReport
+from taskomatic.models import {arg_type}, {result_type}
 import worker
 
 real = worker.activity_list
 
 
-def slow(settings, hypervisors, client):
+def slowed(settings, hypervisors, client):
     acts = list(real(settings, hypervisors, client))
-    start = next(a for a in acts if getattr(a, "__name__", "") == "start_domain")
+    original = next(a for a in acts if getattr(a, "__name__", "") == "{name}")
 
-    @activity.defn(name="start_domain")
-    def start_domain(ref: DomainRef) -> DomainReport:
+    @activity.defn(name="{name}")
+    def step(inp: {arg_type}) -> {result_type}:
         print("slow step begins", flush=True)
+{wait}
+        print("slow step ends", flush=True)
+        return original(inp)
+
+    return [step if a is original else a for a in acts]
+
+
+worker.activity_list = slowed
+worker.main()
+"""
+
+
+SLOW_WORKER = _slowed_worker("start_domain", "DomainRef", "DomainReport", f"""\
         deadline = time.monotonic() + {SLOW_SECONDS}
         while time.monotonic() < deadline:
             activity.heartbeat()  # where a cancel would be heard
-            time.sleep(0.1)
-        print("slow step ends", flush=True)
-        return start(ref)
-
-    return [start_domain if a is start else a for a in acts]
-
-
-worker.activity_list = slow
-worker.main()
-"""
+            time.sleep(0.1)""")
 
 
 async def _namespace(temporal_env: WorkflowEnvironment) -> tuple[str, Client]:
@@ -115,6 +124,17 @@ async def drained(temporal_env: WorkflowEnvironment, settings: Settings, db: Dat
                TASKOMATIC_WORKER_DRAIN_SECONDS=str(DRAIN_SECONDS), PYTHONPATH=str(ROOT),
                TASKOMATIC_MIGRATION_SAVE_DIR=str(settings.migration_save_dir))
     yield TaskomaticClient(client, own, db), env
+
+
+@contextlib.asynccontextmanager
+async def _workers_here(client: TaskomaticClient, hypervisors: Hypervisors
+                        ) -> AsyncIterator[None]:
+    """A task worker and an ordering worker in this process (whose hypervisor connections hold
+    the test-driver hosts), for the block."""
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        async with build_worker(client.temporal, client.settings, hypervisors, executor), \
+                build_ordering_worker(client.temporal, client.settings):
+            yield
 
 
 async def _pending(client: TaskomaticClient, task_id: str, activity_type: str) -> bool:
@@ -169,11 +189,9 @@ async def test_a_stopped_worker_finishes_its_step_and_hands_waits_over(
         out.close()
 
     # Another worker carries both tasks on: the first from after its (completed) start step.
-    with ThreadPoolExecutor(max_workers=8) as executor:
-        async with build_worker(client.temporal, client.settings, hypervisors, executor), \
-                build_ordering_worker(client.temporal, client.settings):
-            made = await asyncio.wait_for(slow.result(), 120)
-            await asyncio.wait_for(waiting.result(), 120)
+    async with _workers_here(client, hypervisors):
+        made = await asyncio.wait_for(slow.result(), 120)
+        await asyncio.wait_for(waiting.result(), 120)
     assert made.state == VmState.RUNNING
     history = await client.temporal.get_workflow_handle(slow.id).fetch_history()
     starts = [e for e in history.events
@@ -193,32 +211,8 @@ async def test_a_stopped_worker_finishes_its_step_and_hands_waits_over(
 
 QUIET_SECONDS = 20.0
 
-QUIET_WORKER = f"""
-import time
-from temporalio import activity
-from taskomatic.models import Reservation, ReserveCapacityInput
-import worker
-
-real = worker.activity_list
-
-
-def slow(settings, hypervisors, client):
-    acts = list(real(settings, hypervisors, client))
-    reserve = next(a for a in acts if getattr(a, "__name__", "") == "reserve_capacity")
-
-    @activity.defn(name="reserve_capacity")
-    def reserve_capacity(inp: ReserveCapacityInput) -> Reservation:
-        print("quiet step begins", flush=True)
-        time.sleep({QUIET_SECONDS})
-        print("quiet step ends", flush=True)
-        return reserve(inp)
-
-    return [reserve_capacity if a is reserve else a for a in acts]
-
-
-worker.activity_list = slow
-worker.main()
-"""
+QUIET_WORKER = _slowed_worker("reserve_capacity", "ReserveCapacityInput", "Reservation",
+                              f"        time.sleep({QUIET_SECONDS})  # no heartbeat of its own")
 
 
 def _attempts(history: object, activity_type: str) -> list[int]:
@@ -253,9 +247,9 @@ async def test_a_step_whose_worker_died_is_retried_after_its_heartbeat_timeout(
                                                       start=True))
 
         async def begun() -> bool:
-            return "quiet step begins" in log.read_text()
+            return "slow step begins" in log.read_text()
 
-        await _until(begun, "the quiet step to begin", log)
+        await _until(begun, "the slow step to begin", log)
         await asyncio.sleep(STEP_HEARTBEAT.total_seconds() * 0.6)  # past its first heartbeats
         proc.kill()
         proc.wait()
@@ -264,10 +258,8 @@ async def test_a_step_whose_worker_died_is_retried_after_its_heartbeat_timeout(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    with ThreadPoolExecutor(max_workers=8) as executor:
-        async with build_worker(client.temporal, client.settings, hypervisors, executor), \
-                build_ordering_worker(client.temporal, client.settings):
-            made = await asyncio.wait_for(task.result(), 120)
+    async with _workers_here(client, hypervisors):
+        made = await asyncio.wait_for(task.result(), 120)
     assert made.state == VmState.RUNNING
     history = await client.temporal.get_workflow_handle(task.id).fetch_history()
     assert _attempts(history, "reserve_capacity") == [2]  # the killed attempt, then one
@@ -288,15 +280,15 @@ async def test_a_cancel_lets_a_step_without_heartbeats_of_its_own_run_to_its_end
         task = await client.create_vm(CreateVmRequest(name=lab.vm_name("hbc"), host=host.name))
 
         async def begun() -> bool:
-            return "quiet step begins" in log.read_text()
+            return "slow step begins" in log.read_text()
 
-        await _until(begun, "the quiet step to begin", log)
+        await _until(begun, "the slow step to begin", log)
         await asyncio.sleep(STEP_HEARTBEAT.total_seconds() * 0.5)  # heartbeats answered since
         await client.cancel(task.id)
         with pytest.raises(TaskError, match="cancelled"):
             await asyncio.wait_for(task.result(), 120)
         said = log.read_text()
-        assert "quiet step ends" in said, said  # not cut off by the cancel ...
+        assert "slow step ends" in said, said  # not cut off by the cancel ...
         history = await client.temporal.get_workflow_handle(task.id).fetch_history()
         assert _attempts(history, "reserve_capacity") == [1]
         # ... and its reservation, made after the cancel, was undone by the task.
