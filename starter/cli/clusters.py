@@ -5,6 +5,9 @@ one).
         [--vcpu-overcommit 4.0] [--memory-overcommit 1.0] [--weigher spread|pack]
     taskomatic cluster list
     taskomatic cluster show NAME
+    taskomatic cluster set NAME [--vcpu-overcommit X] [--memory-overcommit Y]
+        [--weigher spread|pack]
+    taskomatic cluster delete NAME     # only an empty cluster, never "default"
 
 A host joins one with ``taskomatic host add NAME --uri URI --cluster NAME``.
 """
@@ -17,7 +20,7 @@ from typing import Any
 from starter import RequestError, validated
 from starter.cli import common, render
 from starter.cli.common import noun, show, verb
-from taskomatic.models import ClusterSpec
+from taskomatic.models import ClusterChange, ClusterSpec
 from taskomatic.models.clusters import DEFAULT_MEMORY_OVERCOMMIT, DEFAULT_VCPU_OVERCOMMIT
 
 
@@ -43,6 +46,22 @@ async def cluster_show(args: argparse.Namespace) -> int:
     return show(args, cluster, render.clusters_table([cluster]))
 
 
+async def cluster_set(args: argparse.Namespace) -> int:
+    change = validated(ClusterChange, vcpu_overcommit=args.vcpu_overcommit,
+                       memory_overcommit=args.memory_overcommit, weigher=args.weigher)
+    cluster = await (await common.connect()).change_cluster(args.name, change)
+    if cluster is None:
+        raise RequestError("name", f"no cluster named {args.name!r}")
+    return show(args, cluster, render.clusters_table([cluster]))
+
+
+async def cluster_delete(args: argparse.Namespace) -> int:
+    cluster = await (await common.connect()).delete_cluster(args.name)
+    if cluster is None:
+        raise RequestError("name", f"no cluster named {args.name!r}")
+    return show(args, cluster, f"cluster [bold]{cluster.name}[/] deleted")
+
+
 def add_commands(nouns: Any) -> None:
     """Add the ``cluster`` noun and its verbs."""
     cluster = noun(nouns, "cluster", "clusters of hosts (placement and migration stay inside)")
@@ -59,3 +78,14 @@ def add_commands(nouns: Any) -> None:
                     help="spread: least loaded host first; pack: most loaded first")
     verb(cluster, "list", cluster_list, "clusters with their hosts and load", read=True)
     verb(cluster, "show", cluster_show, "one cluster", read=True).add_argument("name")
+    sp = verb(cluster, "set", cluster_set,
+              "change a cluster's overcommit ratios or weigher (refused if a host would have"
+              " less capacity than it uses)", read=True)
+    sp.add_argument("name")
+    sp.add_argument("--vcpu-overcommit", type=float, help="vCPUs placed per physical CPU")
+    sp.add_argument("--memory-overcommit", type=float,
+                    help="MiB placed per MiB of host memory")
+    sp.add_argument("--weigher", choices=("spread", "pack"),
+                    help="spread: least loaded host first; pack: most loaded first")
+    verb(cluster, "delete", cluster_delete, "delete a cluster without hosts",
+         read=True).add_argument("name")

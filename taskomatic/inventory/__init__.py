@@ -10,7 +10,13 @@ write is one transaction; every writer of a host's load locks that host's row fi
 """
 
 from taskomatic.inventory import db, ordering
-from taskomatic.inventory.clusters import create_cluster, get_cluster, list_clusters
+from taskomatic.inventory.clusters import (
+    change_cluster,
+    create_cluster,
+    delete_cluster,
+    get_cluster,
+    list_clusters,
+)
 from taskomatic.inventory.db import Database, get_database
 from taskomatic.inventory.disks import (
     move_storage,
@@ -69,6 +75,7 @@ __all__ = [
     "Database",
     "add_host",
     "begin_maintenance",
+    "change_cluster",
     "check_new_pool",
     "check_new_vm",
     "check_new_volume",
@@ -76,6 +83,7 @@ __all__ = [
     "check_volume_unused",
     "create_cluster",
     "db",
+    "delete_cluster",
     "get_cluster",
     "get_database",
     "get_host",

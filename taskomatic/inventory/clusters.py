@@ -1,5 +1,6 @@
-"""Inventory queries of clusters: create, list and show them, and the rule by which a host joins
-one (``join_cluster``, called by ``hosts.add_host`` inside its registration transaction).
+"""Inventory queries of clusters: create, list, show, change and delete them, and the rule by
+which a host joins one (``join_cluster``, called by ``hosts.add_host`` inside its registration
+transaction).
 
 A host's usable capacity is one SQL expression (``CAPACITY_COLUMNS``): its explicit capacity,
 else what libvirt reported times its cluster's overcommit ratio, rounded down.
@@ -11,7 +12,7 @@ from typing import Any
 
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.inventory.db import Database
-from taskomatic.models import ClusterRecord, ClusterSpec
+from taskomatic.models import ClusterChange, ClusterRecord, ClusterSpec
 
 DEFAULT_CLUSTER = "default"
 
@@ -80,17 +81,105 @@ def get_cluster(db: Database, name: str) -> ClusterRecord | None:
 
 def _read_clusters(db: Database, name: str | None) -> list[ClusterRecord]:
     with db.transaction() as cur:
-        cur.execute(_CLUSTER_COLUMNS + " WHERE %(name)s::text IS NULL OR c.name = %(name)s"
-                    " ORDER BY c.name", {"name": name})
-        clusters = {r["name"]: {k: v for k, v in r.items() if k != "id"} | {"hosts": []}
-                    for r in cur.fetchall()}
-        cur.execute(_CLUSTER_TOTALS, {"name": name})
-        for row in cur.fetchall():
-            totals = clusters[row["name"]]
-            totals["hosts"].append(row["host"])
-            for key in ("vcpus", "memory_mib", "used_vcpus", "used_memory_mib"):
-                totals[key] = totals.get(key, 0) + int(row[key])
+        return _records(cur, name)
+
+
+def _records(cur: Any, name: str | None) -> list[ClusterRecord]:
+    cur.execute(_CLUSTER_COLUMNS + " WHERE %(name)s::text IS NULL OR c.name = %(name)s"
+                " ORDER BY c.name", {"name": name})
+    clusters = {r["name"]: {k: v for k, v in r.items() if k != "id"} | {"hosts": []}
+                for r in cur.fetchall()}
+    cur.execute(_CLUSTER_TOTALS, {"name": name})
+    for row in cur.fetchall():
+        totals = clusters[row["name"]]
+        totals["hosts"].append(row["host"])
+        for key in ("vcpus", "memory_mib", "used_vcpus", "used_memory_mib"):
+            totals[key] = totals.get(key, 0) + int(row[key])
     return [ClusterRecord.model_validate(c) for c in clusters.values()]
+
+
+# (ratio changed, capacity column, use column, unit) of the capacity check of change_cluster.
+_CAPACITIES = (("vcpu_overcommit", "vcpus", "used_vcpus", "vCPUs"),
+               ("memory_overcommit", "memory_mib", "used_memory_mib", "MiB"))
+
+
+def change_cluster(db: Database, name: str, change: ClusterChange) -> ClusterRecord | None:
+    """Change cluster ``name``'s placement policy (the fields ``change`` gives); returns the
+    cluster as it now is, or None if there is none of that name.
+
+    One transaction locks the cluster's row and then its hosts' rows (``FOR UPDATE``, in id
+    order, as ``hosts.lock_hosts``), so no placement reserves on them meanwhile; the ratios
+    are written (the trigger ``clusters_capacity``, migration 0006, recomputes the hosts'
+    ``host_usage`` totals in the same transaction) and every host's capacity re-read by
+    ``CAPACITY_COLUMNS`` (a host with an explicit capacity keeps it). Raises
+    ``InvalidRequest`` on ``vcpu_overcommit`` / ``memory_overcommit``, changing nothing, when
+    a host's capacity would fall below what its VMs and reservations use ("host 'h1' would
+    have 8 vCPUs for 10 in use").
+    """
+    with db.transaction() as cur:
+        cluster_id = _lock_cluster(cur, name)
+        if cluster_id is None:
+            return None
+        cur.execute("SELECT id FROM hosts WHERE cluster_id = %s ORDER BY id FOR UPDATE",
+                    (cluster_id,))
+        before = _host_totals(cur, name)
+        cur.execute("UPDATE clusters SET vcpu_overcommit = COALESCE(%(vcpu_overcommit)s,"
+                    " vcpu_overcommit), memory_overcommit = COALESCE(%(memory_overcommit)s,"
+                    " memory_overcommit), weigher = COALESCE(%(weigher)s, weigher)"
+                    " WHERE id = %(id)s", change.model_dump() | {"id": cluster_id})
+        for host, now in _host_totals(cur, name).items():
+            for field, capacity, used, unit in _CAPACITIES:
+                if now[capacity] < now[used] and now[capacity] < before[host][capacity]:
+                    raise task_error(ErrorType.INVALID_REQUEST,
+                                     f"host {host!r} would have {now[capacity]} {unit} for "
+                                     f"{now[used]} in use (its VMs and reservations)",
+                                     field=field, host=host)
+        return _records(cur, name)[0]
+
+
+def delete_cluster(db: Database, name: str) -> ClusterRecord | None:
+    """Delete cluster ``name``; returns it as it was, or None if there is none of that name.
+
+    Raises ``InvalidRequest`` on ``name``, deleting nothing, for the default cluster (hosts
+    registered without a cluster join it), while hosts belong to it (naming them: remove them
+    first) and while grants are scoped to it (``cluster:NAME``; a cluster created later under
+    the name would inherit them). The cluster's row is locked first, so neither a host nor a
+    grant can join it meanwhile.
+    """
+    if name == DEFAULT_CLUSTER:
+        raise task_error(ErrorType.INVALID_REQUEST,
+                         f"the default cluster {name!r} is not deleted (hosts registered"
+                         " without a cluster join it)", field="name")
+    with db.transaction() as cur:
+        if _lock_cluster(cur, name) is None:
+            return None
+        found = _records(cur, name)[0]
+        if found.hosts:
+            raise task_error(ErrorType.INVALID_REQUEST,
+                             f"cluster {name!r} still has hosts: {', '.join(found.hosts)}",
+                             field="name")
+        cur.execute("SELECT DISTINCT subject FROM access_grants WHERE scope = %s"
+                    " ORDER BY subject", (f"cluster:{name}",))
+        subjects = [r["subject"] for r in cur.fetchall()]
+        if subjects:
+            raise task_error(ErrorType.INVALID_REQUEST,
+                             f"cluster {name!r} is the scope of grants of "
+                             f"{', '.join(subjects)} (remove them first)", field="name")
+        cur.execute("DELETE FROM clusters WHERE name = %s", (name,))
+    return found
+
+
+def _lock_cluster(cur: Any, name: str) -> int | None:
+    cur.execute("SELECT id FROM clusters WHERE name = %s FOR UPDATE", (name,))
+    row = cur.fetchone()
+    return None if row is None else int(row["id"])
+
+
+def _host_totals(cur: Any, name: str) -> dict[str, dict[str, int]]:
+    """host name → its capacity and use (``_CLUSTER_TOTALS``) in cluster ``name``."""
+    cur.execute(_CLUSTER_TOTALS, {"name": name})
+    return {r["host"]: {k: int(r[k]) for k in ("vcpus", "memory_mib", "used_vcpus",
+                                               "used_memory_mib")} for r in cur.fetchall()}
 
 
 def _cluster_row(cur: Any, name: str) -> dict[str, Any] | None:

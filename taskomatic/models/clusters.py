@@ -46,6 +46,21 @@ class ClusterSpec(Model):
     weigher: Weigher = "spread"
 
 
+class ClusterChange(Model):
+    """``taskomatic cluster set`` / ``PATCH /clusters/{name}``: a cluster's new placement
+    policy; a field left out (None) keeps its value. The hypervisor type and CPU baseline do
+    not change (its hosts joined by them). Lowering a ratio is refused when a host whose
+    capacity derives from it would have less than its VMs and reservations use."""
+
+    vcpu_overcommit: Annotated[float, Field(gt=0, le=64)] | None = Field(
+        None, description="vCPUs placed per physical CPU (None: unchanged)")
+    memory_overcommit: Annotated[float, Field(gt=0, le=4)] | None = Field(
+        None, description="MiB placed per MiB of host memory (None: unchanged)")
+    weigher: Weigher | None = Field(
+        None, description="spread: least loaded host first; pack: most loaded first"
+                          " (None: unchanged)")
+
+
 class ClusterRecord(ClusterSpec):
     """A cluster as the inventory has it, with its hosts (names, in name order) and their
     capacity and use added up (vCPUs, MiB; use counts VMs and reservations)."""
