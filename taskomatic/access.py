@@ -11,9 +11,10 @@ Proxmox VE's ACL paths. The rules:
   and the VMs and pools on it), ``vm:PATTERN`` (VMs whose name matches the shell-style
   ``PATTERN``: ``web*``, ``db?``), ``pool:NAME`` (the pool and its volumes).
 - **Resources** are the names tasks declare for their resource lines (``vm:web1``,
-  ``host:h1``, ``pool:images``; ``taskomatic.models.vm_resource`` …). A grant covers a resource
-  if its scope matches the resource itself, or — for a ``host:`` scope — the host the resource
-  lies on (``located``: resource → host name), or — for a ``cluster:`` scope — the cluster the
+  ``host:h1``, ``pool:images``; ``taskomatic.models.vm_resource`` …), and ``cluster:NAME`` for
+  a cluster itself (``cluster_resource``: its routes). A grant covers a resource if its scope
+  matches the resource itself, or — for a ``host:`` scope — the host the resource lies on
+  (``located``: resource → host name), or — for a ``cluster:`` scope — the cluster the
   resource is in (``clustered``: resource → cluster name: a host's cluster, the cluster of the
   host a VM or pool lies on, or the cluster a create request names). The caller reads both
   from the inventory; a resource missing from them is covered by no host or cluster scope.
@@ -69,8 +70,8 @@ def covers(scope: str, resource: str, located: Mapping[str, str] | None = None,
         return r_kind == "vm" and fnmatchcase(r_name, name)
     if kind == "pool":
         return r_kind == "pool" and r_name == name
-    if kind == "cluster":
-        return (clustered or {}).get(resource) == name
+    if kind == "cluster":  # the cluster itself and what is in it
+        return resource == f"cluster:{name}" or (clustered or {}).get(resource) == name
     # host: the host itself and what lies on it
     return resource == f"host:{name}" or (located or {}).get(resource) == name
 

@@ -6,15 +6,16 @@ document generated from the pydantic models (committed as ``starter/api/openapi.
 ``python -m starter.api.spec`` rewrites it). Keys and database credentials stay in this process.
 
 Routers, one module each: ``tasks`` (submit every kind of the registry, batches, list, show,
-cancel), ``inventory`` (hosts, VMs, pools, volumes), ``access`` (grants and API tokens),
-``codec`` (the Temporal Web UI's ``/codec/encode`` and ``/codec/decode``).
+cancel), ``inventory`` (hosts, VMs, pools, volumes), ``clusters`` (list, show, create, change,
+delete), ``access`` (grants and API tokens), ``codec`` (the Temporal Web UI's ``/codec/encode``
+and ``/codec/decode``).
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI
 
-from starter.api import access, codec, errors, events, inventory, page, tasks
+from starter.api import access, clusters, codec, errors, events, inventory, page, tasks
 from starter.api.auth import Authenticator
 from starter.client import TaskomaticClient
 from taskomatic.inventory.db import Database, get_database
@@ -36,7 +37,8 @@ def create_app(settings: Settings, client: TaskomaticClient | None = None,
     app.state.client = client
     app.state.authenticator = Authenticator(settings, app.state.db)
     errors.install(app)
-    for router in (tasks.router, inventory.router, access.router, events.router):
+    for router in (tasks.router, inventory.router, clusters.router, access.router,
+                   events.router):
         app.include_router(router, responses=errors.ERROR_RESPONSES)
     codec.install(app, settings)
     app.include_router(page.router)

@@ -64,6 +64,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": _TYPES[status]}
     for status in (400, 401, 403, 503)}
 
+# For routes about one named object: 404 when there is none (or the caller may not see it).
+NOT_FOUND_RESPONSE: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorBody, "description": _TYPES[404]}}
+
 
 def _answer(err: ApiError) -> JSONResponse:
     return JSONResponse(err.body.model_dump(), status_code=err.status, headers=err.headers)

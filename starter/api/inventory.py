@@ -1,14 +1,16 @@
-"""Inventory routes: hosts (list, register), VMs, pools and volumes, read straight from the
-inventory through the starter library. A listing holds what the caller may read."""
+"""Inventory routes: hosts (list, register), VMs, pools (list, show) and volumes, read straight
+from the inventory through the starter library. A listing holds what the caller may read; one
+object the caller may not read is 404 as a missing one."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from starter.api.auth import User, can_read, host_clusters, require
 from starter.api.deps import Client, Db
+from starter.api.errors import NOT_FOUND_RESPONSE, ApiError
 from taskomatic.models import (
     HostRecord,
     HostSpec,
@@ -66,6 +68,18 @@ async def list_pools(user: User, client: Client, db: Db,
     clusters = await host_clusters(user, db)
     return [p for p in await client.pools(host)
             if _placed_readable(user, pool_resource(p.name), p.host, clusters)]
+
+
+@router.get("/pools/{name}", response_model=PoolRecord, responses=NOT_FOUND_RESPONSE)
+async def show_pool(name: Annotated[Name, Path()], user: User, client: Client, db: Db
+                    ) -> PoolRecord:
+    """One storage pool with the hosts that see it; 404 if there is none of that name or the
+    caller may not read it."""
+    pool = await client.pool(name)
+    if pool is None or not _placed_readable(user, pool_resource(name), pool.host,
+                                            await host_clusters(user, db)):
+        raise ApiError(404, f"no pool named {name!r}", field="name")  # do not tell it exists
+    return pool
 
 
 @router.get("/volumes", response_model=list[VolumeRecord])

@@ -4,6 +4,7 @@
     POST /batches                   {"tasks": [BatchItem…], "after": [task ids]}
     GET  /tasks?kind=&vm=&host=&pool=&state=&limit=
     GET  /tasks/{id}
+    GET  /tasks/{id}/moves          a ClearHost/RestoreHost task's moves and ETA
     POST /tasks/{id}/cancel
 
 A submission is checked (the request model, then the caller's ``operate`` permission on every
@@ -21,11 +22,11 @@ from pydantic import Field
 
 from starter.api.auth import Principal, User, can_read, host_clusters, require
 from starter.api.deps import Client, Db
-from starter.api.errors import ApiError, not_found
+from starter.api.errors import NOT_FOUND_RESPONSE, ApiError, not_found
 from starter.batch import MAX_BATCH_TASKS, BatchItem, plan_batch
 from starter.errors import RequestError
 from starter.tasks import TaskStatus
-from taskomatic.models import Model, Name, TaskId, TaskRequest, TaskState
+from taskomatic.models import HostTaskProgress, Model, Name, TaskId, TaskRequest, TaskState
 from workflows.kinds import KINDS, TaskKind
 
 router = APIRouter(tags=["tasks"])
@@ -131,10 +132,34 @@ async def list_tasks(user: User, client: Client, db: Db,
     return [t for t in found if can_read(user, t.resources, _located(t), clusters)]
 
 
-@router.get("/tasks/{task_id}", response_model=TaskStatus)
+@router.get("/tasks/{task_id}", response_model=TaskStatus, responses=NOT_FOUND_RESPONSE)
 async def show_task(task_id: Annotated[TaskId, Path()], user: User, client: Client, db: Db
                     ) -> TaskStatus:
     """One task: state, what it waits on, steps, result or error."""
+    return await _readable(task_id, user, client, db)
+
+
+@router.get("/tasks/{task_id}/moves", response_model=HostTaskProgress | None,
+            responses=NOT_FOUND_RESPONSE)
+async def task_moves(task_id: Annotated[TaskId, Path()], user: User, client: Client, db: Db
+                     ) -> HostTaskProgress | None:
+    """A ClearHost or RestoreHost task's moves (as ``host clear --wait`` shows them): VMs
+    moved, in flight, remaining and failed, the ETA, the VMs moving; ``null`` while the task
+    cannot be asked yet (queued). 400 on ``id`` for a task of another kind; 404 as
+    ``GET /tasks/{id}``."""
+    status = await _readable(task_id, user, client, db)
+    if status.kind not in _MOVING_KINDS:
+        raise RequestError("id", f"task {task_id!r} is a {status.kind}: only "
+                                 f"{' and '.join(_MOVING_KINDS)} tasks have moves")
+    return await client.host_moves(task_id)
+
+
+_MOVING_KINDS = ("ClearHost", "RestoreHost")
+
+
+async def _readable(task_id: str, user: Principal, client: Client, db: Db) -> TaskStatus:
+    """Task ``task_id``'s status if ``user`` may read it; ApiError 404 on ``id`` if it is
+    unknown or not readable (not telling which)."""
     try:
         status = await client.task(task_id).describe()
     except RequestError as err:

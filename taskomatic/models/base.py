@@ -130,6 +130,12 @@ def vm_resource(name: str) -> str:
     return f"vm:{name}"
 
 
+def cluster_resource(name: str) -> str:
+    """A cluster as a resource of the access rules (``taskomatic.access``), not of the
+    resource lines: no task names it."""
+    return f"cluster:{name}"
+
+
 def host_resource(name: str) -> str:
     return f"host:{name}"
 
