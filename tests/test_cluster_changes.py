@@ -103,26 +103,29 @@ async def test_set_waits_for_a_placement_in_flight_and_counts_it(
         client: TaskomaticClient, lab: Lab, db: Database, settings: Settings) -> None:
     c = cluster(db, lab, "race", vcpu_overcommit=2.0)
     host = await join(client, lab, 1, c, cpus=4, physical_mib=2048)  # 8 vCPUs
-    placing = psycopg2.connect(settings.database_url)  # a placement holding the host's row
+    # A placement that has locked the host and read its load (by the old ratio) but not yet
+    # inserted its reservation: the change must wait for it, and then count what it placed.
+    placing = psycopg2.connect(settings.database_url)
+    outcome: list[BaseException | None] = []
+
+    def change() -> None:
+        try:
+            inventory.change_cluster(db, c, ClusterChange(vcpu_overcommit=1.0))
+            outcome.append(None)
+        except BaseException as err:  # the refusal is the point
+            outcome.append(err)
+
     try:
         with placing.cursor() as cur:
             cur.execute("SELECT id FROM hosts WHERE name = %s FOR UPDATE", (host.name,))
+            host_id = cur.fetchone()[0]
+            thread = threading.Thread(target=change)
+            thread.start()
+            time.sleep(0.5)
+            assert thread.is_alive() and not outcome  # it waits for the host's row
             cur.execute("INSERT INTO reservations (task_id, host_id, vm_name, vcpus, memory_mib)"
                         " VALUES (%s, %s, %s, 6, 64)",
-                        (f"t-{lab.prefix}-race", cur.fetchone()[0], lab.vm_name("race")))
-        outcome: list[BaseException | None] = []
-
-        def change() -> None:
-            try:
-                inventory.change_cluster(db, c, ClusterChange(vcpu_overcommit=1.0))
-                outcome.append(None)
-            except BaseException as err:  # the refusal is the point
-                outcome.append(err)
-
-        thread = threading.Thread(target=change)
-        thread.start()
-        time.sleep(0.5)
-        assert thread.is_alive() and not outcome  # it waits for the host's row
+                        (f"t-{lab.prefix}-race", host_id, lab.vm_name("race")))
         placing.commit()
         thread.join(10)
     finally:
