@@ -40,11 +40,14 @@ class StorageReads:
         found = await asyncio.to_thread(inventory.get_pool, self.db, name)
         return found.pool if found else None
 
-    async def share_pools(self, host: str) -> list[TaskHandle]:
+    async def share_pools(self, host: str, requested_by: str | None = None
+                          ) -> list[TaskHandle]:
         """Bring the shared pools of ``host``'s cluster that it does not see yet to it (a host
-        that just joined): one ``RefreshStoragePool`` task per pool, started and returned."""
+        that just joined): one ``RefreshStoragePool`` task per pool, started and returned,
+        requested by ``requested_by`` (default: the client's)."""
         names = await asyncio.to_thread(inventory.pools_to_share, self.db, host)
-        return [await self.refresh_pool(RefreshPoolRequest(name=name)) for name in names]
+        return [await self.refresh_pool(RefreshPoolRequest(name=name, requested_by=requested_by))
+                for name in names]
 
     async def volumes(self, pool: str | None = None) -> list[VolumeRecord]:
         """Every volume, or those of ``pool``."""

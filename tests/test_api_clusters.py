@@ -15,12 +15,14 @@ from storage_helpers import pool_name, pool_path
 from conftest import Lab
 from starter.api.app import create_app
 from starter.client import TaskomaticClient
+from starter.dev.parts import write_test_host
 from taskomatic import inventory
 from taskomatic.inventory.db import Database
 from taskomatic.models import (
     ClearHostRequest,
     CreatePoolRequest,
     CreateVmRequest,
+    HostSpec,
     ReserveCapacityInput,
 )
 from taskomatic.settings import Settings
@@ -150,3 +152,29 @@ async def test_one_pool_and_a_host_tasks_moves(http: httpx.AsyncClient,
     _, everyone = subject_with(db, [("viewer", "*")], "e")
     _refusal(await http.get(f"/tasks/{created.id}/moves", headers=bearer(everyone)), 400, "id",
              "only ClearHost and RestoreHost tasks have moves")
+
+
+async def test_a_host_registered_over_the_api_gets_its_clusters_shared_pools(
+        http: httpx.AsyncClient, client: TaskomaticClient, db: Database, lab: Lab) -> None:
+    name = cluster(db, lab, "share")
+    first = await join(client, lab, 1, name)
+    pool = pool_name(lab, "shared")
+    await (await client.create_pool(CreatePoolRequest(
+        name=pool, host=first.name, path=pool_path(lab, "shared"), shared=True))).result()
+    subject, admin = subject_with(db, [("admin", "*")], "a")
+    spec = {"name": f"h{lab.prefix}-2", "cluster": name, "vcpus": 4, "memory_mib": 4096,
+            "uri": write_test_host(lab.dir, f"h{lab.prefix}-2", 4, 4096)}
+    added = await http.post("/hosts", json=spec, headers=bearer(admin))
+    assert added.status_code == 200, added.text
+    lab.hosts.append(HostSpec.model_validate(spec))  # leaves service after the test
+    [task_id] = added.json()["shared_pool_tasks"]
+    await client.task(task_id).result()
+    assert (await client.task(task_id).describe()).requested_by == subject
+    found = inventory.get_pool(db, pool)
+    assert found is not None
+    assert {h.host: h.state for h in found.pool.hosts} == {first.name: "active",
+                                                           spec["name"]: "active"}
+    assert pool in [p.name() for p in lab.hv.connection(spec["uri"]).listAllStoragePools(0)]
+    again = await http.post("/hosts", json=spec, headers=bearer(admin))  # nothing more to share
+    assert again.status_code == 200 and again.json()["added"] is False
+    assert again.json()["shared_pool_tasks"] == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
+from pydantic import Field
 
 from starter.api.auth import User, can_read, host_clusters, require
 from starter.api.deps import Client, Db
@@ -30,6 +31,9 @@ router = APIRouter(tags=["inventory"])
 class HostAdded(Model):
     host: HostRecord
     added: bool
+    shared_pool_tasks: list[str] = Field(
+        default_factory=list, description="ids of the RefreshStoragePool tasks started to bring "
+                                          "the cluster's shared pools to the host")
 
 
 @router.get("/hosts", response_model=list[HostRecord])
@@ -43,10 +47,13 @@ async def list_hosts(user: User, client: Client) -> list[HostRecord]:
 async def add_host(spec: HostSpec, user: User, client: Client, db: Db,
                    probe: Annotated[bool, Query()] = True) -> HostAdded:
     """Register a hypervisor (``admin`` on the host); with ``probe`` its URI must answer.
-    Registering the same host again is a no-op (``added`` false)."""
+    Registering the same host again is a no-op (``added`` false). As ``taskomatic host add``,
+    the shared pools of its cluster it does not see yet are brought to it (one
+    ``RefreshStoragePool`` task each, requested by the caller)."""
     await require(user, "admin", [host_resource(spec.name)], db)
     host, added = await client.add_host(spec, probe)
-    return HostAdded(host=host, added=added)
+    shares = await client.share_pools(host.name, requested_by=user.subject)
+    return HostAdded(host=host, added=added, shared_pool_tasks=[t.id for t in shares])
 
 
 def _placed_readable(user: User, resource: str, host: str, clusters: dict[str, str]) -> bool:
