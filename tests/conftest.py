@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from helpers import faulty_client, force_host_state
 from lab_fixtures import QemuLab, qemu_lab, qemu_lab_session  # noqa: F401  (lab test fixtures)
@@ -23,6 +24,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from starter.api.app import create_app
 from starter.client import TaskomaticClient
 from starter.dev.parts import embedded_postgres, temporal_binary, write_test_host
 from taskomatic import inventory
@@ -131,6 +133,16 @@ async def worker(temporal_env: WorkflowEnvironment, settings: Settings,
 def client(temporal_env: WorkflowEnvironment, worker: Worker, settings: Settings,
            db: Database) -> TaskomaticClient:
     return TaskomaticClient(temporal_env.client, settings, db)
+
+
+@pytest.fixture
+async def http(client: TaskomaticClient, settings: Settings, db: Database
+               ) -> AsyncIterator[httpx.AsyncClient]:
+    """The API (``create_app`` over the session's client) in this process, over ASGI."""
+    app = create_app(settings, client, db)
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
+                                 timeout=30) as session:
+        yield session
 
 
 @pytest.fixture

@@ -3,27 +3,12 @@ submissions, reads, the error shape, requested_by, API tokens and the committed 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
-import pytest
 from api_helpers import bearer, subject_with
 
 from conftest import Lab
 from starter.api import spec
-from starter.api.app import create_app
-from starter.client import TaskomaticClient
 from taskomatic.inventory.db import Database
-from taskomatic.settings import Settings
-
-
-@pytest.fixture
-async def http(client: TaskomaticClient, settings: Settings, db: Database
-               ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, client, db)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://api") as session:
-        yield session
 
 
 def test_the_committed_spec_is_the_apps() -> None:

@@ -4,16 +4,12 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import httpx
-import pytest
 from api_helpers import bearer, subject_with
 from cluster_helpers import cluster, join
 from storage_helpers import pool_name, pool_path
 
 from conftest import Lab
-from starter.api.app import create_app
 from starter.client import TaskomaticClient
 from starter.dev.parts import write_test_host
 from taskomatic import inventory
@@ -25,16 +21,6 @@ from taskomatic.models import (
     HostSpec,
     ReserveCapacityInput,
 )
-from taskomatic.settings import Settings
-
-
-@pytest.fixture
-async def http(client: TaskomaticClient, settings: Settings, db: Database
-               ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, client, db)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://api") as session:
-        yield session
 
 
 def _refusal(answer: httpx.Response, status: int, field: str | None, words: str = "") -> None:

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from api_helpers import bearer, subject_with
 from api_server import served
 from helpers import resource_held, story
@@ -21,15 +20,6 @@ from taskomatic import inventory
 from taskomatic.inventory.db import Database
 from taskomatic.models import CreateVmRequest
 from taskomatic.settings import Settings
-
-
-@pytest.fixture
-async def http(client: TaskomaticClient, settings: Settings, db: Database
-               ) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings, client, db)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api",
-                                 timeout=30) as session:
-        yield session
 
 
 async def sse_events(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, Any]]:
