@@ -179,6 +179,17 @@ def cluster_scoped(user: Principal) -> bool:
     return any(scope.startswith("cluster:") for _, scope in user.grants)
 
 
+async def located_for(user: Principal, db: Database, resources: Iterable[str]
+                      ) -> dict[str, str]:
+    """Where the inventory has each VM or pool among ``resources`` (``locate``) when ``user``
+    holds a ``host:`` or ``cluster:`` grant, which reach them by their host; else empty (no
+    query)."""
+    wanted = set(resources)
+    if not wanted or not any(scope.startswith(("host:", "cluster:")) for _, scope in user.grants):
+        return {}
+    return await asyncio.to_thread(locate, db, wanted)
+
+
 async def host_clusters(user: Principal, db: Database) -> dict[str, str]:
     """host name -> cluster name from the inventory, for ``can_read``; empty (no query) when
     ``user`` holds no ``cluster:`` grant."""
@@ -200,10 +211,8 @@ async def require(user: Principal, permission: Permission, resources: Iterable[s
         if not permits_everything(user.grants, permission):
             raise forbidden(user, permission, EVERYTHING)
         return
-    host_scoped = any(scope.startswith("host:") for _, scope in user.grants)
     by_cluster = cluster_scoped(user)
-    located = (await asyncio.to_thread(locate, db, wanted) if host_scoped or by_cluster
-               else {})
+    located = await located_for(user, db, wanted)
     if placed_on:
         located = {r: placed_on for r in wanted if r.startswith(("vm:", "pool:"))} | located
     clustered = (await asyncio.to_thread(clusters_of, db, wanted, located, placed_in)

@@ -28,7 +28,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Query
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from starter.api.auth import Principal, User, can_read, host_clusters, locate
+from starter.api.auth import Principal, User, can_read, host_clusters, located_for
 from starter.api.deps import Client, Db
 from starter.api.errors import ApiError
 from starter.client import TaskomaticClient
@@ -153,10 +153,10 @@ async def _readable_tasks(user: Principal, client: TaskomaticClient, db: Databas
                           task_ids: list[str]) -> set[str]:
     """Those of ``task_ids`` the caller may read: ``read`` on one resource of each, a VM or
     pool placed by the inventory when the caller's grants are scoped to hosts or clusters."""
+    if not task_ids:  # an empty page of the audit stream: nothing to look up
+        return set()
     resources = await client.task_resources(task_ids)
-    named = {r for rs in resources.values() for r in rs}
-    scoped = any(scope.startswith(("host:", "cluster:")) for _, scope in user.grants)
-    located = await asyncio.to_thread(locate, db, named) if scoped and named else {}
+    located = await located_for(user, db, (r for rs in resources.values() for r in rs))
     clusters = await host_clusters(user, db)
     return {t for t in set(task_ids)
             if can_read(user, resources.get(t, []), located, clusters)}

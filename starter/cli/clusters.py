@@ -20,7 +20,7 @@ from typing import Any
 from starter import RequestError, validated
 from starter.cli import common, render
 from starter.cli.common import noun, show, verb
-from taskomatic.models import ClusterChange, ClusterSpec
+from taskomatic.models import ClusterChange, ClusterRecord, ClusterSpec
 from taskomatic.models.clusters import DEFAULT_MEMORY_OVERCOMMIT, DEFAULT_VCPU_OVERCOMMIT
 
 
@@ -40,26 +40,27 @@ async def cluster_list(args: argparse.Namespace) -> int:
 
 
 async def cluster_show(args: argparse.Namespace) -> int:
-    cluster = await (await common.connect()).cluster(args.name)
-    if cluster is None:
-        raise RequestError("name", f"no cluster named {args.name!r}")
+    cluster = _found(await (await common.connect()).cluster(args.name), args.name)
     return show(args, cluster, render.clusters_table([cluster]))
 
 
 async def cluster_set(args: argparse.Namespace) -> int:
     change = validated(ClusterChange, vcpu_overcommit=args.vcpu_overcommit,
                        memory_overcommit=args.memory_overcommit, weigher=args.weigher)
-    cluster = await (await common.connect()).change_cluster(args.name, change)
-    if cluster is None:
-        raise RequestError("name", f"no cluster named {args.name!r}")
+    cluster = _found(await (await common.connect()).change_cluster(args.name, change), args.name)
     return show(args, cluster, render.clusters_table([cluster]))
 
 
 async def cluster_delete(args: argparse.Namespace) -> int:
-    cluster = await (await common.connect()).delete_cluster(args.name)
-    if cluster is None:
-        raise RequestError("name", f"no cluster named {args.name!r}")
+    cluster = _found(await (await common.connect()).delete_cluster(args.name), args.name)
     return show(args, cluster, f"cluster [bold]{cluster.name}[/] deleted")
+
+
+def _found(cluster: ClusterRecord | None, name: str) -> ClusterRecord:
+    """``cluster``, or the refusal of a cluster name the inventory does not have."""
+    if cluster is None:
+        raise RequestError("name", f"no cluster named {name!r}")
+    return cluster
 
 
 def add_commands(nouns: Any) -> None:

@@ -20,13 +20,12 @@ from temporalio.exceptions import ApplicationError
 
 from taskomatic.errors import ErrorType, task_error
 from taskomatic.hypervisor.connections import Hypervisors, lookup
-from taskomatic.hypervisor.jobs import job_running
+from taskomatic.hypervisor.jobs import WATCH_SECONDS, job_running
 from taskomatic.logs import get_logger
 from taskomatic.models import MigrateDomainInput
 
 log = get_logger(component="migration")
 
-WATCH_SECONDS = 1.0  # how often ``beat()`` is awaited while an aborted job winds down
 ABORT_POLL_SECONDS = 0.2  # how often an aborted job is looked at until it has ended
 ABORT_AGAIN_SECONDS = 5.0  # an abort that has not taken is asked again this often
 ABORT_NUDGE_SECONDS = 3.0  # an aborted job still running this long is nudged (``nudge``)

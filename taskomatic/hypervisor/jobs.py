@@ -18,6 +18,8 @@ from taskomatic.models import MigrateDomainInput
 
 T = TypeVar("T")
 
+WATCH_SECONDS = 1.0  # how often a migration job is looked at and reported (watched or aborted)
+
 
 def migration_flags(inp: MigrateDomainInput, live: bool) -> tuple[int, dict[str, Any]]:
     """The ``migrateToURI3`` flags and typed parameters of a migration.

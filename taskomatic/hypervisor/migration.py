@@ -36,6 +36,7 @@ from taskomatic.errors import ErrorType, task_error
 from taskomatic.hypervisor.aborts import Beat, abort_job
 from taskomatic.hypervisor.connections import Hypervisors, lookup
 from taskomatic.hypervisor.jobs import (
+    WATCH_SECONDS,
     JobOutcome,
     call_error,
     job_outcome,
@@ -53,7 +54,6 @@ from taskomatic.models import MigrateDomainInput, MigrationReport
 T = TypeVar("T")
 log = get_logger(component="migration")
 
-WATCH_SECONDS = 1.0  # how often a migration job is looked at and reported
 
 # ``on_progress(percent, detail)``: a migration job's progress (0 to 99 %, never decreasing) and a
 # one-line detail, once every WATCH_SECONDS, awaited on the event loop.

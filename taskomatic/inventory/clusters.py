@@ -143,8 +143,8 @@ def delete_cluster(db: Database, name: str) -> ClusterRecord | None:
     Raises ``InvalidRequest`` on ``name``, deleting nothing, for the default cluster (hosts
     registered without a cluster join it), while hosts belong to it (naming them: remove them
     first) and while grants are scoped to it (``cluster:NAME``; a cluster created later under
-    the name would inherit them). The cluster's row is locked first, so no host can join it
-    meanwhile (a grant names its scope as text: one given meanwhile is not seen).
+    the name would inherit them). The cluster's row is locked first, so neither a host (its
+    foreign key) nor a grant (``access.add_grant`` locks the row it names) can join it meanwhile.
     """
     if name == DEFAULT_CLUSTER:
         raise task_error(ErrorType.INVALID_REQUEST,
